@@ -1,0 +1,51 @@
+"""flare-eval: evaluate and rank segmentation algorithms the way the FLARE challenges did.
+
+The public API, re-exported here, covers each step of the data flow:
+
+* protocols: `load_protocol`, `available_protocols`, `Protocol`;
+* metrics on arrays: `dice_coefficient`, `surface_distances`, `normalized_surface_dice`;
+* reading label maps: `read_label_map`, `pair_cases`;
+* scoring: `score_case`, `score_folder`, `score` (writes the output tables),
+  `summarize_scores`, `official_table`;
+* example data: `example_paths`.
+"""
+
+from ._examples import ExamplePaths, example_paths
+from ._version import __version__
+from .io import InvalidLabelMapError, LabelMap, pair_cases, read_label_map
+from .metrics import SurfaceDistances, dice_coefficient, normalized_surface_dice, surface_distances
+from .protocol import Organ, Protocol, available_protocols, load_protocol
+from .scoring import (
+    FlareEvalWarning,
+    OrganScore,
+    official_table,
+    score,
+    score_case,
+    score_folder,
+    summarize_scores,
+)
+
+__all__ = [
+    "__version__",
+    "ExamplePaths",
+    "example_paths",
+    "InvalidLabelMapError",
+    "LabelMap",
+    "pair_cases",
+    "read_label_map",
+    "SurfaceDistances",
+    "dice_coefficient",
+    "normalized_surface_dice",
+    "surface_distances",
+    "Organ",
+    "Protocol",
+    "available_protocols",
+    "load_protocol",
+    "FlareEvalWarning",
+    "OrganScore",
+    "official_table",
+    "score",
+    "score_case",
+    "score_folder",
+    "summarize_scores",
+]

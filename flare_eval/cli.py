@@ -1,0 +1,134 @@
+"""The ``flare-eval`` command: parses arguments, calls the Python API, prints, exits.
+
+Exit codes: 0 success, 1 finished with problems worth attention (e.g. missing
+predictions), 2 bad input (unreadable ground truth, bad arguments, bad tables).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from ._version import __version__
+
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``flare-eval`` and its subcommands."""
+    parser = argparse.ArgumentParser(
+        prog="flare-eval",
+        description="Evaluate and rank segmentation algorithms the way the FLARE challenges did.",
+        epilog="exit codes: 0 success; 1 finished, but some cases had problems (missing or invalid "
+        "predictions, listed on stderr); 2 bad input or arguments",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    score = commands.add_parser(
+        "score",
+        help="DSC and NSD of every organ of every case",
+        description="Score a folder of predictions against a folder of ground-truth label maps. "
+        "Writes OUT/scores.csv (long), OUT/scores_official.csv (official wide layout, 4 decimals) "
+        "and OUT/summary.csv, and prints the per-organ summary. An interrupted run resumes.",
+    )
+    score.add_argument("pred", type=Path, help="folder of predictions (<case>.nii.gz or <case>_0000.nii.gz)")
+    score.add_argument("gt", type=Path, help="folder of ground-truth label maps (<case>.nii.gz)")
+    score.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_protocol_argument(score)
+    score.add_argument(
+        "--slice-range",
+        choices=("half_open", "inclusive"),
+        default=None,
+        help="slice-range rule for aorta, IVC and esophagus: 'half_open' as the official FLARE22 script "
+        "(drops the last ground-truth slice), 'inclusive' to keep it (default: the protocol's)",
+    )
+    score.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    score.add_argument(
+        "--strict", action="store_true", help="stop at an unreadable or mismatched prediction instead of scoring 0"
+    )
+    score.add_argument("--force", action="store_true", help="rescore cases finished by an interrupted run")
+    score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    protocols = commands.add_parser("protocols", help="list the protocol presets")
+    protocols.set_defaults(command="protocols")
+    return parser
+
+
+def _add_protocol_argument(parser: argparse.ArgumentParser) -> None:
+    from .protocol import available_protocols
+
+    parser.add_argument(
+        "--protocol",
+        default="flare22",
+        help=f"preset ({', '.join(available_protocols())}) or path of a protocol JSON file (default: flare22)",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``flare-eval`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
+    args = build_parser().parse_args(argv)
+    warnings.simplefilter("default")
+    warnings.formatwarning = _format_warning
+    try:
+        if args.command == "score":
+            return _score(args)
+        if args.command == "protocols":
+            return _protocols()
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"flare-eval {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def _protocols() -> int:
+    from .protocol import available_protocols, load_protocol
+
+    for name in available_protocols():
+        protocol = load_protocol(name)
+        print(f"{name}: {protocol.description}")
+    return EXIT_OK
+
+
+def _score(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .protocol import load_protocol
+    from .scoring import STATUS_OK, score, summarize_scores
+
+    protocol = load_protocol(args.protocol)
+    if args.slice_range:
+        protocol = protocol.with_slice_range_mode(args.slice_range)
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be at least 1, got {args.workers}")
+    scores, files = score(
+        args.pred,
+        args.gt,
+        args.out,
+        protocol,
+        workers=args.workers,
+        strict=args.strict,
+        progress=False if args.no_progress else None,
+        force=args.force,
+    )
+    summary = summarize_scores(scores)
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    problems = scores[scores["status"] != STATUS_OK].drop_duplicates("case")
+    for row in problems.itertuples():
+        print(f"{row.case}: {row.status}: {row.message}", file=sys.stderr)
+    print(f"wrote {files.scores}, {files.official}, {files.summary}")
+    return EXIT_PROBLEMS if len(problems) else EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

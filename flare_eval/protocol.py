@@ -1,0 +1,296 @@
+"""Evaluation protocols: which labels are scored, how, and how teams are ranked.
+
+A protocol is configuration as data. Each challenge edition is a JSON file in
+``tolerances/`` (shipped inside the package as ``flare_eval/tolerances``); a
+user's own file with the same schema works everywhere a preset name does.
+
+The schema (all lengths in millimetres)::
+
+    {
+      "name": "flare22",
+      "description": "...",
+      "organs": [{"label": 1, "code": "Liver", "name": "liver", "tolerance_mm": 5}, ...],
+      "slice_range": {"labels": [5, 6, 10], "axis": 2, "mode": "half_open"} or null,
+      "both_empty_score": 1.0,
+      "ranking": {"metrics": [{"name": "DSC", "higher_is_better": true,
+                               "weight": 1.0, "worst": 0.0}, ...],
+                  "tie_method": "min"},
+      "resources": {"gpu_allowance_mib": 2048, "gpu_total_mib_for_penalty": 10240,
+                    "time_limit_s": 3600}
+    }
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Organ",
+    "SliceRangeRule",
+    "RankingMetric",
+    "Protocol",
+    "load_protocol",
+    "available_protocols",
+    "SLICE_RANGE_MODES",
+]
+
+#: ``half_open`` is what the official FLARE22 script did (the last ground-truth
+#: slice is cut away); ``inclusive`` keeps every ground-truth slice.
+SLICE_RANGE_MODES = ("half_open", "inclusive")
+TIE_METHODS = ("min",)
+
+
+@dataclass(frozen=True)
+class Organ:
+    """One scored structure.
+
+    Attributes
+    ----------
+    label : int
+        Value of the structure in the label maps.
+    code : str
+        Short name used in the official wide CSV (``Liver``, ``RK``, ...).
+    name : str
+        Human-readable name.
+    tolerance_mm : float
+        NSD tolerance in millimetres.
+    """
+
+    label: int
+    code: str
+    name: str
+    tolerance_mm: float
+
+
+@dataclass(frozen=True)
+class SliceRangeRule:
+    """Evaluate some organs only on the ground truth's slice range.
+
+    Both masks are cut to the slices ``z_min .. z_max`` of the ground truth
+    along ``axis`` before DSC and NSD are computed. With ``mode="half_open"``
+    the cut is ``[z_min, z_max)`` as in the official FLARE22 script, which drops
+    the last ground-truth slice; ``mode="inclusive"`` keeps it. When the ground
+    truth lies on a single slice the half-open cut would be empty (the
+    official script crashes there); that one slice is evaluated instead.
+    """
+
+    labels: tuple[int, ...]
+    axis: int
+    mode: str
+
+
+@dataclass(frozen=True)
+class RankingMetric:
+    """One metric of the ranking scheme.
+
+    Attributes
+    ----------
+    name : str
+        Column name in ``results.csv`` (``DSC``, ``NSD``, ``Time``, ...).
+    higher_is_better : bool
+        Direction of the metric.
+    weight : float
+        Weight of the metric's ranks in the final score.
+    worst : float
+        Value given to a team that has no valid value for a case.
+    """
+
+    name: str
+    higher_is_better: bool
+    weight: float
+    worst: float
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A complete evaluation protocol; see the module docstring for the file schema."""
+
+    name: str
+    description: str
+    organs: tuple[Organ, ...]
+    slice_range: SliceRangeRule | None
+    both_empty_score: float
+    ranking_metrics: tuple[RankingMetric, ...]
+    tie_method: str
+    gpu_allowance_mib: float
+    gpu_total_mib_for_penalty: float
+    time_limit_s: float
+    source: str
+
+    @property
+    def labels(self) -> tuple[int, ...]:
+        """Labels of the scored organs, in protocol order."""
+        return tuple(organ.label for organ in self.organs)
+
+    def organ(self, label: int) -> Organ:
+        """Return the organ with the given label value."""
+        for organ in self.organs:
+            if organ.label == label:
+                return organ
+        raise KeyError(f"label {label} is not part of protocol {self.name!r}; labels: {self.labels}")
+
+    def slice_range_applies(self, label: int) -> bool:
+        """Whether ``label`` is evaluated only on the ground truth's slice range."""
+        return self.slice_range is not None and label in self.slice_range.labels
+
+    def with_slice_range_mode(self, mode: str) -> Protocol:
+        """Return a copy whose slice-range rule uses ``mode`` (see `SLICE_RANGE_MODES`)."""
+        if mode not in SLICE_RANGE_MODES:
+            raise ValueError(f"slice range mode must be one of {SLICE_RANGE_MODES}, got {mode!r}")
+        if self.slice_range is None:
+            return self
+        return replace(self, slice_range=replace(self.slice_range, mode=mode))
+
+    def __repr__(self) -> str:
+        return (
+            f"Protocol(name={self.name!r}, organs={len(self.organs)}, "
+            f"slice_range={self.slice_range}, source={self.source!r})"
+        )
+
+
+def available_protocols() -> list[str]:
+    """Names of the protocol presets shipped with the package.
+
+    Examples
+    --------
+    >>> "flare22" in available_protocols()
+    True
+    """
+    folder = resources.files("flare_eval.tolerances")
+    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
+
+
+def load_protocol(protocol: str | Path | Protocol = "flare22") -> Protocol:
+    """Load a protocol by preset name or from a JSON file.
+
+    Parameters
+    ----------
+    protocol : str, path or Protocol
+        A preset name (see `available_protocols`), the path of a JSON file
+        with the schema in this module's docstring, or a `Protocol`, which is
+        returned as is.
+
+    Returns
+    -------
+    Protocol
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown or the file does not follow the schema; the
+        message names the file and the offending field.
+
+    Examples
+    --------
+    >>> p = load_protocol("flare22")
+    >>> p.organ(1).tolerance_mm
+    5.0
+    >>> p.slice_range.mode
+    'half_open'
+    """
+    if isinstance(protocol, Protocol):
+        return protocol
+    text, source = _read_protocol_text(protocol)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"protocol file {source}: not valid JSON ({exc})") from exc
+    return _protocol_from_dict(data, source)
+
+
+def _read_protocol_text(protocol: str | Path) -> tuple[str, str]:
+    path = Path(protocol)
+    if path.suffix == ".json" or path.exists():
+        if not path.is_file():
+            raise ValueError(f"protocol file {path} does not exist")
+        return path.read_text(encoding="utf-8"), str(path)
+    name = str(protocol)
+    preset = resources.files("flare_eval.tolerances") / f"{name}.json"
+    if not preset.is_file():
+        raise ValueError(
+            f"unknown protocol {name!r}: use one of {available_protocols()} or the path of a JSON file"
+        )
+    return preset.read_text(encoding="utf-8"), f"preset {name}"
+
+
+def _require(data: dict[str, Any], key: str, source: str, where: str = "") -> Any:
+    if key not in data:
+        raise ValueError(f"protocol file {source}: missing field {where}{key!r}")
+    return data[key]
+
+
+def _protocol_from_dict(data: Any, source: str) -> Protocol:
+    if not isinstance(data, dict):
+        raise ValueError(f"protocol file {source}: top level must be a JSON object")
+    organs = []
+    for i, item in enumerate(_require(data, "organs", source)):
+        where = f"organs[{i}]."
+        try:
+            organ = Organ(
+                label=int(_require(item, "label", source, where)),
+                code=str(_require(item, "code", source, where)),
+                name=str(item.get("name", item.get("code"))),
+                tolerance_mm=float(_require(item, "tolerance_mm", source, where)),
+            )
+        except (TypeError, AttributeError) as exc:
+            raise ValueError(f"protocol file {source}: {where} is malformed ({exc})") from exc
+        if organ.label <= 0:
+            raise ValueError(f"protocol file {source}: {where}label must be a positive integer, got {organ.label}")
+        if not organ.tolerance_mm > 0:
+            raise ValueError(
+                f"protocol file {source}: {where}tolerance_mm must be positive, got {organ.tolerance_mm}"
+            )
+        organs.append(organ)
+    if not organs:
+        raise ValueError(f"protocol file {source}: 'organs' is empty")
+    labels = [o.label for o in organs]
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"protocol file {source}: duplicated labels in 'organs': {labels}")
+
+    rule = None
+    raw_rule = data.get("slice_range")
+    if raw_rule:
+        mode = raw_rule.get("mode", "half_open")
+        if mode not in SLICE_RANGE_MODES:
+            raise ValueError(
+                f"protocol file {source}: slice_range.mode must be one of {SLICE_RANGE_MODES}, got {mode!r}"
+            )
+        rule_labels = tuple(int(v) for v in _require(raw_rule, "labels", source, "slice_range."))
+        unknown = sorted(set(rule_labels) - set(labels))
+        if unknown:
+            raise ValueError(f"protocol file {source}: slice_range.labels {unknown} are not organs of the protocol")
+        rule = SliceRangeRule(labels=rule_labels, axis=int(raw_rule.get("axis", 2)), mode=mode)
+
+    ranking = data.get("ranking") or {}
+    metrics = []
+    for i, item in enumerate(ranking.get("metrics", [])):
+        where = f"ranking.metrics[{i}]."
+        metrics.append(
+            RankingMetric(
+                name=str(_require(item, "name", source, where)),
+                higher_is_better=bool(_require(item, "higher_is_better", source, where)),
+                weight=float(item.get("weight", 1.0)),
+                worst=float(_require(item, "worst", source, where)),
+            )
+        )
+    tie_method = ranking.get("tie_method", "min")
+    if tie_method not in TIE_METHODS:
+        raise ValueError(f"protocol file {source}: ranking.tie_method must be one of {TIE_METHODS}, got {tie_method!r}")
+    res = data.get("resources") or {}
+    return Protocol(
+        name=str(data.get("name", Path(source).stem)),
+        description=str(data.get("description", "")),
+        organs=tuple(organs),
+        slice_range=rule,
+        both_empty_score=float(data.get("both_empty_score", 1.0)),
+        ranking_metrics=tuple(metrics),
+        tie_method=tie_method,
+        gpu_allowance_mib=float(res.get("gpu_allowance_mib", 2048)),
+        gpu_total_mib_for_penalty=float(res.get("gpu_total_mib_for_penalty", 10240)),
+        time_limit_s=float(res.get("time_limit_s", 3600)),
+        source=source,
+    )

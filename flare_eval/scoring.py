@@ -1,0 +1,529 @@
+"""Scoring predictions against ground truth: one case, one folder.
+
+The policy for edge cases, in one place (FLARE22 official behaviour unless noted):
+
+===============================  =====================  ==========================
+situation (per organ)            DSC                    NSD
+===============================  =====================  ==========================
+GT empty, prediction empty       ``both_empty_score``   ``both_empty_score`` (1)
+GT empty, prediction present     0                      0
+GT present, prediction empty     0                      0
+slice-range organ (5, 6, 10)     on the cut arrays      on the cut arrays
+GT of such an organ on 1 slice   on that slice          on that slice (official
+                                                        script crashes)
+prediction file missing          0, status ``missing``  0
+prediction grid differs          0, status              0
+                                 ``geometry_mismatch``
+prediction unreadable/invalid    0, status              0
+                                 ``invalid_prediction``
+label value not in protocol      treated as background, with a warning
+===============================  =====================  ==========================
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics
+from .io import (
+    CasePair,
+    InvalidLabelMapError,
+    LabelMap,
+    append_rows,
+    geometry_mismatch,
+    pair_cases,
+    read_label_map,
+    write_table,
+)
+from .protocol import Protocol, load_protocol
+
+__all__ = [
+    "OrganScore",
+    "FlareEvalWarning",
+    "score_case",
+    "score_label_maps",
+    "score_folder",
+    "summarize_scores",
+    "official_table",
+    "score",
+    "ScoreFiles",
+    "STATUS_OK",
+    "STATUS_MISSING",
+    "STATUS_GEOMETRY_MISMATCH",
+    "STATUS_INVALID_PREDICTION",
+]
+
+STATUS_OK = "ok"
+STATUS_MISSING = "missing"
+STATUS_GEOMETRY_MISMATCH = "geometry_mismatch"
+STATUS_INVALID_PREDICTION = "invalid_prediction"
+
+SCORE_COLUMNS = ["case", "label", "organ", "DSC", "NSD", "status", "gt_voxels", "pred_voxels", "message"]
+
+
+class FlareEvalWarning(UserWarning):
+    """Something was accepted but deserves the user's attention (e.g. unknown label values)."""
+
+
+@dataclass(frozen=True)
+class OrganScore:
+    """DSC and NSD of one organ of one case.
+
+    ``gt_voxels`` and ``pred_voxels`` count the voxels of the organ in the
+    evaluated region (after the slice-range cut where it applies).
+    """
+
+    label: int
+    organ: str
+    DSC: float
+    NSD: float
+    status: str
+    gt_voxels: int
+    pred_voxels: int
+    message: str = ""
+
+
+def score_label_maps(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    spacing_mm: Sequence[float],
+    protocol: str | Protocol = "flare22",
+) -> list[OrganScore]:
+    """Score every organ of the protocol on two label arrays of the same grid.
+
+    Parameters
+    ----------
+    gt, pred : (I, J, K) ndarray of integers
+        Ground-truth and predicted label maps.
+    spacing_mm : sequence of 3 floats
+        Voxel size of the ground truth along each array axis, in mm.
+    protocol : str or Protocol
+        Preset name, JSON path or `Protocol`.
+
+    Returns
+    -------
+    list of OrganScore
+        One per protocol organ, in protocol order.
+
+    Warns
+    -----
+    FlareEvalWarning
+        When a label map holds values that are not protocol labels; they are
+        scored as background.
+    """
+    protocol = load_protocol(protocol)
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt and pred must have the same shape, got {gt.shape} and {pred.shape}")
+    if gt.ndim != 3:
+        raise ValueError(f"label maps must be 3D, got shape {gt.shape}")
+    spacing = metrics._check_spacing(spacing_mm, 3)
+    for name, labels in (("ground truth", gt), ("prediction", pred)):
+        unknown = _unknown_labels(labels, protocol.labels)
+        if unknown:
+            warnings.warn(
+                f"{name} holds values {unknown} that are not labels of protocol {protocol.name!r}; "
+                "they are scored as background",
+                FlareEvalWarning,
+                stacklevel=2,
+            )
+    return [_score_organ(gt, pred, organ.label, organ.code, organ.tolerance_mm, spacing, protocol)
+            for organ in protocol.organs]
+
+
+def _unknown_labels(labels: np.ndarray, known: Sequence[int]) -> list[int]:
+    low, high = int(labels.min()), int(labels.max())
+    allowed = {0, *known}
+    if low >= 0 and all(v in allowed for v in range(low, high + 1)):
+        return []
+    values = np.unique(labels)
+    return [int(v) for v in values if int(v) not in allowed]
+
+
+def _union(box_a: tuple[slice, ...] | None, box_b: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
+    if box_a is None:
+        return box_b
+    if box_b is None:
+        return box_a
+    return tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box_a, box_b))
+
+
+def _score_organ(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    label: int,
+    code: str,
+    tolerance_mm: float,
+    spacing: np.ndarray,
+    protocol: Protocol,
+) -> OrganScore:
+    gt_box = metrics._mask_box(gt == label)
+    pred_box = metrics._mask_box(pred == label)
+    if gt_box is None:
+        score = protocol.both_empty_score if pred_box is None else 0.0
+        pred_vx = 0 if pred_box is None else int(np.count_nonzero(pred[pred_box] == label))
+        return OrganScore(label, code, score, score, STATUS_OK, 0, pred_vx)
+
+    if protocol.slice_range_applies(label):
+        axis = protocol.slice_range.axis
+        first, stop = gt_box[axis].start, gt_box[axis].stop
+        if protocol.slice_range.mode == "half_open" and stop - first > 1:
+            stop -= 1  # the official [z_min, z_max) drops the last labelled slice
+        region = [slice(None)] * 3
+        region[axis] = slice(first, stop)
+        gt, pred = gt[tuple(region)], pred[tuple(region)]
+        gt_box = metrics._mask_box(gt == label)
+        pred_box = metrics._mask_box(pred == label)
+
+    box = _union(gt_box, pred_box)
+    gt_mask = gt[box] == label
+    pred_mask = pred[box] == label
+    gt_vx = int(np.count_nonzero(gt_mask))
+    pred_vx = int(np.count_nonzero(pred_mask))
+    dsc = metrics._dice_from_counts(int(np.count_nonzero(gt_mask & pred_mask)), gt_vx, pred_vx)
+    if pred_vx == 0:
+        nsd = 0.0
+    else:
+        nsd = metrics._surface_distances_of_crops(
+            gt_mask, pred_mask, spacing, max_distance_mm=tolerance_mm
+        ).surface_dice(tolerance_mm)
+    return OrganScore(label, code, float(dsc), float(nsd), STATUS_OK, gt_vx, pred_vx)
+
+
+def _failed_case(protocol: Protocol, status: str, message: str) -> list[OrganScore]:
+    return [OrganScore(o.label, o.code, 0.0, 0.0, status, 0, 0, message) for o in protocol.organs]
+
+
+def score_case(
+    pred: str | Path | np.ndarray | LabelMap | None,
+    gt: str | Path | np.ndarray | LabelMap,
+    protocol: str | Protocol = "flare22",
+    *,
+    spacing_mm: Sequence[float] | None = None,
+    strict: bool = False,
+) -> pd.DataFrame:
+    """Score one case: DSC and NSD of every protocol organ.
+
+    Parameters
+    ----------
+    pred : path, ndarray, LabelMap or None
+        The prediction. None means missing: every organ scores 0 with status
+        ``missing``.
+    gt : path, ndarray or LabelMap
+        The ground truth. Its header gives the spacing.
+    protocol : str or Protocol
+        Preset name (``flare22``, ...), JSON path or `Protocol`.
+    spacing_mm : sequence of 3 floats, optional
+        Required when ``gt`` is a bare array (it has no header); not allowed
+        otherwise.
+    strict : bool
+        Raise instead of scoring 0 when the prediction is unreadable or on
+        another grid.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per organ: ``label, organ, DSC, NSD, status, gt_voxels,
+        pred_voxels, message``.
+
+    Raises
+    ------
+    InvalidLabelMapError
+        If the ground truth cannot be read (always) or the prediction cannot
+        (with ``strict=True``).
+    ValueError
+        If the grids differ and ``strict=True``, or ``spacing_mm`` is
+        missing for an array ground truth.
+
+    Examples
+    --------
+    >>> gt = np.zeros((10, 10, 10), np.uint8); gt[2:6, 2:6, 2:6] = 1
+    >>> pred = gt.copy(); pred[2:6, 2:6, 5] = 0
+    >>> row = score_case(pred, gt, spacing_mm=(1, 1, 1)).iloc[0]
+    >>> row["organ"], round(float(row["DSC"]), 4), row["status"]
+    ('Liver', 0.8571, 'ok')
+    """
+    protocol = load_protocol(protocol)
+    gt_map = _as_label_map(gt, spacing_mm, "gt")
+    scores = _score_pair(gt_map, pred, protocol, strict=strict, spacing_mm=spacing_mm)
+    return pd.DataFrame([asdict(s) for s in scores], columns=SCORE_COLUMNS[1:])
+
+
+def _as_label_map(image: str | Path | np.ndarray | LabelMap, spacing_mm, role: str) -> LabelMap:
+    if isinstance(image, LabelMap):
+        return image
+    if isinstance(image, np.ndarray):
+        if spacing_mm is None:
+            raise ValueError(f"{role} is a bare array: pass spacing_mm (there is no header to read it from)")
+        if not np.issubdtype(image.dtype, np.integer) and image.dtype != bool:
+            raise TypeError(f"{role} must hold integer labels, got dtype {image.dtype}")
+        spacing = tuple(float(s) for s in metrics._check_spacing(spacing_mm, 3))
+        return LabelMap(image, spacing, np.diag([*spacing, 1.0]), None)
+    return read_label_map(image)
+
+
+def _score_pair(
+    gt_map: LabelMap,
+    pred: str | Path | np.ndarray | LabelMap | None,
+    protocol: Protocol,
+    *,
+    strict: bool,
+    spacing_mm: Sequence[float] | None = None,
+) -> list[OrganScore]:
+    if pred is None:
+        return _failed_case(protocol, STATUS_MISSING, "no prediction file for this case")
+    try:
+        pred_map = _as_label_map(pred, spacing_mm if spacing_mm is not None else gt_map.spacing_mm, "pred")
+    except InvalidLabelMapError as exc:
+        if strict:
+            raise
+        return _failed_case(protocol, STATUS_INVALID_PREDICTION, str(exc))
+    problem = geometry_mismatch(gt_map, pred_map)
+    if problem:
+        if strict:
+            raise ValueError(problem)
+        return _failed_case(protocol, STATUS_GEOMETRY_MISMATCH, problem)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FlareEvalWarning)
+        scores = score_label_maps(gt_map.array, pred_map.array, gt_map.spacing_mm, protocol)
+    for warning in caught:
+        source = gt_map.path if str(warning.message).startswith("ground truth") else pred_map.path
+        warnings.warn(f"{source}: {warning.message}", FlareEvalWarning, stacklevel=3)
+    return scores
+
+
+def _score_case_task(pair: CasePair, protocol: Protocol, strict: bool) -> tuple[str, list[dict], list[str]]:
+    """Worker entry point: score one case from files (runs in a child process)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", FlareEvalWarning)
+        gt_map = read_label_map(pair.gt_path)
+        scores = _score_pair(gt_map, pair.pred_path, protocol, strict=strict)
+    rows = [{"case": pair.case, **asdict(s)} for s in scores]
+    return pair.case, rows, [str(w.message) for w in caught]
+
+
+def score_folder(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    protocol: str | Protocol = "flare22",
+    *,
+    workers: int | None = None,
+    strict: bool = False,
+    progress: bool | None = None,
+    on_case: callable | None = None,
+    skip_cases: Iterable[str] = (),
+) -> pd.DataFrame:
+    """Score every ground-truth case of a folder against its prediction.
+
+    Parameters
+    ----------
+    pred_dir, gt_dir : path
+        Folders of ``.nii.gz`` label maps; see :func:`flare_eval.io.pair_cases`
+        for how files are paired.
+    protocol : str or Protocol
+        Preset name, JSON path or `Protocol`.
+    workers : int, optional
+        Processes scoring cases in parallel (default: all cores). Each holds
+        one case in memory at a time.
+    strict : bool
+        Stop at the first unreadable prediction or grid mismatch instead of
+        scoring it 0.
+    progress : bool, optional
+        Show a progress bar (default: when stderr is a terminal).
+    on_case : callable, optional
+        Called as ``on_case(rows_dataframe)`` in the calling process as soon
+        as each case is finished (used to write results incrementally).
+    skip_cases : iterable of str
+        Case ids not to score (e.g. already finished in an earlier run).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per case and organ, sorted by case then label, with columns
+        ``case, label, organ, DSC, NSD, status, gt_voxels, pred_voxels, message``.
+        Extra prediction files are reported with a `FlareEvalWarning`.
+
+    Raises
+    ------
+    InvalidLabelMapError
+        If a ground-truth file cannot be read.
+
+    Examples
+    --------
+    >>> from flare_eval import example_paths
+    >>> paths = example_paths()
+    >>> scores = score_folder(paths.predictions / "teamC", paths.labels, workers=1, progress=False)
+    >>> sorted(scores["status"].unique())
+    ['missing', 'ok']
+    """
+    from tqdm import tqdm
+
+    protocol = load_protocol(protocol)
+    pairing = pair_cases(pred_dir, gt_dir)
+    if pairing.extra_predictions:
+        names = ", ".join(p.name for p in pairing.extra_predictions)
+        warnings.warn(f"{pred_dir}: prediction files with no ground truth were not scored: {names}",
+                      FlareEvalWarning, stacklevel=2)
+    skip = set(skip_cases)
+    todo = [pair for pair in pairing.pairs if pair.case not in skip]
+    workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
+    frames = []
+    bar = tqdm(total=len(todo), desc="scoring", unit="case", disable=(not progress) if progress is not None else None)
+
+    def finish(case_rows: list[dict], messages: list[str]) -> None:
+        for message in messages:
+            warnings.warn(message, FlareEvalWarning, stacklevel=3)
+        frame = pd.DataFrame(case_rows, columns=SCORE_COLUMNS)
+        frames.append(frame)
+        if on_case is not None:
+            on_case(frame)
+        bar.update(1)
+
+    try:
+        if workers <= 1:
+            for pair in todo:
+                finish(*_score_case_task(pair, protocol, strict)[1:])
+        else:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(_score_case_task, pair, protocol, strict) for pair in todo]
+                try:
+                    for future in as_completed(futures):
+                        finish(*future.result()[1:])
+                except BaseException:
+                    for future in futures:
+                        future.cancel()
+                    raise
+    finally:
+        bar.close()
+    if not frames:
+        return pd.DataFrame(columns=SCORE_COLUMNS)
+    return pd.concat(frames, ignore_index=True).sort_values(["case", "label"], ignore_index=True)
+
+
+def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per-organ summary of DSC and NSD over cases.
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        Long scores as returned by `score_folder`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per organ plus ``mean`` (the per-case mean over organs), with
+        ``n`` and mean, median, Q1 and Q3 of DSC and NSD.
+    """
+    case_means = scores.groupby("case", sort=True)[["DSC", "NSD"]].mean().assign(organ="mean", label=0)
+    table = pd.concat([scores[["label", "organ", "DSC", "NSD"]], case_means.reset_index(drop=True)])
+    grouped = table.groupby(["label", "organ"], sort=False)
+    out = {"n": grouped["DSC"].count()}
+    for metric in ("DSC", "NSD"):
+        values = grouped[metric]
+        out[f"{metric}_mean"] = values.mean()
+        out[f"{metric}_median"] = values.median()
+        out[f"{metric}_q1"] = values.quantile(0.25)
+        out[f"{metric}_q3"] = values.quantile(0.75)
+    summary = pd.DataFrame(out).reset_index()
+    organs = summary[summary["organ"] != "mean"].sort_values("label")
+    return pd.concat([organs, summary[summary["organ"] == "mean"]], ignore_index=True).drop(columns="label")
+
+
+def official_table(scores: pd.DataFrame, protocol: str | Protocol = "flare22") -> pd.DataFrame:
+    """Scores in the official FLARE wide layout, rounded to 4 decimals.
+
+    Columns ``Name, <code>_DSC for each organ, <code>_NSD for each organ``;
+    ``Name`` is ``<case>.nii.gz``.
+    """
+    protocol = load_protocol(protocol)
+    codes = [o.code for o in protocol.organs]
+    wide = scores.pivot(index="case", columns="organ", values=["DSC", "NSD"])
+    table = pd.DataFrame({"Name": [f"{case}.nii.gz" for case in wide.index]})
+    for metric in ("DSC", "NSD"):
+        for code in codes:
+            table[f"{code}_{metric}"] = wide[(metric, code)].to_numpy().round(4)
+    return table
+
+
+@dataclass(frozen=True)
+class ScoreFiles:
+    """Files written by `score`."""
+
+    scores: Path
+    official: Path
+    summary: Path
+
+
+def score(
+    pred_dir: str | Path,
+    gt_dir: str | Path,
+    out_dir: str | Path,
+    protocol: str | Protocol = "flare22",
+    *,
+    workers: int | None = None,
+    strict: bool = False,
+    progress: bool | None = None,
+    force: bool = False,
+) -> tuple[pd.DataFrame, ScoreFiles]:
+    """Score a folder and write the result tables; resumes an interrupted run.
+
+    Writes ``out_dir/scores.csv`` (long, unrounded), ``out_dir/scores_official.csv``
+    (the official wide layout, 4 decimals) and ``out_dir/summary.csv`` (see
+    `summarize_scores`). While it runs, each finished case is appended to
+    ``out_dir/scores.partial.csv``; a later call finds the cases there and does
+    not score them again (unless ``force``), so an interrupted run loses at
+    most the cases in flight.
+
+    Parameters
+    ----------
+    pred_dir, gt_dir, out_dir : path
+        Predictions, ground truth, output folder.
+    protocol, workers, strict, progress
+        As for `score_folder`.
+    force : bool
+        Score every case again, ignoring an interrupted run's partial results.
+
+    Returns
+    -------
+    scores : pandas.DataFrame
+        As returned by `score_folder`.
+    files : ScoreFiles
+        Paths of the written tables.
+    """
+    protocol = load_protocol(protocol)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    partial = out_dir / "scores.partial.csv"
+    done = pd.DataFrame(columns=SCORE_COLUMNS)
+    if partial.exists():
+        if force:
+            partial.unlink()
+        else:
+            done = pd.read_csv(partial, keep_default_na=False, dtype={"case": str, "message": str})
+    new = score_folder(
+        pred_dir,
+        gt_dir,
+        protocol,
+        workers=workers,
+        strict=strict,
+        progress=progress,
+        on_case=lambda rows: append_rows(rows, partial),
+        skip_cases=set(done["case"]),
+    )
+    frames = [frame for frame in (done, new) if len(frame)]
+    scores = pd.concat(frames, ignore_index=True) if frames else new
+    scores = scores.sort_values(["case", "label"], ignore_index=True)
+    files = ScoreFiles(
+        scores=write_table(scores, out_dir / "scores.csv"),
+        official=write_table(official_table(scores, protocol), out_dir / "scores_official.csv"),
+        summary=write_table(summarize_scores(scores), out_dir / "summary.csv"),
+    )
+    partial.unlink(missing_ok=True)
+    return scores, files

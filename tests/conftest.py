@@ -1,0 +1,35 @@
+"""Shared test helpers."""
+
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_REAL = REPO.parent / "shared" / "data" / "real"
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+
+def write_nifti(path, array, spacing_mm=(1.0, 1.0, 1.0), dtype=None, affine=None):
+    """Write a label map with the given spacing (RAS diagonal affine unless ``affine`` is given)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if affine is None:
+        affine = np.diag([*spacing_mm, 1.0])
+    array = np.asarray(array)
+    if array.dtype == np.int64:
+        array = array.astype(np.int32)
+    image = nib.Nifti1Image(array, affine)
+    if dtype is not None:
+        image.set_data_dtype(dtype)
+    nib.save(image, str(path))
+    return path
+
+
+@pytest.fixture
+def examples():
+    from flare_eval import example_paths
+
+    return example_paths()

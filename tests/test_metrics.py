@@ -1,0 +1,131 @@
+"""Metrics against hand-worked values and DeepMind's surface-distance."""
+
+import numpy as np
+import pytest
+import surface_distance as deepmind
+
+from flare_eval import dice_coefficient, normalized_surface_dice, surface_distances
+from flare_eval.io import read_label_map
+from flare_eval.metrics import _SCAN_TO_TRANSFORM_COST
+
+
+def deepmind_nsd(gt, pred, spacing, tolerance):
+    return deepmind.compute_surface_dice_at_tolerance(deepmind.compute_surface_distances(gt, pred, spacing), tolerance)
+
+
+def cube(shape, lo, hi):
+    mask = np.zeros(shape, bool)
+    mask[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    return mask
+
+
+def test_dice_hand_worked():
+    a = cube((4, 4, 4), (0, 0, 0), (2, 4, 4))  # 32 voxels
+    b = cube((4, 4, 4), (1, 0, 0), (4, 4, 4))  # 48 voxels, 16 shared
+    assert dice_coefficient(a, b) == pytest.approx(2 * 16 / 80)
+
+
+def test_dice_empty_masks_are_nan_or_zero():
+    empty = np.zeros((3, 3, 3), bool)
+    assert np.isnan(dice_coefficient(empty, empty))
+    assert dice_coefficient(empty, cube((3, 3, 3), (0, 0, 0), (1, 1, 1))) == 0.0
+
+
+def test_nsd_hand_worked_shifted_cube_anisotropic():
+    # A 3x3x3 voxel cube shifted by one voxel along the third axis (2 mm there).
+    # Every face voxel's surfel sits on the corner lattice; faces perpendicular to
+    # axis 2 are 2 mm from the other surface, all other surfels are at 0 or 2 mm
+    # except the four side faces' outer rows. At 1 mm only the shared parts count.
+    gt = cube((6, 6, 7), (1, 1, 1), (4, 4, 4))
+    pred = cube((6, 6, 7), (1, 1, 2), (4, 4, 5))
+    spacing = (1.0, 1.0, 2.0)
+    d = surface_distances(gt, pred, spacing)
+    # At 2 mm (one voxel step along axis 2) every surfel is within tolerance.
+    assert d.surface_dice(2.0) == 1.0
+    assert d.surface_dice(1.0) == pytest.approx(deepmind_nsd(gt, pred, spacing, 1.0), abs=1e-12)
+    assert 0 < d.surface_dice(1.0) < 1
+
+
+def test_nsd_identical_masks_is_one_and_disjoint_far_masks_zero():
+    gt = cube((20, 20, 20), (2, 2, 2), (6, 6, 6))
+    assert normalized_surface_dice(gt, gt, (0.5, 0.7, 3.0), 1.0) == 1.0
+    far = cube((20, 20, 20), (14, 14, 14), (18, 18, 18))
+    assert normalized_surface_dice(gt, far, (1.0, 1.0, 1.0), 2.0) == 0.0
+
+
+def test_nsd_empty_cases():
+    empty = np.zeros((5, 5, 5), bool)
+    organ = cube((5, 5, 5), (1, 1, 1), (3, 3, 3))
+    assert np.isnan(normalized_surface_dice(empty, empty, (1, 1, 1), 1.0))
+    assert normalized_surface_dice(organ, empty, (1, 1, 1), 1.0) == 0.0
+    assert normalized_surface_dice(empty, organ, (1, 1, 1), 1.0) == 0.0
+
+
+@pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (0.8, 0.8, 2.5), (0.5, 2.0, 0.7), (0.7, 0.7, 6.0)])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_nsd_matches_deepmind_on_real_organs(spacing, order):
+    gt = read_label_map(SHARED_GT).array
+    pred = read_label_map(SHARED_FAST).array
+    for label in (1, 2, 4, 5, 7, 9, 12):
+        a = np.asarray(gt == label, order=order)
+        b = np.asarray(pred == label, order=order)
+        reference = deepmind.compute_surface_distances(a, b, spacing)
+        for tolerance in (1.0, 2.0, 3.0, 5.0, 7.0):
+            ours = normalized_surface_dice(a, b, spacing, tolerance)
+            assert ours == pytest.approx(deepmind.compute_surface_dice_at_tolerance(reference, tolerance), abs=1e-9)
+        full = surface_distances(a, b, spacing)
+        # Exact distances agree bit for bit (DeepMind returns them sorted).
+        np.testing.assert_array_equal(np.sort(full.distances_gt_to_pred_mm), reference["distances_gt_to_pred"])
+        np.testing.assert_array_equal(np.sort(full.distances_pred_to_gt_mm), reference["distances_pred_to_gt"])
+
+
+def test_nsd_tolerance_on_a_lattice_distance_uses_float64_like_deepmind():
+    # 3 x 0.8 mm = 2.4000000000000004 mm in float64, just over a 2.4 mm tolerance:
+    # DeepMind does not count such surfels; float32 implementations do.
+    gt = cube((12, 12, 12), (3, 3, 3), (6, 8, 8))
+    pred = cube((12, 12, 12), (3, 3, 3), (9, 8, 8))  # 3 voxels longer along axis 0
+    spacing = (0.8, 0.8, 0.8)
+    reference = deepmind_nsd(gt, pred, spacing, 2.4)
+    assert normalized_surface_dice(gt, pred, spacing, 2.4) == pytest.approx(reference, abs=1e-12)
+    assert normalized_surface_dice(gt, pred, spacing, 2.4) < normalized_surface_dice(gt, pred, spacing, 2.41)
+
+
+def test_far_apart_masks_fall_back_to_the_feature_transform(monkeypatch):
+    # Two random blobs mostly beyond the tolerance: the offset scan gives up
+    # early and the feature transform must give identical values.
+    rng = np.random.default_rng(3)
+    gt = rng.random((30, 30, 12)) > 0.7
+    pred = np.roll(gt, 7, axis=0) & (rng.random((30, 30, 12)) > 0.3)
+    spacing = (0.9, 1.1, 2.5)
+    expected = deepmind_nsd(gt, pred, spacing, 3.0)
+    assert normalized_surface_dice(gt, pred, spacing, 3.0) == pytest.approx(expected, abs=1e-12)
+    monkeypatch.setattr("flare_eval.metrics._SCAN_TO_TRANSFORM_COST", 0)
+    assert normalized_surface_dice(gt, pred, spacing, 3.0) == pytest.approx(expected, abs=1e-12)
+    assert _SCAN_TO_TRANSFORM_COST > 0
+
+
+def test_surface_dice_refuses_tolerance_beyond_computed_distances():
+    gt = cube((8, 8, 8), (2, 2, 2), (5, 5, 5))
+    d = surface_distances(gt, gt, (1, 1, 1), max_distance_mm=2.0)
+    with pytest.raises(ValueError, match="exceeds max_distance_mm=2.0"):
+        d.surface_dice(3.0)
+
+
+@pytest.mark.parametrize(
+    ("gt", "pred", "spacing", "error", "pattern"),
+    [
+        (np.zeros((3, 3, 3), np.uint8), np.zeros((3, 3, 3), bool), (1, 1, 1), TypeError, "mask_gt must be .* bool"),
+        (np.zeros((3, 3, 3), bool), np.zeros((3, 3, 4), bool), (1, 1, 1), ValueError, "same shape"),
+        (np.zeros((3, 3), bool), np.zeros((3, 3), bool), (1, 1), ValueError, "must be 3D"),
+        (np.zeros((3, 3, 3), bool), np.zeros((3, 3, 3), bool), (1, 0, 1), ValueError, "spacing_mm must be 3 positive"),
+    ],
+)
+def test_bad_arguments_are_named(gt, pred, spacing, error, pattern):
+    with pytest.raises(error, match=pattern):
+        surface_distances(gt, pred, spacing)
+
+
+from conftest import SHARED_REAL  # noqa: E402
+
+SHARED_GT = SHARED_REAL / "ts_example_gt.nii.gz"
+SHARED_FAST = SHARED_REAL / "ts_example_fast.nii.gz"

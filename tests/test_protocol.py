@@ -1,0 +1,96 @@
+"""Protocol presets, user files, and their installation."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from flare_eval import available_protocols, load_protocol
+
+FLARE22_TOLERANCES = {1: 5, 2: 3, 3: 3, 4: 5, 5: 2, 6: 2, 7: 2, 8: 2, 9: 2, 10: 3, 11: 5, 12: 7, 13: 3}
+
+
+def test_presets():
+    assert {"flare21", "flare22", "flare23"} <= set(available_protocols())
+    p22 = load_protocol("flare22")
+    assert {o.label: o.tolerance_mm for o in p22.organs} == FLARE22_TOLERANCES
+    assert [o.code for o in p22.organs][:5] == ["Liver", "RK", "Spleen", "Pancreas", "Aorta"]
+    assert p22.slice_range.labels == (5, 6, 10) and p22.slice_range.mode == "half_open"
+    assert [(m.name, m.weight, m.worst) for m in p22.ranking_metrics] == [
+        ("DSC", 1.0, 0.0), ("NSD", 1.0, 0.0), ("Time", 1.0, 3600.0),
+        ("AUC_GPU", 0.5, 29491200.0), ("AUC_CPU", 0.5, 360000.0),
+    ]
+    p21 = load_protocol("flare21")
+    assert p21.labels == (1, 2, 3, 4) and {o.tolerance_mm for o in p21.organs} == {1.0}
+    assert p21.slice_range is None
+    p23 = load_protocol("flare23")
+    assert p23.organ(14).tolerance_mm == 2.0 and p23.organ(14).code == "Lesion"
+
+
+def test_inclusive_mode_copy():
+    inclusive = load_protocol("flare22").with_slice_range_mode("inclusive")
+    assert inclusive.slice_range.mode == "inclusive"
+    assert load_protocol("flare22").slice_range.mode == "half_open"
+    with pytest.raises(ValueError, match="must be one of"):
+        load_protocol("flare22").with_slice_range_mode("open")
+
+
+def test_user_file(tmp_path):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"name": "mine", "organs": [{"label": 3, "code": "Sp", "tolerance_mm": 1.5}]}))
+    protocol = load_protocol(path)
+    assert protocol.labels == (3,) and protocol.organ(3).tolerance_mm == 1.5 and protocol.slice_range is None
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"organs": []}), "'organs' is empty"),
+        (json.dumps({"organs": [{"label": 1, "code": "L"}]}), r"missing field organs\[0\]\.'tolerance_mm'"),
+        (json.dumps({"organs": [{"label": 1, "code": "L", "tolerance_mm": -1}]}), "must be positive"),
+        (json.dumps({"organs": [{"label": 1, "code": "L", "tolerance_mm": 1}] * 2}), "duplicated labels"),
+        (
+            json.dumps({"organs": [{"label": 1, "code": "L", "tolerance_mm": 1}], "slice_range": {"labels": [7]}}),
+            r"slice_range.labels \[7\] are not organs",
+        ),
+    ],
+)
+def test_bad_user_files_name_file_and_field(tmp_path, content, pattern):
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=pattern) as info:
+        load_protocol(path)
+    assert "bad.json" in str(info.value)
+
+
+def test_unknown_preset_lists_choices():
+    with pytest.raises(ValueError, match=r"unknown protocol 'flare99': use one of \['flare21', 'flare22'"):
+        load_protocol("flare99")
+
+
+def test_non_editable_install_ships_presets_and_examples(tmp_path):
+    """`pip install .` (a real wheel build, not editable) finds the presets from another directory."""
+    target = tmp_path / "site"
+    repo = __import__("conftest").REPO
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
+         "--target", str(target), str(repo)],
+        check=True,
+    )
+    code = (
+        "import flare_eval, sys; "
+        f"assert flare_eval.__file__.startswith({str(target)!r}), flare_eval.__file__; "
+        "print(flare_eval.available_protocols()); "
+        "print(flare_eval.load_protocol('flare22').organ(12).tolerance_mm); "
+        "print(sorted(p.name for p in flare_eval.example_paths().labels.glob('*.nii.gz')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+        env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "['flare21', 'flare22', 'flare23']" in result.stdout
+    assert "7.0" in result.stdout
+    assert "case_0001.nii.gz" in result.stdout

@@ -1,0 +1,1 @@
+"""Protocol presets (JSON), installed as ``flare_eval.tolerances``; see :mod:`flare_eval.protocol`."""
