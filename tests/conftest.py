@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_REAL = REPO.parent / "shared" / "data" / "real"
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 

@@ -64,8 +64,8 @@ def test_nsd_empty_cases():
 @pytest.mark.parametrize("spacing", [(3.0, 3.0, 3.0), (0.8, 0.8, 2.5), (0.5, 2.0, 0.7), (0.7, 0.7, 6.0)])
 @pytest.mark.parametrize("order", ["C", "F"])
 def test_nsd_matches_deepmind_on_real_organs(spacing, order):
-    gt = read_label_map(SHARED_GT).array
-    pred = read_label_map(SHARED_FAST).array
+    gt = read_label_map(REAL_GT).array
+    pred = read_label_map(REAL_OTHER).array
     for label in (1, 2, 4, 5, 7, 9, 12):
         a = np.asarray(gt == label, order=order)
         b = np.asarray(pred == label, order=order)
@@ -125,7 +125,8 @@ def test_bad_arguments_are_named(gt, pred, spacing, error, pattern):
         surface_distances(gt, pred, spacing)
 
 
-from conftest import SHARED_REAL  # noqa: E402
+from flare_eval import example_paths  # noqa: E402
 
-SHARED_GT = SHARED_REAL / "ts_example_gt.nii.gz"
-SHARED_FAST = SHARED_REAL / "ts_example_fast.nii.gz"
+# Real organs: the bundled case_0001 ground truth and an independent segmentation of the same CT.
+REAL_GT = example_paths().labels / "case_0001.nii.gz"
+REAL_OTHER = example_paths().predictions / "teamA" / "case_0001.nii.gz"
