@@ -14,8 +14,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: install  ## score the bundled example predictions of teamA and print the per-organ summary
+demo: install  ## score the bundled example predictions, rank the example results
 	$(BIN)/flare-eval score examples/data/predictions/teamA examples/data/labels --out demo_out/teamA
+	$(BIN)/flare-eval rank examples/data/results.csv --out demo_out/ranking --seed 2022
 
 test: install  ## the whole test suite, then the linter
 	$(BIN)/python -m pytest
@@ -26,6 +27,7 @@ lint: install
 
 bench: install  ## ours against the official-equivalent reference, side by side
 	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_ranking.py
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info

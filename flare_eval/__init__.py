@@ -7,6 +7,8 @@ The public API, re-exported here, covers each step of the data flow:
 * reading label maps: `read_label_map`, `pair_cases`;
 * scoring: `score_case`, `score_folder`, `score` (writes the output tables),
   `summarize_scores`, `official_table`;
+* ranking: `rank`, `bootstrap_stability`, `significance`, `best_versus_rest`,
+  `prepare_results`, and `rank_results` (reads ``results.csv``, writes the ranking tables);
 * example data: `example_paths`.
 """
 
@@ -14,7 +16,20 @@ from ._examples import ExamplePaths, example_paths
 from ._version import __version__
 from .io import InvalidLabelMapError, LabelMap, pair_cases, read_label_map
 from .metrics import SurfaceDistances, dice_coefficient, normalized_surface_dice, surface_distances
+from .pipeline import RankingOutputs, rank_results
 from .protocol import Organ, Protocol, available_protocols, load_protocol
+from .ranking import (
+    BootstrapResult,
+    RankingWarning,
+    ResultsTableError,
+    best_versus_rest,
+    bootstrap_stability,
+    holm_adjust,
+    kendall_tau_b,
+    prepare_results,
+    rank,
+    significance,
+)
 from .scoring import (
     FlareEvalWarning,
     OrganScore,
@@ -48,4 +63,16 @@ __all__ = [
     "score_case",
     "score_folder",
     "summarize_scores",
+    "RankingOutputs",
+    "rank_results",
+    "BootstrapResult",
+    "RankingWarning",
+    "ResultsTableError",
+    "best_versus_rest",
+    "bootstrap_stability",
+    "holm_adjust",
+    "kendall_tau_b",
+    "prepare_results",
+    "rank",
+    "significance",
 ]

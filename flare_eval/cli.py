@@ -55,6 +55,25 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--force", action="store_true", help="rescore cases finished by an interrupted run")
     score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
+    ranking = commands.add_parser(
+        "rank",
+        help="rank-then-aggregate ranking, bootstrap stability and Wilcoxon tests",
+        description="Rank the teams of RESULTS (columns team, case and the protocol's metrics: "
+        "DSC, NSD, Time, AUC_GPU, AUC_CPU for FLARE22). Writes OUT/ranking.csv, bootstrap.csv, "
+        "rank_distribution.csv, significance.csv, best_vs_rest.csv and settings.json, and prints "
+        "the ranking and the stability summary. Missing cases or values get the protocol's worst value, "
+        "with a warning.",
+    )
+    ranking.add_argument("results", type=Path, help="results.csv: one row per team and case")
+    ranking.add_argument("--out", type=Path, required=True, help="output folder")
+    _add_protocol_argument(ranking)
+    ranking.add_argument("--samples", type=int, default=1000, help="bootstrap samples (default: 1000)")
+    ranking.add_argument("--seed", type=int, default=None,
+                         help="random seed of the bootstrap (default: random, recorded in settings.json)")
+    ranking.add_argument("--adjust", choices=("holm", "none"), default="holm",
+                         help="multiple-testing adjustment over the pairs of one metric (default: holm)")
+    ranking.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
+
     protocols = commands.add_parser("protocols", help="list the protocol presets")
     protocols.set_defaults(command="protocols")
     return parser
@@ -78,6 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "score":
             return _score(args)
+        if args.command == "rank":
+            return _rank(args)
         if args.command == "protocols":
             return _protocols()
     except (ValueError, FileNotFoundError) as exc:
@@ -128,6 +149,31 @@ def _score(args: argparse.Namespace) -> int:
         print(f"{row.case}: {row.status}: {row.message}", file=sys.stderr)
     print(f"wrote {files.scores}, {files.official}, {files.summary}")
     return EXIT_PROBLEMS if len(problems) else EXIT_OK
+
+
+def _rank(args: argparse.Namespace) -> int:
+    from .pipeline import rank_results
+
+    if args.samples < 1:
+        raise ValueError(f"--samples must be at least 1, got {args.samples}")
+    if not 0 < args.alpha < 1:
+        raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    outputs = rank_results(args.results, args.out, args.protocol, n_samples=args.samples, seed=args.seed,
+                           adjust=args.adjust, alpha=args.alpha)
+    print(outputs.ranking.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"\nKendall's tau over {outputs.bootstrap.n_samples} bootstrap samples (seed {outputs.bootstrap.seed}):")
+    print(outputs.bootstrap.summary().to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    counts = outputs.significance.groupby("metric", sort=False)["significant"].agg(["sum", "count"])
+    print(f"\nsignificantly better ordered pairs (one-sided Wilcoxon, {args.adjust}, alpha {args.alpha}):")
+    for metric, row in counts.iterrows():
+        print(f"  {metric}: {int(row['sum'])} of {int(row['count'])}")
+    best = outputs.best_versus_rest
+    if len(best):
+        print(f"best {best.metric.iloc[0]} ({best.team_a.iloc[0]}) significantly better than "
+              f"{int(best.significant.sum())} of {len(best)} other teams")
+    print(f"wrote {outputs.folder}/ranking.csv, bootstrap.csv, rank_distribution.csv, significance.csv, "
+          "best_vs_rest.csv, settings.json")
+    return EXIT_OK
 
 
 if __name__ == "__main__":

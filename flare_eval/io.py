@@ -30,6 +30,7 @@ __all__ = [
     "LABEL_MAP_SUFFIXES",
     "write_table",
     "append_rows",
+    "read_table",
 ]
 
 LABEL_MAP_SUFFIXES = (".nii.gz", ".nii")
@@ -284,3 +285,29 @@ def append_rows(rows: pd.DataFrame, path: str | Path) -> None:
         rows.to_csv(handle, index=False, header=new_file)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def read_table(path: str | Path, *, role: str = "table") -> pd.DataFrame:
+    """Read a CSV written by another step (or by hand), with errors that name the file.
+
+    ``team`` and ``case`` columns are read as text so that ids such as ``0001``
+    keep their leading zeros.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the file does not exist.
+    ValueError
+        If it is empty or not parseable as CSV.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{role} {path} does not exist")
+    try:
+        return pd.read_csv(path, dtype={"team": str, "case": str}, skipinitialspace=True)
+    except pd.errors.EmptyDataError as exc:
+        raise ValueError(f"{role} {path} is empty") from exc
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{role} {path} is not a readable CSV file ({exc})") from exc

@@ -74,3 +74,45 @@ def test_console_script_is_installed():
     script = Path(sys.executable).parent / "flare-eval"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_rank_examples(examples, tmp_path, capsys):
+    with pytest.warns(UserWarning, match="teamL' has no row for 1 case"):
+        code = main(["rank", str(examples.results), "--out", str(tmp_path), "--samples", "100", "--seed", "3"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "teamA" in out and "kendall_tau" in out and "significantly better" in out
+    expected = {"ranking.csv", "bootstrap.csv", "rank_distribution.csv", "significance.csv", "best_vs_rest.csv",
+                "settings.json"}
+    assert {p.name for p in tmp_path.iterdir()} == expected
+    ranking = pd.read_csv(tmp_path / "ranking.csv")
+    assert list(ranking.columns[:3]) == ["team", "rank", "score"] and ranking["rank"].is_monotonic_increasing
+    assert len(pd.read_csv(tmp_path / "bootstrap.csv")) == 100
+    settings = __import__("json").loads((tmp_path / "settings.json").read_text())
+    assert settings["seed"] == 3 and settings["bootstrap_samples"] == 100
+    first = pd.read_csv(tmp_path / "bootstrap.csv")
+    with pytest.warns(UserWarning):
+        main(["rank", str(examples.results), "--out", str(tmp_path / "again"), "--samples", "100", "--seed", "3"])
+    pd.testing.assert_frame_equal(first, pd.read_csv(tmp_path / "again" / "bootstrap.csv"))
+
+
+@pytest.mark.parametrize(
+    ("content", "pattern"),
+    [
+        ("team,case,DCS,NSD,Time,AUC_GPU,AUC_CPU\na,1,1,1,1,1,1\nb,1,1,1,1,1,1\n", "misspelling of metric 'DSC'"),
+        ("team,case,DSC,NSD,Time,AUC_GPU,AUC_CPU\na,1,1,1,1,1,1\n", "at least two teams"),
+        ("team,case,DSC,NSD,Time,AUC_GPU,AUC_CPU\na,1,x,1,1,1,1\nb,1,1,1,1,1,1\n", "non-numeric"),
+        ("team,case,DSC,NSD,Time,AUC_GPU,AUC_CPU\na,1,1,1,1,1,1\na,1,1,1,1,1,1\n", "duplicated"),
+        ("", "is empty"),
+    ],
+)
+def test_rank_bad_tables_exit_2(tmp_path, capsys, content, pattern):
+    path = tmp_path / "results.csv"
+    path.write_text(content)
+    assert main(["rank", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert pattern in capsys.readouterr().err
+
+
+def test_rank_missing_file_exits_2(tmp_path, capsys):
+    assert main(["rank", str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 2
+    assert "nope.csv does not exist" in capsys.readouterr().err

@@ -1,0 +1,542 @@
+"""Rank-then-aggregate ranking, bootstrap stability and significance tests. Pure computation, no I/O.
+
+The scheme of the FLARE22 paper ("Ranking scheme"): for every case and every
+metric the teams are ranked (ties at the minimum rank); a team's score is the
+weighted mean of all its ranks, ``sum(w_m * rank) / (n_cases * sum(w_m))``;
+the final ranking orders the scores (ties at the minimum again).
+
+Stability follows challengeR's bootstrap without its two bugs: each bootstrap
+sample draws ``n_cases`` cases with replacement (the same draws for every team)
+and a case drawn twice counts twice as its own pseudo-case. Because rank-then-
+aggregate ranks teams *within* a case, a pseudo-case's ranks are its case's
+ranks, so a sample's scores are ``counts @ case_scores``: the whole bootstrap is
+one matrix product.
+
+Significance: for each metric and each ordered pair of teams, a one-sided
+paired Wilcoxon signed-rank test on the cases both teams have, with the
+normal approximation and continuity correction of R's
+``wilcox.test(paired=TRUE, exact=FALSE)`` (zero differences dropped), and
+Holm's adjustment over all ordered pairs of one metric.
+"""
+
+from __future__ import annotations
+
+import difflib
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .protocol import Protocol, RankingMetric, load_protocol
+
+__all__ = [
+    "ResultsTableError",
+    "RankingWarning",
+    "ResultsMatrix",
+    "prepare_results",
+    "rank",
+    "BootstrapResult",
+    "bootstrap_stability",
+    "significance",
+    "best_versus_rest",
+    "kendall_tau_b",
+    "holm_adjust",
+    "ADJUST_METHODS",
+]
+
+ADJUST_METHODS = ("holm", "none")
+
+
+class ResultsTableError(ValueError):
+    """The results table cannot be ranked; the message says which rows or columns and why."""
+
+
+class RankingWarning(UserWarning):
+    """Something in the results table was filled in or ignored (e.g. missing cases got worst values)."""
+
+
+@dataclass(frozen=True)
+class ResultsMatrix:
+    """Validated results as arrays.
+
+    Attributes
+    ----------
+    teams : tuple of str
+        Team names, sorted.
+    cases : tuple of str
+        Case ids, sorted.
+    metrics : tuple of RankingMetric
+        The protocol's ranking metrics.
+    values : (n_metrics, n_cases, n_teams) ndarray of float64
+        Metric values, worst values filled in where a team had none.
+    observed : (n_metrics, n_cases, n_teams) ndarray of bool
+        Whether each value was in the table (False where it was filled in).
+    """
+
+    teams: tuple[str, ...]
+    cases: tuple[str, ...]
+    metrics: tuple[RankingMetric, ...]
+    values: np.ndarray
+    observed: np.ndarray
+
+
+def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22") -> ResultsMatrix:
+    """Check a results table and arrange it for ranking.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame
+        Columns ``team, case`` and one column per ranking metric of the
+        protocol (FLARE22: ``DSC, NSD, Time, AUC_GPU, AUC_CPU``); one row per
+        team and case.
+    protocol : str or Protocol
+
+    Returns
+    -------
+    ResultsMatrix
+
+    Raises
+    ------
+    ResultsTableError
+        For a missing column, a column that looks like a misspelt metric name,
+        duplicated (team, case) rows, non-numeric values, or fewer than two teams.
+
+    Warns
+    -----
+    RankingWarning
+        When a team has no row for a case or an empty value (the metric's worst
+        value is used), and when columns are ignored.
+    """
+    protocol = load_protocol(protocol)
+    metrics = protocol.ranking_metrics
+    if not metrics:
+        raise ResultsTableError(f"protocol {protocol.name!r} defines no ranking metrics")
+    names = [m.name for m in metrics]
+    _check_columns(results, names)
+    table = results.copy()
+    table["team"] = table["team"].astype(str).str.strip()
+    table["case"] = table["case"].astype(str).str.strip()
+    duplicated = table[table.duplicated(["team", "case"], keep=False)]
+    if len(duplicated):
+        pairs = sorted(set(zip(duplicated["team"], duplicated["case"])))
+        shown = ", ".join(f"({t}, {c})" for t, c in pairs[:5])
+        raise ResultsTableError(f"duplicated (team, case) rows: {shown}{' ...' if len(pairs) > 5 else ''}")
+    for name in names:
+        table[name] = _numeric_column(table, name)
+    teams = tuple(sorted(table["team"].unique()))
+    if len(teams) < 2:
+        raise ResultsTableError(f"ranking needs at least two teams, the table has {list(teams)}")
+    cases = tuple(sorted(table["case"].unique()))
+
+    full = pd.MultiIndex.from_product([cases, teams], names=["case", "team"])
+    grid = table.set_index(["case", "team"])[names].reindex(full)
+    absent_rows = grid.index[grid.isna().all(axis=1)]
+    values = grid.to_numpy(dtype=np.float64).reshape(len(cases), len(teams), len(names)).transpose(2, 0, 1)
+    observed = ~np.isnan(values)
+    for team in teams:
+        missing = [case for case, t in absent_rows if t == team]
+        if missing:
+            warnings.warn(f"team {team!r} has no row for {len(missing)} case(s) ({_preview(missing)}); "
+                          "they get the worst value of every metric", RankingWarning, stacklevel=3)
+    present = np.ones(values.shape[1:], bool)
+    present[[cases.index(c) for c, _ in absent_rows], [teams.index(t) for _, t in absent_rows]] = False
+    for m, metric in enumerate(metrics):
+        empty = ~observed[m] & present
+        for t in np.flatnonzero(empty.any(axis=0)):
+            which = [cases[c] for c in np.flatnonzero(empty[:, t])]
+            warnings.warn(f"team {teams[t]!r} has no {metric.name} for {len(which)} case(s) ({_preview(which)}); "
+                          f"they get the worst value {metric.worst:g}", RankingWarning, stacklevel=3)
+        values[m][~observed[m]] = metric.worst
+    return ResultsMatrix(teams, cases, metrics, values, observed)
+
+
+def _preview(items: list[str], limit: int = 5) -> str:
+    return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "")
+
+
+def _check_columns(results: pd.DataFrame, names: list[str]) -> None:
+    columns = [str(c) for c in results.columns]
+    required = ["team", "case", *names]
+    unknown = [c for c in columns if c not in required]
+    for column in unknown:
+        close = difflib.get_close_matches(column, names, n=1, cutoff=0.6)
+        lowered = [n for n in names if n.lower() == column.strip().lower()]
+        guess = lowered or close
+        if guess:
+            raise ResultsTableError(
+                f"column {column!r} looks like a misspelling of metric {guess[0]!r}; "
+                f"metric columns must be named exactly {names}"
+            )
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise ResultsTableError(f"missing column(s) {missing}; the table has {columns}, expected {required}")
+    if unknown:
+        warnings.warn(f"ignoring column(s) {unknown} that are not ranking metrics", RankingWarning, stacklevel=3)
+
+
+def _numeric_column(table: pd.DataFrame, name: str) -> pd.Series:
+    raw = table[name]
+    numbers = pd.to_numeric(raw, errors="coerce")
+    bad = numbers.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+    if bad.any():
+        rows = table.loc[bad, ["team", "case"]].head(3).itertuples(index=False)
+        examples = ", ".join(f"({t}, {c}): {raw[i]!r}" for (t, c), i in zip(rows, table.index[bad][:3]))
+        raise ResultsTableError(f"column {name!r} has {int(bad.sum())} non-numeric value(s), e.g. {examples}")
+    infinite = np.isinf(numbers)
+    if infinite.any():
+        raise ResultsTableError(f"column {name!r} has {int(infinite.sum())} infinite value(s)")
+    return numbers
+
+
+def _min_ranks(values: np.ndarray, higher_is_better: np.ndarray) -> np.ndarray:
+    """Ranks along the last axis, 1 = best, ties at the minimum rank.
+
+    ``values`` has shape ``(n_metrics, ..., n_teams)``; ``higher_is_better``
+    has one entry per metric.
+    """
+    oriented = np.where(higher_is_better.reshape((-1,) + (1,) * (values.ndim - 1)), -values, values)
+    # Rank = 1 + number of teams strictly better: exact comparisons, no float tricks.
+    better = (oriented[..., None, :] < oriented[..., :, None]).sum(axis=-1)
+    return (better + 1).astype(np.float64)
+
+
+def _weights(metrics: tuple[RankingMetric, ...]) -> np.ndarray:
+    return np.array([m.weight for m in metrics], dtype=np.float64)
+
+
+def _directions(metrics: tuple[RankingMetric, ...]) -> np.ndarray:
+    return np.array([m.higher_is_better for m in metrics], dtype=bool)
+
+
+def _case_ranks(matrix: ResultsMatrix) -> np.ndarray:
+    """(n_metrics, n_cases, n_teams) ranks of the teams within each case and metric."""
+    return _min_ranks(matrix.values, _directions(matrix.metrics))
+
+
+def _rank_scores(scores: np.ndarray) -> np.ndarray:
+    """Final ranks (1 = best, ties at minimum) from scores where lower is better; along the last axis."""
+    return _min_ranks(scores[None], np.array([False]))[0]
+
+
+def rank(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol = "flare22") -> pd.DataFrame:
+    """Rank teams by rank-then-aggregate.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame or ResultsMatrix
+        ``team, case`` and one column per ranking metric (see `prepare_results`).
+    protocol : str or Protocol
+        Gives the metrics' directions, weights and worst values.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``team, rank, score`` and ``<metric>_mean_rank`` for each metric,
+        sorted by rank then team. ``score`` is the weighted mean rank
+        (lower is better).
+
+    Examples
+    --------
+    >>> table = pd.DataFrame({
+    ...     "team": ["a", "b", "a", "b"], "case": ["1", "1", "2", "2"],
+    ...     "DSC": [0.9, 0.8, 0.7, 0.8], "NSD": [0.9, 0.8, 0.9, 0.8],
+    ...     "Time": [10, 20, 10, 20], "AUC_GPU": [0, 0, 0, 0], "AUC_CPU": [5, 1, 5, 1]})
+    >>> rank(table)[["team", "rank", "score"]].to_string(index=False)
+    'team  rank  score\\n   a     1  1.250\\n   b     2  1.625'
+    """
+    matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    ranks = _case_ranks(matrix)
+    weights = _weights(matrix.metrics)
+    scores = np.tensordot(weights, ranks.sum(axis=1), axes=1) / (len(matrix.cases) * weights.sum())
+    table = pd.DataFrame({"team": matrix.teams, "rank": _rank_scores(scores).astype(int), "score": scores})
+    for m, metric in enumerate(matrix.metrics):
+        table[f"{metric.name}_mean_rank"] = ranks[m].mean(axis=0)
+    return table.sort_values(["rank", "team"], ignore_index=True)
+
+
+def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Kendall's tau-b between ``x`` and each row of ``y``.
+
+    Parameters
+    ----------
+    x : (n,) array_like
+        A reference ranking (or any scores).
+    y : (n,) or (B, n) array_like
+        One or several rankings to compare with ``x``.
+
+    Returns
+    -------
+    float or (B,) ndarray
+        Tau-b as in ``scipy.stats.kendalltau`` and R's ``cor(method="kendall")``;
+        NaN where either ranking is constant.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    single = y.ndim == 1
+    y2 = np.atleast_2d(y)
+    upper = np.triu_indices(x.size, k=1)
+    sign_x = np.sign(x[:, None] - x[None, :])[upper]
+    sign_y = np.sign(y2[:, :, None] - y2[:, None, :])[:, upper[0], upper[1]]
+    numerator = sign_y @ sign_x
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = numerator / np.sqrt(np.count_nonzero(sign_x) * np.count_nonzero(sign_y, axis=1))
+    return float(tau[0]) if single else tau
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    """Outcome of `bootstrap_stability`.
+
+    Attributes
+    ----------
+    samples : pandas.DataFrame
+        One row per bootstrap sample: ``sample, kendall_tau`` and
+        ``kendall_tau_<metric>`` for each metric alone.
+    rank_distribution : pandas.DataFrame
+        Per team: ``team, rank`` (full data), ``median_rank, rank_2.5, rank_97.5``
+        and ``share_first`` (share of samples in which it ranks first).
+    ranks : (n_samples, n_teams) ndarray
+        The rank of every team in every sample, teams in `teams` order.
+    teams : tuple of str
+    seed : int
+        Seed of the random generator; the same seed gives the same samples
+        (-1 when explicit draws were given).
+    n_samples : int
+    draws : (n_samples, n_cases) ndarray of int
+        Indices of the cases (sorted case ids) drawn in each sample.
+    """
+
+    samples: pd.DataFrame
+    rank_distribution: pd.DataFrame
+    ranks: np.ndarray
+    teams: tuple[str, ...]
+    seed: int
+    n_samples: int
+    draws: np.ndarray
+
+    def summary(self) -> pd.DataFrame:
+        """Mean, median, Q1 and Q3 of Kendall's tau, overall and per metric."""
+        columns = [c for c in self.samples.columns if c.startswith("kendall_tau")]
+        described = self.samples[columns].agg(["mean", "median"]).T
+        described["q1"] = self.samples[columns].quantile(0.25)
+        described["q3"] = self.samples[columns].quantile(0.75)
+        return described.rename_axis("tau").reset_index()
+
+
+def bootstrap_stability(
+    results: pd.DataFrame | ResultsMatrix,
+    protocol: str | Protocol = "flare22",
+    *,
+    n_samples: int = 1000,
+    seed: int | None = None,
+    draws: np.ndarray | None = None,
+) -> BootstrapResult:
+    """Ranking stability under resampling of the cases.
+
+    Each sample draws ``n_cases`` cases with replacement (the same draws for
+    every team), each draw counting as its own pseudo-case, recomputes the
+    full ranking, and compares it with the ranking on all cases by Kendall's
+    tau-b; also for each metric's ranking alone (teams ordered by their mean
+    rank in that metric).
+
+    Parameters
+    ----------
+    results : pandas.DataFrame or ResultsMatrix
+    protocol : str or Protocol
+    n_samples : int
+        Number of bootstrap samples (the paper: 1000).
+    seed : int, optional
+        Seed of ``numpy.random.default_rng``; drawn from the operating system
+        when None and recorded in the result either way.
+    draws : (n_samples, n_cases) array of int, optional
+        Explicit samples: the indices (into the sorted case ids) drawn for each
+        sample. Overrides ``n_samples`` and ``seed`` (then recorded as -1).
+
+    Returns
+    -------
+    BootstrapResult
+
+    Examples
+    --------
+    >>> from flare_eval import example_paths
+    >>> table = pd.read_csv(example_paths().results)
+    >>> result = bootstrap_stability(table, n_samples=200, seed=1)
+    >>> bool(result.samples["kendall_tau"].median() > 0.5)
+    True
+    """
+    matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    n_cases = len(matrix.cases)
+    if draws is None:
+        if n_samples < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        if seed is None:
+            seed = int(np.random.SeedSequence().entropy % (2**32))
+        draws = np.random.default_rng(seed).integers(0, n_cases, size=(n_samples, n_cases))
+    else:
+        draws = np.asarray(draws)
+        if draws.ndim != 2 or draws.shape[1] != n_cases or draws.min() < 0 or draws.max() >= n_cases:
+            raise ValueError(f"draws must be an (n_samples, {n_cases}) array of case indices in [0, {n_cases})")
+        n_samples, seed = draws.shape[0], -1
+    counts = np.zeros((n_samples, n_cases), dtype=np.float64)
+    np.add.at(counts, (np.repeat(np.arange(n_samples), n_cases), draws.ravel()), 1.0)
+
+    ranks = _case_ranks(matrix)  # (M, C, T)
+    weights = _weights(matrix.metrics)
+    weighted = np.tensordot(weights, ranks, axes=1)  # (C, T)
+    full_scores = weighted.sum(axis=0)
+    sample_scores = counts @ weighted  # (B, T): the common factor 1/(n_cases * sum w) does not change ranks
+    full_rank = _rank_scores(full_scores)
+    sample_ranks = _rank_scores(sample_scores)
+    samples = pd.DataFrame({
+        "sample": np.arange(1, n_samples + 1),
+        "kendall_tau": kendall_tau_b(full_rank, sample_ranks),
+    })
+    for m, metric in enumerate(matrix.metrics):
+        metric_full = _rank_scores(ranks[m].sum(axis=0))
+        metric_samples = _rank_scores(counts @ ranks[m])
+        samples[f"kendall_tau_{metric.name}"] = kendall_tau_b(metric_full, metric_samples)
+
+    distribution = pd.DataFrame({
+        "team": matrix.teams,
+        "rank": full_rank.astype(int),
+        "median_rank": np.median(sample_ranks, axis=0),
+        "rank_2.5": np.percentile(sample_ranks, 2.5, axis=0),
+        "rank_97.5": np.percentile(sample_ranks, 97.5, axis=0),
+        "share_first": (sample_ranks == 1).mean(axis=0),
+    }).sort_values(["rank", "team"], ignore_index=True)
+    return BootstrapResult(samples, distribution, sample_ranks, matrix.teams, int(seed), int(n_samples), draws)
+
+
+def holm_adjust(p_values: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjustment, as R's ``p.adjust(p, "holm")``; NaN entries are left out.
+
+    Examples
+    --------
+    >>> holm_adjust(np.array([0.01, 0.04, 0.03, np.nan])).tolist()
+    [0.03, 0.06, 0.06, nan]
+    """
+    p = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(~np.isnan(p))
+    if valid.size == 0:
+        return adjusted
+    order = valid[np.argsort(p[valid], kind="stable")]
+    m = order.size
+    stepped = np.maximum.accumulate((m - np.arange(m)) * p[order])
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted
+
+
+def _paired_wilcoxon(a: np.ndarray, b: np.ndarray, alternative: str) -> np.ndarray:
+    """One-sided paired Wilcoxon p-values row by row (NaN pairs dropped), R's exact=FALSE variant."""
+    from scipy import stats
+
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        # All-zero differences give 0/0: NaN, as R gives.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = stats.wilcoxon(a, b, axis=-1, alternative=alternative, zero_method="wilcox",
+                                correction=True, method="approx", nan_policy="omit")
+    return np.atleast_1d(np.asarray(result.pvalue, dtype=np.float64))
+
+
+def significance(
+    results: pd.DataFrame | ResultsMatrix,
+    protocol: str | Protocol = "flare22",
+    *,
+    adjust: str = "holm",
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """Pairwise one-sided paired Wilcoxon signed-rank tests, per metric.
+
+    For every metric and every ordered pair of teams ``(team_a, team_b)``,
+    tests whether ``team_a`` is better than ``team_b`` (greater values for
+    metrics where higher is better, smaller otherwise) on the cases both teams
+    have in the table (filled-in worst values are not used).
+
+    Parameters
+    ----------
+    results : pandas.DataFrame or ResultsMatrix
+    protocol : str or Protocol
+    adjust : {"holm", "none"}
+        Multiple-testing adjustment over all ordered pairs of one metric.
+    alpha : float
+        Significance level for the ``significant`` column.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``metric, team_a, team_b, n_cases, p_value, p_adjusted, significant``.
+        ``p_value`` is NaN when the two teams never differ (as in R); such
+        pairs are not significant and not counted by the adjustment.
+    """
+    if adjust not in ADJUST_METHODS:
+        raise ValueError(f"adjust must be one of {ADJUST_METHODS}, got {adjust!r}")
+    matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    n_teams = len(matrix.teams)
+    first, second = np.nonzero(~np.eye(n_teams, dtype=bool))
+    frames = []
+    for m, metric in enumerate(matrix.metrics):
+        values = np.where(matrix.observed[m], matrix.values[m], np.nan).T  # (T, C)
+        a, b = values[first], values[second]
+        p = _paired_wilcoxon(a, b, "greater" if metric.higher_is_better else "less")
+        adjusted = holm_adjust(p) if adjust == "holm" else p.copy()
+        frames.append(pd.DataFrame({
+            "metric": metric.name,
+            "team_a": np.asarray(matrix.teams)[first],
+            "team_b": np.asarray(matrix.teams)[second],
+            "n_cases": (~np.isnan(a) & ~np.isnan(b)).sum(axis=1),
+            "p_value": p,
+            "p_adjusted": adjusted,
+            "significant": np.nan_to_num(adjusted, nan=1.0) < alpha,
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+def best_versus_rest(
+    results: pd.DataFrame | ResultsMatrix,
+    protocol: str | Protocol = "flare22",
+    *,
+    metric: str = "DSC",
+    adjust: str = "holm",
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """The paper's comparison: the team with the best median of ``metric`` against every other team.
+
+    One-sided paired Wilcoxon signed-rank tests as in `significance`,
+    adjusted over the ``n_teams - 1`` comparisons.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``metric, team_a`` (the best team), ``team_b, median_a, median_b,
+        n_cases, p_value, p_adjusted, significant``, sorted by ``p_value``.
+    """
+    if adjust not in ADJUST_METHODS:
+        raise ValueError(f"adjust must be one of {ADJUST_METHODS}, got {adjust!r}")
+    matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    names = [m.name for m in matrix.metrics]
+    if metric not in names:
+        raise ValueError(f"metric must be one of {names}, got {metric!r}")
+    m = names.index(metric)
+    spec = matrix.metrics[m]
+    values = np.where(matrix.observed[m], matrix.values[m], np.nan).T  # (T, C)
+    medians = np.nanmedian(values, axis=1)
+    best = int(np.nanargmax(medians) if spec.higher_is_better else np.nanargmin(medians))
+    others = np.array([t for t in range(len(matrix.teams)) if t != best])
+    a = np.repeat(values[best][None], len(others), axis=0)
+    b = values[others]
+    p = _paired_wilcoxon(a, b, "greater" if spec.higher_is_better else "less")
+    adjusted = holm_adjust(p) if adjust == "holm" else p.copy()
+    table = pd.DataFrame({
+        "metric": metric,
+        "team_a": matrix.teams[best],
+        "team_b": np.asarray(matrix.teams)[others],
+        "median_a": medians[best],
+        "median_b": medians[others],
+        "n_cases": (~np.isnan(a) & ~np.isnan(b)).sum(axis=1),
+        "p_value": p,
+        "p_adjusted": adjusted,
+        "significant": np.nan_to_num(adjusted, nan=1.0) < alpha,
+    })
+    return table.sort_values(["p_value", "team_b"], ignore_index=True)
