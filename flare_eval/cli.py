@@ -92,23 +92,24 @@ def _add_protocol_argument(parser: argparse.ArgumentParser) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flare-eval`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     args = build_parser().parse_args(argv)
-    warnings.simplefilter("default")
-    warnings.formatwarning = _format_warning
-    try:
-        if args.command == "score":
-            return _score(args)
-        if args.command == "rank":
-            return _rank(args)
-        if args.command == "protocols":
-            return _protocols()
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"flare-eval {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _show_warning
+        try:
+            if args.command == "score":
+                return _score(args)
+            if args.command == "rank":
+                return _rank(args)
+            if args.command == "protocols":
+                return _protocols()
+        except (ValueError, FileNotFoundError) as exc:
+            print(f"flare-eval {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
     raise AssertionError(f"unhandled command {args.command!r}")
 
 
-def _format_warning(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def _protocols() -> int:
