@@ -9,14 +9,18 @@ The public API, re-exported here, covers each step of the data flow:
   `summarize_scores`, `official_table`;
 * ranking: `rank`, `bootstrap_stability`, `significance`, `best_versus_rest`,
   `prepare_results`, and `rank_results` (reads ``results.csv``, writes the ranking tables);
+* containers: `run_containers` (with `ContainerLimits`, `ContainerInterface`),
+  `collect_results` (scores + resources -> ``results.csv``, penalties applied),
+  `evaluate` (the whole chain);
 * example data: `example_paths`.
 """
 
 from ._examples import ExamplePaths, example_paths
 from ._version import __version__
+from .harness import ContainerError, ContainerInterface, ContainerLimits, Submission, run_containers
 from .io import InvalidLabelMapError, LabelMap, pair_cases, read_label_map
 from .metrics import SurfaceDistances, dice_coefficient, normalized_surface_dice, surface_distances
-from .pipeline import RankingOutputs, rank_results
+from .pipeline import EvaluationOutputs, RankingOutputs, collect_results, evaluate, rank_results
 from .protocol import Organ, Protocol, available_protocols, load_protocol
 from .ranking import (
     BootstrapResult,
@@ -30,6 +34,7 @@ from .ranking import (
     rank,
     significance,
 )
+from .results import assemble_results
 from .scoring import (
     FlareEvalWarning,
     OrganScore,
@@ -65,6 +70,15 @@ __all__ = [
     "summarize_scores",
     "RankingOutputs",
     "rank_results",
+    "EvaluationOutputs",
+    "collect_results",
+    "evaluate",
+    "assemble_results",
+    "ContainerError",
+    "ContainerInterface",
+    "ContainerLimits",
+    "Submission",
+    "run_containers",
     "BootstrapResult",
     "RankingWarning",
     "ResultsTableError",

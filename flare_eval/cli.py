@@ -74,8 +74,50 @@ def build_parser() -> argparse.ArgumentParser:
                          help="multiple-testing adjustment over the pairs of one metric (default: holm)")
     ranking.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
 
-    protocols = commands.add_parser("protocols", help="list the protocol presets")
-    protocols.set_defaults(command="protocols")
+    run = commands.add_parser(
+        "run-containers",
+        help="run each team's Docker image on each case and measure time, GPU memory and CPU",
+        description="Run every submission on every case, one container at a time (no network, read-only "
+        "inputs, memory/shm/pids limits), sampling GPU memory and CPU utilization every 0.1 s. Writes "
+        "RUNS/<team>/resources.csv (a row per case, the moment it ends), samples/, logs/ and predictions/. "
+        "Finished cases are skipped on a rerun.",
+    )
+    run.add_argument("submissions", type=Path, nargs="?",
+                     help="folder of image archives <team>.tar.gz or <team>.tar (as docker save writes them)")
+    _add_container_arguments(run)
+    run.add_argument("--out", type=Path, required=True, help="runs folder")
+
+    collect = commands.add_parser(
+        "collect",
+        help="score every team's predictions and gather results.csv for ranking",
+        description="Score RUNS/<team>/predictions against LABELS for each team (writing the team's "
+        "scores.csv), join RUNS/<team>/resources.csv and apply the penalties: timed-out, crashed and "
+        "output-less cases get the protocol's worst value of every metric.",
+    )
+    collect.add_argument("runs", type=Path, help="runs folder written by run-containers")
+    collect.add_argument("--labels", type=Path, required=True, help="folder of ground-truth label maps")
+    collect.add_argument("--out", type=Path, default=None, help="results file (default: RUNS/results.csv)")
+    _add_protocol_argument(collect)
+    collect.add_argument("--workers", type=int, default=None, help="parallel scoring processes")
+    collect.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="the whole chain: run-containers, score, collect, rank",
+        description="Run the containers into OUT/runs, score and collect OUT/results.csv, and rank into "
+        "OUT/ranking (with two teams or more). Every step resumes.",
+    )
+    evaluate.add_argument("submissions", type=Path, nargs="?", help="folder of image archives")
+    _add_container_arguments(evaluate)
+    evaluate.add_argument("--labels", type=Path, required=True, help="folder of ground-truth label maps")
+    evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    evaluate.add_argument("--samples", type=int, default=1000, help="bootstrap samples (default: 1000)")
+    evaluate.add_argument("--seed", type=int, default=None, help="random seed of the bootstrap")
+
+    commands.add_parser("protocols", help="list the protocol presets")
+    for name, handler in (("score", _score), ("rank", _rank), ("run-containers", _run_containers),
+                          ("collect", _collect), ("evaluate", _evaluate), ("protocols", _protocols)):
+        commands.choices[name].set_defaults(handler=handler)
     return parser
 
 
@@ -89,6 +131,56 @@ def _add_protocol_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_container_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--inputs", type=Path, required=True, help="folder of case images <case>_0000.nii.gz")
+    parser.add_argument("--image", action="append", default=[], metavar="TEAM=IMAGE",
+                        help="a team whose image is already loaded on the engine (repeatable)")
+    parser.add_argument("--gpus", default="auto",
+                        help="GPU index for the containers, or 'none' (default: the first GPU NVML finds)")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds before a case is killed (default: none)")
+    parser.add_argument("--memory", default="28g", help="memory limit of a container (default: 28g)")
+    parser.add_argument("--shm-size", default="8g", help="size of /dev/shm in a container (default: 8g)")
+    parser.add_argument("--pids-limit", type=int, default=4096, help="most processes in a container (default: 4096)")
+    parser.add_argument("--command", dest="container_command", default=None,
+                        help="command run in the container (default: /bin/bash -c \"sh predict.sh\")")
+    parser.add_argument("--force", action="store_true", help="run cases again that already have results")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_protocol_argument(parser)
+
+
+def _container_settings(args: argparse.Namespace):
+    import shlex
+
+    from .harness.docker import ContainerInterface, ContainerLimits
+    from .harness.runner import Submission, find_submissions
+
+    submissions = find_submissions(args.submissions) if args.submissions else []
+    for item in args.image:
+        team, sep, image = item.partition("=")
+        if not sep or not team or not image:
+            raise ValueError(f"--image must be TEAM=IMAGE, got {item!r}")
+        submissions.append(Submission(team=team, image=image))
+    if not submissions:
+        raise ValueError("give a submissions folder or at least one --image TEAM=IMAGE")
+    teams = [s.team for s in submissions]
+    if len(set(teams)) != len(teams):
+        raise ValueError(f"team names must be unique, got {sorted(teams)}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise ValueError(f"--timeout must be positive, got {args.timeout}")
+    interface = ContainerInterface()
+    if args.container_command:
+        interface = ContainerInterface(command=tuple(shlex.split(args.container_command)))
+    limits = ContainerLimits(memory=args.memory, shm_size=args.shm_size, pids_limit=args.pids_limit,
+                             timeout_s=args.timeout)
+    if args.gpus in ("auto", "none"):
+        gpus = None if args.gpus == "none" else "auto"
+    elif args.gpus.isdigit():
+        gpus = int(args.gpus)
+    else:
+        raise ValueError(f"--gpus must be 'auto', 'none' or a GPU index, got {args.gpus!r}")
+    return submissions, interface, limits, gpus
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flare-eval`` with ``argv`` (default: ``sys.argv[1:]``); return the exit code."""
     args = build_parser().parse_args(argv)
@@ -96,23 +188,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("default")
         warnings.showwarning = _show_warning
         try:
-            if args.command == "score":
-                return _score(args)
-            if args.command == "rank":
-                return _rank(args)
-            if args.command == "protocols":
-                return _protocols()
-        except (ValueError, FileNotFoundError) as exc:
+            return args.handler(args)
+        except (ValueError, FileNotFoundError, _container_error()) as exc:
             print(f"flare-eval {args.command}: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
-    raise AssertionError(f"unhandled command {args.command!r}")
+
+
+def _container_error() -> type[Exception]:
+    from .harness.docker import ContainerError
+
+    return ContainerError
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def _protocols() -> int:
+def _protocols(args: argparse.Namespace) -> int:
     from .protocol import available_protocols, load_protocol
 
     for name in available_protocols():
@@ -175,6 +267,54 @@ def _rank(args: argparse.Namespace) -> int:
     print(f"wrote {outputs.folder}/ranking.csv, bootstrap.csv, rank_distribution.csv, significance.csv, "
           "best_vs_rest.csv, settings.json")
     return EXIT_OK
+
+
+def _print_resources(resources) -> int:
+    columns = ["team", "case", "status", "time_s", "auc_gpu_mib_s", "auc_cpu_pct_s", "max_cpu_pct", "exit_code"]
+    print(resources[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    failed = resources[resources["status"] != "ok"]
+    for row in failed.itertuples():
+        print(f"{row.team} {row.case}: {row.status} (exit code {row.exit_code})", file=sys.stderr)
+    return EXIT_PROBLEMS if len(failed) else EXIT_OK
+
+
+def _run_containers(args: argparse.Namespace) -> int:
+    from .harness.runner import run_containers
+
+    submissions, interface, limits, gpus = _container_settings(args)
+    resources = run_containers(submissions, args.inputs, args.out, args.protocol, gpus=gpus, limits=limits,
+                               interface=interface, force=args.force,
+                               progress=False if args.no_progress else None)
+    code = _print_resources(resources)
+    print(f"wrote {args.out}/<team>/resources.csv, samples/, logs/, predictions/")
+    return code
+
+
+def _collect(args: argparse.Namespace) -> int:
+    from .pipeline import collect_results
+
+    results = collect_results(args.runs, args.labels, args.out, args.protocol, workers=args.workers,
+                              progress=False if args.no_progress else None)
+    print(results.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {args.out or args.runs / 'results.csv'}")
+    return EXIT_OK
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .pipeline import evaluate
+
+    submissions, interface, limits, gpus = _container_settings(args)
+    outputs = evaluate(submissions, args.inputs, args.labels, args.out, args.protocol, gpus=gpus, limits=limits,
+                       interface=interface, force=args.force, progress=False if args.no_progress else None,
+                       n_samples=args.samples, seed=args.seed)
+    code = _print_resources(outputs.resources)
+    if outputs.ranking is not None:
+        print(outputs.ranking.ranking.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    else:
+        print("one team only: no ranking")
+    print(f"wrote {outputs.folder}/runs, {outputs.folder}/results.csv" +
+          (f", {outputs.folder}/ranking" if outputs.ranking is not None else ""))
+    return code
 
 
 if __name__ == "__main__":

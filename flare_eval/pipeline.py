@@ -26,8 +26,9 @@ from .ranking import (
     rank,
     significance,
 )
+from .results import assemble_results
 
-__all__ = ["RankingOutputs", "rank_results"]
+__all__ = ["RankingOutputs", "rank_results", "collect_results", "EvaluationOutputs", "evaluate"]
 
 
 @dataclass(frozen=True)
@@ -95,3 +96,100 @@ def rank_results(
     }
     (out_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
     return RankingOutputs(ranking, bootstrap, tests, paper, out_dir)
+
+
+class CollectWarning(UserWarning):
+    """Something about the collected results deserves attention (e.g. GPU memory not measured)."""
+
+
+def collect_results(
+    runs_dir: str | Path,
+    labels_dir: str | Path,
+    out_csv: str | Path | None = None,
+    protocol: str | Protocol = "flare22",
+    *,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> pd.DataFrame:
+    """Score every team's predictions and gather ``results.csv`` for ranking.
+
+    For each team folder of ``runs_dir`` (see :mod:`flare_eval.harness.runner`),
+    scores ``predictions/`` against ``labels_dir`` (writing the team's
+    ``scores.csv``, ``scores_official.csv`` and ``summary.csv`` beside them),
+    then joins the team's ``resources.csv`` and applies the penalties (see
+    :mod:`flare_eval.results`). Writes ``out_csv`` (default
+    ``runs_dir/results.csv``).
+    """
+    from .scoring import FlareEvalWarning, score
+
+    protocol = load_protocol(protocol)
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"runs folder {runs_dir} does not exist or is not a folder")
+    team_dirs = sorted(p for p in runs_dir.iterdir() if (p / "predictions").is_dir() or (p / "resources.csv").exists())
+    if not team_dirs:
+        raise ValueError(f"runs folder {runs_dir} holds no team folders (with predictions/ or resources.csv)")
+    scores, resources = [], []
+    for team_dir in team_dirs:
+        (team_dir / "predictions").mkdir(exist_ok=True)
+        with warnings.catch_warnings():
+            # Missing predictions are expected here: their status comes from resources.csv.
+            warnings.simplefilter("ignore", FlareEvalWarning)
+            team_scores, _ = score(team_dir / "predictions", labels_dir, team_dir, protocol, workers=workers,
+                                   progress=progress, force=True)
+        scores.append(team_scores.assign(team=team_dir.name))
+        if (team_dir / "resources.csv").exists():
+            team_resources = read_table(team_dir / "resources.csv", role="resources table")
+            resources.append(team_resources.assign(team=team_dir.name))
+            unmeasured = team_resources["gpu_measured"].astype(str).str.lower() != "true"
+            if unmeasured.any():
+                warnings.warn(f"{team_dir.name}: GPU memory was not measured for {int(unmeasured.sum())} case(s) "
+                              "(no GPU); their AUC_GPU is 0", CollectWarning, stacklevel=2)
+    results = assemble_results(pd.concat(scores, ignore_index=True),
+                               pd.concat(resources, ignore_index=True) if resources else None, protocol)
+    write_table(results, Path(out_csv) if out_csv else runs_dir / "results.csv")
+    return results
+
+
+@dataclass(frozen=True)
+class EvaluationOutputs:
+    """Everything `evaluate` produced; ``ranking`` is None with fewer than two teams."""
+
+    resources: pd.DataFrame
+    results: pd.DataFrame
+    ranking: RankingOutputs | None
+    folder: Path
+
+
+def evaluate(
+    submissions,
+    inputs_dir: str | Path,
+    labels_dir: str | Path,
+    out_dir: str | Path,
+    protocol: str | Protocol = "flare22",
+    *,
+    gpus: str | int | None = "auto",
+    limits=None,
+    interface=None,
+    force: bool = False,
+    progress: bool | None = None,
+    n_samples: int = 1000,
+    seed: int | None = None,
+) -> EvaluationOutputs:
+    """The organizer's whole chain: run the containers, score, collect ``results.csv``, rank.
+
+    Writes ``out_dir/runs/`` (see :func:`flare_eval.run_containers`),
+    ``out_dir/results.csv`` and, with two teams or more, ``out_dir/ranking/``.
+    Rerunning resumes every step.
+    """
+    from .harness.runner import run_containers
+
+    protocol = load_protocol(protocol)
+    out_dir = Path(out_dir)
+    resources = run_containers(submissions, inputs_dir, out_dir / "runs", protocol, gpus=gpus, limits=limits,
+                               interface=interface, force=force, progress=progress)
+    results = collect_results(out_dir / "runs", labels_dir, out_dir / "results.csv", protocol, progress=progress)
+    ranking = None
+    if results["team"].nunique() >= 2:
+        ranking = rank_results(out_dir / "results.csv", out_dir / "ranking", protocol, n_samples=n_samples, seed=seed)
+    return EvaluationOutputs(resources, results, ranking, out_dir)

@@ -46,6 +46,8 @@ __all__ = [
 ]
 
 ADJUST_METHODS = ("holm", "none")
+#: Columns of results.csv that describe a row and are not ranked.
+ANNOTATION_COLUMNS = ("status",)
 
 
 class ResultsTableError(ValueError):
@@ -158,7 +160,7 @@ def _preview(items: list[str], limit: int = 5) -> str:
 def _check_columns(results: pd.DataFrame, names: list[str]) -> None:
     columns = [str(c) for c in results.columns]
     required = ["team", "case", *names]
-    unknown = [c for c in columns if c not in required]
+    unknown = [c for c in columns if c not in required and c not in ANNOTATION_COLUMNS]
     for column in unknown:
         close = difflib.get_close_matches(column, names, n=1, cutoff=0.6)
         lowered = [n for n in names if n.lower() == column.strip().lower()]

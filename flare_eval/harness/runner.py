@@ -1,0 +1,371 @@
+"""Run every team's container on every case, one at a time, and record what it used.
+
+Layout of the runs folder (one sub-folder per team)::
+
+    RUNS/<team>/resources.csv        one row per case, appended the moment the case ends
+    RUNS/<team>/samples/<case>.csv   the 0.1 s samples: time_s, cpu_time_s, cpu_pct, gpu_mib
+    RUNS/<team>/logs/<case>.log      the container's output, then what the harness dropped
+    RUNS/<team>/predictions/<case>.nii.gz
+
+A case is finished when its row is in ``resources.csv``; a rerun skips finished
+cases (unless ``force``), so a killed harness loses at most the case in flight.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import tempfile
+import threading
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..io import append_rows, write_table
+from ..protocol import Protocol, load_protocol
+from .docker import (
+    ContainerError,
+    ContainerInterface,
+    ContainerLimits,
+    ContainerRun,
+    docker_client,
+    image_exists,
+    load_image_archive,
+    remove_stale_containers,
+    run_container,
+)
+from .resources import cpu_percent, summarize_run
+from .sampler import GPU_MODE_NONE, GpuUnavailable, NvmlGpu, default_gpu_index
+
+__all__ = [
+    "Submission",
+    "HarnessWarning",
+    "find_submissions",
+    "find_cases",
+    "keep_outputs",
+    "case_status",
+    "run_containers",
+    "RESOURCE_COLUMNS",
+    "STATUS_OK",
+    "STATUS_TIMEOUT",
+    "STATUS_CRASHED",
+    "STATUS_NO_OUTPUT",
+]
+
+STATUS_OK = "ok"
+STATUS_TIMEOUT = "timeout"
+STATUS_CRASHED = "crashed"
+STATUS_NO_OUTPUT = "no_output"
+RESOURCE_COLUMNS = [
+    "team", "case", "time_s", "auc_gpu_mib_s", "auc_cpu_pct_s", "max_gpu_mib", "max_cpu_pct",
+    "gpu_measured", "gpu_mode", "exit_code", "status", "n_samples", "image", "host", "gpu_name",
+    "gpu_driver", "started_at",
+]
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+DEFAULT_MAX_OUTPUT_BYTES = 2 * 1024**3
+
+
+class HarnessWarning(UserWarning):
+    """A run went on, but something deserves attention (no GPU, dropped files, stale containers)."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    """One team's algorithm: an image archive to load, or an image the engine already has."""
+
+    team: str
+    archive: Path | None = None
+    image: str | None = None
+
+
+def find_submissions(folder: str | Path) -> list[Submission]:
+    """One `Submission` per image archive (``<team>.tar.gz``, ``.tgz`` or ``.tar``) in ``folder``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder does not exist.
+    ValueError
+        If it holds no archive.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"submissions folder {folder} does not exist or is not a folder")
+    found = []
+    for path in sorted(folder.iterdir()):
+        for suffix in ARCHIVE_SUFFIXES:
+            if path.name.endswith(suffix) and path.is_file():
+                found.append(Submission(team=path.name[: -len(suffix)], archive=path))
+                break
+    if not found:
+        raise ValueError(f"submissions folder {folder} holds no image archives ({', '.join(ARCHIVE_SUFFIXES)})")
+    return found
+
+
+def find_cases(inputs_dir: str | Path, interface: ContainerInterface) -> dict[str, Path]:
+    """Case id -> image file, for the files of ``inputs_dir`` named like ``interface.input_name``."""
+    inputs_dir = Path(inputs_dir)
+    if not inputs_dir.is_dir():
+        raise FileNotFoundError(f"inputs folder {inputs_dir} does not exist or is not a folder")
+    prefix, _, suffix = interface.input_name.partition("{case}")
+    cases = {}
+    for path in sorted(inputs_dir.iterdir()):
+        name = path.name
+        if path.is_file() and name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix + suffix):
+            cases[name[len(prefix): len(name) - len(suffix)]] = path
+    if not cases:
+        raise ValueError(f"inputs folder {inputs_dir} holds no images named {interface.input_name!r}")
+    return cases
+
+
+def keep_outputs(
+    output_dir: Path, expected_name: str, predictions_dir: Path, *, max_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+) -> tuple[Path | None, list[str]]:
+    """Move the expected prediction out of a container's output folder; report everything else.
+
+    Only a regular, non-empty file named ``expected_name`` of at most
+    ``max_bytes`` is kept (links, folders, other names are not).
+
+    Returns
+    -------
+    kept : Path or None
+        Where the prediction now lies.
+    dropped : list of str
+        One line per entry that was not kept, with the reason.
+    """
+    kept, dropped = None, []
+    for entry in sorted(output_dir.iterdir()):
+        info = entry.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            dropped.append(f"{entry.name}: a symbolic link, not a file")
+        elif not stat.S_ISREG(info.st_mode):
+            dropped.append(f"{entry.name}: not a regular file")
+        elif entry.name != expected_name:
+            dropped.append(f"{entry.name}: unexpected name (expected {expected_name})")
+        elif info.st_size == 0:
+            dropped.append(f"{entry.name}: empty file")
+        elif info.st_size > max_bytes:
+            dropped.append(f"{entry.name}: {info.st_size} bytes, more than the limit of {max_bytes}")
+        else:
+            predictions_dir.mkdir(parents=True, exist_ok=True)
+            kept = predictions_dir / expected_name
+            shutil.move(str(entry), str(kept))
+    return kept, dropped
+
+
+def case_status(run: ContainerRun, has_prediction: bool) -> str:
+    """``timeout``, ``crashed`` (non-zero exit or killed for memory), ``no_output`` or ``ok``."""
+    if run.timed_out:
+        return STATUS_TIMEOUT
+    if run.exit_code != 0 or run.oom_killed:
+        return STATUS_CRASHED
+    return STATUS_OK if has_prediction else STATUS_NO_OUTPUT
+
+
+def _finished_cases(resources_csv: Path) -> set[str]:
+    if not resources_csv.exists() or resources_csv.stat().st_size == 0:
+        return set()
+    return set(pd.read_csv(resources_csv, dtype={"case": str}, usecols=["case"])["case"])
+
+
+def _select_gpu(gpus: str | int | None) -> NvmlGpu | None:
+    if gpus is None or gpus == "none":
+        return None
+    if gpus == "auto":
+        index = default_gpu_index()
+        if index is None:
+            warnings.warn("no GPU found by NVML: containers run without a GPU, AUC_GPU is 0 and "
+                          "gpu_measured is false in resources.csv", HarnessWarning, stacklevel=3)
+            return None
+        return NvmlGpu(index)
+    try:
+        return NvmlGpu(int(gpus))
+    except (GpuUnavailable, ValueError) as exc:
+        raise ValueError(f"--gpus {gpus}: {exc}") from exc
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt so that containers are removed on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stage_input(image_path: Path, folder: Path) -> None:
+    target = folder / image_path.name
+    try:
+        os.link(image_path, target)
+    except OSError:
+        shutil.copy2(image_path, target)
+
+
+def _samples_table(run: ContainerRun, n_cpus: int) -> pd.DataFrame:
+    times = np.asarray(run.times_s, dtype=np.float64)
+    table = pd.DataFrame({
+        "time_s": times,
+        "cpu_time_s": run.cpu_time_s,
+        "cpu_pct": cpu_percent(run.cpu_time_s, times, n_cpus),
+    })
+    table["gpu_mib"] = run.gpu_mib if run.gpu_mib is not None else np.nan
+    return table
+
+
+def run_containers(
+    submissions: str | Path | list[Submission],
+    inputs_dir: str | Path,
+    runs_dir: str | Path,
+    protocol: str | Protocol = "flare22",
+    *,
+    gpus: str | int | None = "auto",
+    limits: ContainerLimits | None = None,
+    interface: ContainerInterface | None = None,
+    force: bool = False,
+    progress: bool | None = None,
+    interval_s: float = 0.1,
+    max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+) -> pd.DataFrame:
+    """Run each submission on each case, one container at a time, sampling resources every ``interval_s``.
+
+    Parameters
+    ----------
+    submissions : path or list of Submission
+        A folder of image archives (see `find_submissions`), or explicit
+        submissions (archives or images the engine already has).
+    inputs_dir : path
+        The cases, named like ``interface.input_name`` (``<case>_0000.nii.gz``).
+    runs_dir : path
+        Output folder; see the module docstring for its layout.
+    protocol : str or Protocol
+        Gives the GPU memory allowance (FLARE22: 2048 MiB).
+    gpus : "auto", int, "none" or None
+        GPU index for the containers; ``auto`` takes the first GPU NVML finds and
+        warns when there is none.
+    limits, interface : optional
+        Container limits and calling convention (defaults: FLARE22's).
+    force : bool
+        Run cases again even when ``resources.csv`` already has them.
+    progress : bool, optional
+        Show a progress bar (default: when stderr is a terminal).
+    interval_s : float
+        Sampling period.
+    max_output_bytes : int
+        Largest prediction file kept.
+
+    Returns
+    -------
+    pandas.DataFrame
+        All rows of every team's ``resources.csv`` (earlier runs included).
+
+    Raises
+    ------
+    ContainerError
+        If no engine answers or an image cannot be loaded.
+    """
+    from tqdm import tqdm
+
+    protocol = load_protocol(protocol)
+    limits = limits or ContainerLimits()
+    interface = interface or ContainerInterface()
+    if isinstance(submissions, (str, Path)):
+        submissions = find_submissions(submissions)
+    cases = find_cases(inputs_dir, interface)
+    runs_dir = Path(runs_dir).resolve()
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    runs_label = str(runs_dir)
+    client = docker_client()
+    stale = remove_stale_containers(client, runs_label)
+    if stale:
+        warnings.warn(f"removed {len(stale)} container(s) left by an interrupted run: {', '.join(stale)}",
+                      HarnessWarning, stacklevel=2)
+    gpu = _select_gpu(gpus)
+    n_cpus = os.cpu_count() or 1
+    host = socket.gethostname()
+    todo = []
+    for submission in submissions:
+        team_dir = runs_dir / submission.team
+        done = set() if force else _finished_cases(team_dir / "resources.csv")
+        todo.append((submission, [case for case in cases if case not in done]))
+    bar = tqdm(total=sum(len(c) for _, c in todo), unit="case", disable=None if progress is None else not progress)
+    try:
+        with _sigterm_as_interrupt():
+            for submission, team_cases in todo:
+                if not team_cases:
+                    continue
+                image = _resolve_image(client, submission)
+                team_dir = runs_dir / submission.team
+                for case in team_cases:
+                    bar.set_description(f"{submission.team} {case}")
+                    row = _run_case(client, image, submission.team, case, cases[case], team_dir, protocol,
+                                    interface, limits, gpu, runs_label, n_cpus, host, interval_s, max_output_bytes)
+                    bar.set_postfix(last=f"{row['status']} {row['time_s']:.1f}s")
+                    bar.update(1)
+    finally:
+        bar.close()
+        if gpu is not None:
+            gpu.close()
+    frames = [pd.read_csv(p, dtype={"case": str, "team": str}) for p in sorted(runs_dir.glob("*/resources.csv"))]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESOURCE_COLUMNS)
+
+
+def _resolve_image(client, submission: Submission) -> str:
+    if submission.archive is not None:
+        return load_image_archive(client, submission.archive)
+    if submission.image and image_exists(client, submission.image):
+        return submission.image
+    raise ContainerError(f"team {submission.team}: image {submission.image!r} is not loaded on the engine")
+
+
+def _run_case(client, image, team, case, image_path, team_dir, protocol, interface, limits, gpu, runs_label,
+              n_cpus, host, interval_s, max_output_bytes) -> dict:
+    with tempfile.TemporaryDirectory(prefix="flare-eval-") as scratch:
+        input_dir, output_dir = Path(scratch) / "inputs", Path(scratch) / "outputs"
+        input_dir.mkdir()
+        output_dir.mkdir()
+        # Containers may run as any user; they must be able to write their outputs.
+        output_dir.chmod(0o777)
+        _stage_input(image_path, input_dir)
+        run = run_container(client, image, team=team, case=case, input_dir=input_dir, output_dir=output_dir,
+                            interface=interface, limits=limits, gpu=gpu, runs_label=runs_label,
+                            interval_s=interval_s)
+        kept, dropped = keep_outputs(output_dir, interface.output_name.format(case=case),
+                                     team_dir / "predictions", max_bytes=max_output_bytes)
+    summary = summarize_run(run.times_s, run.cpu_time_s, run.gpu_mib, time_s=run.time_s,
+                            total_cpu_s=run.total_cpu_s, n_cpus=n_cpus, allowance_mib=protocol.gpu_allowance_mib)
+    status = case_status(run, kept is not None)
+    write_table(_samples_table(run, n_cpus), team_dir / "samples" / f"{case}.csv")
+    log = run.logs
+    if dropped:
+        log += "\n[flare-eval] dropped from the output folder:\n" + "\n".join(f"  {line}" for line in dropped) + "\n"
+    if run.timed_out:
+        log += f"\n[flare-eval] killed after the {limits.timeout_s} s timeout\n"
+    log_path = team_dir / "logs" / f"{case}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(log, encoding="utf-8")
+    row = {
+        "team": team, "case": case, "time_s": summary.time_s, "auc_gpu_mib_s": summary.auc_gpu_mib_s,
+        "auc_cpu_pct_s": summary.auc_cpu_pct_s, "max_gpu_mib": summary.max_gpu_mib,
+        "max_cpu_pct": summary.max_cpu_pct, "gpu_measured": gpu is not None, "gpu_mode": run.gpu_mode or GPU_MODE_NONE,
+        "exit_code": run.exit_code, "status": status, "n_samples": summary.n_samples, "image": image,
+        "host": host, "gpu_name": gpu.name if gpu else "", "gpu_driver": gpu.driver if gpu else "",
+        "started_at": run.started_at,
+    }
+    append_rows(pd.DataFrame([row], columns=RESOURCE_COLUMNS), team_dir / "resources.csv")
+    return row

@@ -1,0 +1,67 @@
+"""Assembling ``results.csv`` (one row per team and case) from scores and resources. Pure, no I/O.
+
+This is the one place where penalties are applied: a case whose container
+timed out, crashed or left no prediction gets the protocol's worst value of
+every ranking metric (FLARE22: DSC=0, NSD=0, Time=3600, AUC_GPU=29491200,
+AUC_CPU=360000), whatever was measured.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from .protocol import Protocol, load_protocol
+
+__all__ = ["assemble_results", "PENALIZED_STATUSES", "RESULT_COLUMNS", "STATUS_NO_RUN"]
+
+#: Container statuses that get the worst value of every metric.
+PENALIZED_STATUSES = ("timeout", "crashed", "no_output")
+#: A case with a prediction but no container run recorded (e.g. scored from a folder).
+STATUS_NO_RUN = "no_run"
+RESULT_COLUMNS = ["team", "case", "DSC", "NSD", "Time", "AUC_GPU", "AUC_CPU", "status"]
+_RESOURCE_METRICS = {"Time": "time_s", "AUC_GPU": "auc_gpu_mib_s", "AUC_CPU": "auc_cpu_pct_s"}
+
+
+def assemble_results(
+    scores: pd.DataFrame, resources: pd.DataFrame | None, protocol: str | Protocol = "flare22"
+) -> pd.DataFrame:
+    """One row per team and case with the five ranking metrics.
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        Long scores (``team, case, label, DSC, NSD, ...``) as written by ``score``.
+    resources : pandas.DataFrame or None
+        Rows of ``resources.csv`` (``team, case, time_s, auc_gpu_mib_s,
+        auc_cpu_pct_s, status, ...``); the last row of a (team, case) counts.
+    protocol : str or Protocol
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``team, case, DSC, NSD, Time, AUC_GPU, AUC_CPU, status``: DSC and NSD
+        are the case's mean over the protocol's organs; ``status`` is the
+        container's (``no_run`` when there is no resources row, whose
+        resource metrics are then left empty for the ranking to fill).
+    """
+    protocol = load_protocol(protocol)
+    worst = {m.name: m.worst for m in protocol.ranking_metrics}
+    labels = set(protocol.labels)
+    organ_scores = scores[scores["label"].isin(labels)]
+    table = organ_scores.groupby(["team", "case"], sort=True)[["DSC", "NSD"]].mean().reset_index()
+    if resources is not None and len(resources):
+        latest = resources.drop_duplicates(["team", "case"], keep="last")
+        columns = ["team", "case", *_RESOURCE_METRICS.values(), "status"]
+        table = table.merge(latest[columns], on=["team", "case"], how="outer")
+        table = table.rename(columns={v: k for k, v in _RESOURCE_METRICS.items()})
+    else:
+        for metric in _RESOURCE_METRICS:
+            table[metric] = np.nan
+        table["status"] = np.nan
+    table["status"] = table["status"].fillna(STATUS_NO_RUN)
+    penalized = table["status"].isin(PENALIZED_STATUSES)
+    for metric, value in worst.items():
+        if metric in table:
+            table.loc[penalized, metric] = value
+    return table[RESULT_COLUMNS].sort_values(["team", "case"], ignore_index=True)

@@ -1,0 +1,122 @@
+"""Tiny test submissions: busybox images, one per behaviour, built locally (nothing is pulled)."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import numpy as np
+from conftest import write_nifti
+
+COPY_ANSWERS = (
+    'for f in /workspace/inputs/*_0000.nii.gz; do c=$(basename "$f" _0000.nii.gz); '
+    'cp "/answers/$c.nii.gz" "/workspace/outputs/$c.nii.gz"; done\n'
+)
+BURN_ONE_CORE = "i=0; while [ $i -lt 1500000 ]; do i=$((i+1)); done\n"
+
+TEAMS = {
+    "good": COPY_ANSWERS,
+    "burner": BURN_ONE_CORE + COPY_ANSWERS,
+    # Thousands of short-lived child processes: only cgroup accounting sees all of them.
+    "forker": "i=0; while [ $i -lt 1500 ]; do /bin/true; i=$((i+1)); done\n" + COPY_ANSWERS,
+    "sleeper": "sleep 1.5\n" + COPY_ANSWERS,
+    "hanger": "sleep 600\n",
+    "crasher": "echo boom >&2\nexit 3\n",
+    "silent": "echo nothing to say\n",
+    "linker": (
+        'for f in /workspace/inputs/*_0000.nii.gz; do c=$(basename "$f" _0000.nii.gz); '
+        'ln -s /answers/$c.nii.gz "/workspace/outputs/$c.nii.gz"; done\n'
+        "echo x > /workspace/outputs/wrong_name.nii.gz\nmkdir /workspace/outputs/folder\n"
+    ),
+    "networker": (
+        "if wget -q -T 2 -O /dev/null http://1.1.1.1/ 2>/dev/null; then echo NETWORK-REACHABLE; "
+        "else echo NETWORK-UNREACHABLE; fi\n"
+        "if touch /workspace/inputs/tamper 2>/dev/null; then echo INPUTS-WRITABLE; else echo INPUTS-READ-ONLY; fi\n"
+        + COPY_ANSWERS
+    ),
+}
+APPLETS = ["sh", "cat", "cp", "ls", "sleep", "mkdir", "true", "echo", "ln", "rm", "basename", "wget", "touch", "date"]
+
+
+def busybox_path() -> Path:
+    path = Path(shutil.which("busybox") or "/bin/busybox")
+    result = subprocess.run(["ldd", str(path)], capture_output=True, text=True)
+    if not path.exists() or result.returncode == 0:
+        raise RuntimeError(f"{path} is missing or not statically linked: install Debian's busybox-static")
+    return path
+
+
+def make_cases(folder: Path, n_cases: int = 2) -> tuple[Path, Path, dict[str, np.ndarray]]:
+    """Input images, ground-truth labels and the answers baked into the good teams' images."""
+    images, labels = folder / "imagesTs", folder / "labelsTs"
+    answers = {}
+    for i in range(n_cases):
+        case = f"case{i}"
+        image = np.zeros((12, 12, 8), np.int16)
+        label = np.zeros((12, 12, 8), np.uint8)
+        label[2:8, 2:8, 1:6] = 1
+        label[8:11, 3:6, 2 + i: 6] = 2
+        write_nifti(images / f"{case}_0000.nii.gz", image, (0.8, 0.8, 2.5))
+        write_nifti(labels / f"{case}.nii.gz", label, (0.8, 0.8, 2.5))
+        answer = label.copy()
+        answer[2, 2:8, 1:6] = 0  # a realistic, imperfect prediction
+        answers[case] = answer
+    return images, labels, answers
+
+
+def _root_tar(predict_sh: str, answers_dir: Path) -> bytes:
+    buffer = io.BytesIO()
+    busybox = busybox_path()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        def add_dir(name):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+
+        def add_file(name, data, mode=0o755):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+
+        for name in ("bin", "tmp", "workspace", "answers", "etc"):
+            add_dir(name)
+        add_file("bin/busybox", busybox.read_bytes())
+        for applet in APPLETS:
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(info)
+        # FLARE's command is /bin/bash -c "sh predict.sh"; busybox has no bash, a shim stands in.
+        add_file("bin/bash", b'#!/bin/sh\nexec /bin/sh "$@"\n')
+        add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)
+        add_file("workspace/predict.sh", predict_sh.encode(), 0o644)
+        for answer in sorted(answers_dir.glob("*.nii.gz")):
+            add_file(f"answers/{answer.name}", answer.read_bytes(), 0o644)
+    return buffer.getvalue()
+
+
+def build_team_archives(client, folder: Path, answers: dict[str, np.ndarray], teams=None) -> Path:
+    """Build one image per team, save each as ``<team>.tar`` (one as ``.tar.gz``) in ``folder/submissions``."""
+    answers_dir = folder / "answers"
+    for case, answer in answers.items():
+        write_nifti(answers_dir / f"{case}.nii.gz", answer, (0.8, 0.8, 2.5))
+    submissions = folder / "submissions"
+    submissions.mkdir(parents=True, exist_ok=True)
+    for index, team in enumerate(teams or TEAMS):
+        reference = f"flare-eval-test/{team}:latest"
+        client.api.import_image_from_data(
+            _root_tar(TEAMS[team], answers_dir), repository=f"flare-eval-test/{team}", tag="latest",
+            changes=["WORKDIR /workspace"],
+        )
+        data = b"".join(client.images.get(reference).save(named=True))
+        if index == 0:
+            (submissions / f"{team}.tar.gz").write_bytes(gzip.compress(data, compresslevel=1))
+        else:
+            (submissions / f"{team}.tar").write_bytes(data)
+        client.images.remove(reference, force=True)  # the harness must load it from the archive
+    os.sync()
+    return submissions

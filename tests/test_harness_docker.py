@@ -1,0 +1,247 @@
+"""The container harness on a real Docker engine, with tiny busybox submissions built locally.
+
+Set FLARE_EVAL_REQUIRE_DOCKER=1 (CI does) to fail instead of skip when no engine answers.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from teams import TEAMS, build_team_archives, make_cases
+
+from flare_eval import ContainerLimits, collect_results, run_containers
+from flare_eval.cli import main
+from flare_eval.harness.runner import HarnessWarning
+
+TIMEOUT_S = 4.0
+
+
+@pytest.fixture(scope="module")
+def engine():
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # any failure to reach the engine
+        if os.environ.get("FLARE_EVAL_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"FLARE_EVAL_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+    return client
+
+
+@pytest.fixture(scope="module")
+def workspace(engine, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("harness")
+    images, labels, answers = make_cases(folder)
+    submissions = build_team_archives(engine, folder, answers)
+    return folder, images, labels, submissions
+
+
+@pytest.fixture(scope="module")
+def all_teams(workspace):
+    folder, images, labels, submissions = workspace
+    with pytest.warns(HarnessWarning, match="no GPU found"):
+        resources = run_containers(submissions, images, folder / "runs", gpus="auto",
+                                   limits=ContainerLimits(timeout_s=TIMEOUT_S, memory="256m", shm_size="64m"),
+                                   progress=False)
+    return folder / "runs", resources.set_index(["team", "case"])
+
+
+def flare_containers(engine):
+    return engine.containers.list(all=True, filters={"label": "flare-eval"})
+
+
+def test_statuses(all_teams):
+    _, resources = all_teams
+    status = resources["status"].groupby(level="team").agg(set).to_dict()
+    assert status == {
+        "good": {"ok"}, "burner": {"ok"}, "forker": {"ok"}, "sleeper": {"ok"}, "networker": {"ok"},
+        "hanger": {"timeout"}, "crasher": {"crashed"}, "silent": {"no_output"},
+        "linker": {"no_output"},
+    }
+    assert set(resources.xs("crasher", level="team")["exit_code"]) == {3}
+    hanger = resources.xs("hanger", level="team")
+    assert (hanger["time_s"] >= TIMEOUT_S - 0.5).all() and (hanger["time_s"] < TIMEOUT_S + 5).all()
+
+
+def test_predictions_logs_and_samples_are_written(all_teams, workspace):
+    runs, _ = all_teams
+    for case in ("case0", "case1"):
+        assert (runs / "good" / "predictions" / f"{case}.nii.gz").is_file()
+        samples = pd.read_csv(runs / "sleeper" / "samples" / f"{case}.csv")
+        assert list(samples.columns) == ["time_s", "cpu_time_s", "cpu_pct", "gpu_mib"]
+        assert len(samples) >= 12  # 1.5 s at 0.1 s
+        gaps = np.diff(samples.time_s)
+        assert np.median(gaps) == pytest.approx(0.1, abs=0.03)
+    assert "boom" in (runs / "crasher" / "logs" / "case0.log").read_text()
+    assert "killed after the 4.0 s timeout" in (runs / "hanger" / "logs" / "case0.log").read_text()
+
+
+def test_only_the_expected_regular_file_is_kept(all_teams):
+    runs, _ = all_teams
+    assert not (runs / "linker" / "predictions").exists() or not any((runs / "linker" / "predictions").iterdir())
+    log = (runs / "linker" / "logs" / "case0.log").read_text()
+    assert "case0.nii.gz: a symbolic link, not a file" in log
+    assert "wrong_name.nii.gz: unexpected name (expected case0.nii.gz)" in log
+    assert "folder: not a regular file" in log
+
+
+def test_no_network_and_read_only_inputs(all_teams):
+    runs, _ = all_teams
+    log = (runs / "networker" / "logs" / "case0.log").read_text()
+    assert "NETWORK-UNREACHABLE" in log and "INPUTS-READ-ONLY" in log
+
+
+def test_cpu_burner_uses_one_core_and_sleeper_almost_nothing(all_teams):
+    runs, resources = all_teams
+    one_core_pct = 100.0 / (os.cpu_count() or 1)
+    for case in ("case0", "case1"):
+        burner = pd.read_csv(runs / "burner" / "samples" / f"{case}.csv")
+        busy = burner.cpu_pct.iloc[1:-1]  # whole intervals while the loop runs
+        assert busy.median() == pytest.approx(one_core_pct, rel=0.25)
+        sleeper = pd.read_csv(runs / "sleeper" / "samples" / f"{case}.csv")
+        assert sleeper.cpu_pct.median() < 0.05 * one_core_pct
+        assert resources.loc[("burner", case)].auc_cpu_pct_s > 10 * resources.loc[("sleeper", case)].auc_cpu_pct_s
+
+
+def test_cgroup_accounting_counts_short_lived_children(all_teams):
+    _, resources = all_teams
+    # 1500 processes that each live for about a millisecond: invisible to a 0.1 s process-tree walk.
+    forker = resources.xs("forker", level="team")
+    good = resources.xs("good", level="team")
+    assert (forker.auc_cpu_pct_s > 5 * good.auc_cpu_pct_s).all()
+
+
+def test_auc_equals_the_integral_of_the_samples(all_teams):
+    runs, resources = all_teams
+    n_cpus = os.cpu_count() or 1
+    for team in ("burner", "sleeper", "good"):
+        for case in ("case0", "case1"):
+            samples = pd.read_csv(runs / team / "samples" / f"{case}.csv")
+            integral = float(np.sum(samples.cpu_pct * np.diff(samples.time_s, prepend=0.0)))
+            assert integral == pytest.approx(100 * samples.cpu_time_s.iloc[-1] / n_cpus)
+            auc = resources.loc[(team, case)].auc_cpu_pct_s
+            # The final reading after exit may add what the last interval did not see.
+            assert integral - 1e-9 <= auc <= integral + 100 * 0.2
+    assert (resources.auc_gpu_mib_s == 0).all() and not resources.gpu_measured.any()
+
+
+def test_no_container_is_left(all_teams, engine):
+    assert flare_containers(engine) == []
+
+
+def test_rerun_skips_finished_cases_and_force_reruns(workspace, all_teams, engine):
+    folder, images, labels, submissions = workspace
+    runs, before = all_teams
+    good_only = [s for s in __import__("flare_eval").harness.find_submissions(submissions) if s.team == "good"]
+    again = run_containers(good_only, images, runs, gpus=None, progress=False)
+    assert len(again[again.team == "good"]) == 2  # nothing added
+    forced = run_containers(good_only, images, runs, gpus=None, force=True, progress=False)
+    assert len(forced[forced.team == "good"]) == 4  # appended, the last row of a case counts
+
+
+def test_collect_applies_penalties(all_teams, workspace):
+    folder, images, labels, submissions = workspace
+    runs, _ = all_teams
+    with pytest.warns(UserWarning, match="GPU memory was not measured"):
+        results = collect_results(runs, labels, folder / "results.csv", progress=False)
+    results = results.set_index(["team", "case"])
+    good = results.loc[("good", "case0")]
+    assert 0.8 < good.DSC < 1 and good.Time < 60 and good.status == "ok"
+    for team in ("hanger", "crasher", "silent", "linker"):
+        row = results.loc[(team, "case0")]
+        assert [row.DSC, row.NSD, row.Time, row.AUC_GPU, row.AUC_CPU] == [0, 0, 3600, 29491200, 360000]
+    assert (runs / "good" / "scores.csv").is_file()
+
+
+def test_killed_harness_resumes_without_losing_or_repeating(workspace, engine, tmp_path):
+    folder, images, labels, submissions = workspace
+    many = tmp_path / "inputs"
+    many.mkdir()
+    for i in range(4):
+        os.link(images / "case0_0000.nii.gz", many / f"k{i}_0000.nii.gz")
+    sleeper = [p for p in submissions.iterdir() if p.name.startswith("sleeper.")][0]
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    os.link(sleeper, subs / sleeper.name)
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "flare_eval.cli", "run-containers", str(subs), "--inputs", str(many),
+               "--out", str(runs), "--gpus", "none", "--no-progress", "--command", "sh -c 'sleep 1.5; echo ok'"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    resources = runs / "sleeper" / "resources.csv"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (resources.exists() and len(resources.read_text().splitlines()) >= 2):
+        time.sleep(0.05)
+    time.sleep(0.5)  # the next case is in flight
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = pd.read_csv(resources).case.tolist()
+    assert 1 <= len(finished) < 4
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 1, result.stderr  # sleeping without output: no_output
+    rows = pd.read_csv(resources)
+    assert sorted(rows.case) == ["k0", "k1", "k2", "k3"]  # each case once
+    assert rows.case.tolist()[: len(finished)] == finished
+    assert flare_containers(engine) == []
+
+
+def test_sigterm_removes_the_running_container(workspace, engine, tmp_path):
+    folder, images, labels, submissions = workspace
+    runs = tmp_path / "runs"
+    command = [sys.executable, "-m", "flare_eval.cli", "run-containers", "--image", "t=flare-eval-test/hold",
+               "--inputs", str(images), "--out", str(runs), "--gpus", "none", "--no-progress",
+               "--command", "sleep 600"]
+    hold = [p for p in submissions.iterdir() if p.name.startswith("hanger.")][0]
+    with open(hold, "rb") as handle:
+        image = engine.images.load(handle)[0]
+    image.tag("flare-eval-test/hold", "latest")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not flare_containers(engine):
+        time.sleep(0.1)
+    assert flare_containers(engine), "the container never started"
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    assert flare_containers(engine) == []
+    assert process.returncode != 0
+
+
+def test_cli_evaluate_chain(workspace, tmp_path, capsys):
+    folder, images, labels, submissions = workspace
+    subs = tmp_path / "subs"
+    subs.mkdir()
+    for team in ("good", "sleeper", "crasher"):
+        archive = [p for p in submissions.iterdir() if p.name.split(".")[0] == team][0]
+        os.link(archive, subs / archive.name)
+    code = main(["evaluate", str(subs), "--inputs", str(images), "--labels", str(labels), "--out", str(tmp_path / "o"),
+                 "--gpus", "none", "--timeout", "20", "--no-progress", "--samples", "50", "--seed", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "crasher case0: crashed (exit code 3)" in err
+    ranking = pd.read_csv(tmp_path / "o" / "ranking" / "ranking.csv")
+    assert ranking.team.iloc[-1] == "crasher"
+    assert set(pd.read_csv(tmp_path / "o" / "results.csv").team) == {"good", "sleeper", "crasher"}
+
+
+def test_bad_archive_and_missing_engine_errors(tmp_path, capsys, monkeypatch):
+    (tmp_path / "subs").mkdir()
+    (tmp_path / "subs" / "broken.tar").write_bytes(b"not a tar")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "c_0000.nii.gz").write_bytes(b"x")
+    code = main(["run-containers", str(tmp_path / "subs"), "--inputs", str(tmp_path / "in"), "--out",
+                 str(tmp_path / "runs"), "--gpus", "none", "--no-progress"])
+    assert code == 2 and "broken.tar: cannot be loaded as a Docker image archive" in capsys.readouterr().err
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
+    code = main(["run-containers", str(tmp_path / "subs"), "--inputs", str(tmp_path / "in"), "--out",
+                 str(tmp_path / "runs"), "--gpus", "none", "--no-progress"])
+    assert code == 2 and "no Docker engine answers" in capsys.readouterr().err
+
+
+def test_all_team_behaviours_are_exercised():
+    assert set(TEAMS) == {"good", "burner", "forker", "sleeper", "hanger", "crasher", "silent", "linker",
+                          "networker"}
