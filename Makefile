@@ -18,8 +18,8 @@ demo: install  ## score the bundled example predictions, rank the example result
 	$(BIN)/flare-eval score examples/data/predictions/teamA examples/data/labels --out demo_out/teamA
 	$(BIN)/flare-eval rank examples/data/results.csv --out demo_out/ranking --seed 2022
 
-test: install  ## the whole test suite (installs and starts a Docker engine where none answers), then the linter
-	scripts/ensure-docker.sh
+test: install  ## the whole test suite (installs Docker, busybox-static and Chromium where missing), then the linter
+	scripts/ensure-test-tools.sh
 	$(BIN)/python -m pytest
 	$(BIN)/ruff check .
 

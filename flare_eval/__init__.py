@@ -12,6 +12,8 @@ The public API, re-exported here, covers each step of the data flow:
 * containers: `run_containers` (with `ContainerLimits`, `ContainerInterface`),
   `collect_results` (scores + resources -> ``results.csv``, penalties applied),
   `evaluate` (the whole chain);
+* report and quantification: `report` (HTML page; the figures are in
+  :mod:`flare_eval.reporting.plots` for notebooks), `quantify` (organ volumes against ground truth);
 * example data: `example_paths`.
 """
 
@@ -20,7 +22,16 @@ from ._version import __version__
 from .harness import ContainerError, ContainerInterface, ContainerLimits, Submission, run_containers
 from .io import InvalidLabelMapError, LabelMap, pair_cases, read_label_map
 from .metrics import SurfaceDistances, dice_coefficient, normalized_surface_dice, surface_distances
-from .pipeline import EvaluationOutputs, RankingOutputs, collect_results, evaluate, rank_results
+from .pipeline import (
+    EvaluationOutputs,
+    QuantifyOutputs,
+    RankingOutputs,
+    collect_results,
+    evaluate,
+    quantify,
+    rank_results,
+    report,
+)
 from .protocol import Organ, Protocol, available_protocols, load_protocol
 from .ranking import (
     BootstrapResult,
@@ -28,6 +39,7 @@ from .ranking import (
     ResultsTableError,
     best_versus_rest,
     bootstrap_stability,
+    case_ranks,
     holm_adjust,
     kendall_tau_b,
     prepare_results,
@@ -71,6 +83,10 @@ __all__ = [
     "RankingOutputs",
     "rank_results",
     "EvaluationOutputs",
+    "QuantifyOutputs",
+    "quantify",
+    "report",
+    "case_ranks",
     "collect_results",
     "evaluate",
     "assemble_results",

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="rank-then-aggregate ranking, bootstrap stability and Wilcoxon tests",
         description="Rank the teams of RESULTS (columns team, case and the protocol's metrics: "
         "DSC, NSD, Time, AUC_GPU, AUC_CPU for FLARE22). Writes OUT/ranking.csv, bootstrap.csv, "
-        "rank_distribution.csv, significance.csv, best_vs_rest.csv and settings.json, and prints "
+        "rank_distribution.csv, bootstrap_ranks.csv, significance.csv, best_vs_rest.csv and settings.json, and prints "
         "the ranking and the stability summary. Missing cases or values get the protocol's worst value, "
         "with a warning.",
     )
@@ -114,9 +114,40 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=int, default=1000, help="bootstrap samples (default: 1000)")
     evaluate.add_argument("--seed", type=int, default=None, help="random seed of the bootstrap")
 
+    report = commands.add_parser(
+        "report",
+        help="an HTML page with the ranking, stability, significance, per-organ and resource figures",
+        description="Build DIR/index.html (figures in DIR/figures as PNG and SVG) from a results.csv or from a "
+        "folder written by evaluate (results.csv, ranking/, runs/, quantify/). Sections whose inputs are "
+        "absent are left out with a note.",
+    )
+    report.add_argument("source", type=Path, help="results.csv, or a folder written by evaluate")
+    report.add_argument("--out", type=Path, required=True, help="report folder")
+    report.add_argument("--ranking", type=Path, default=None, help="ranking folder (default: SOURCE/ranking)")
+    report.add_argument("--runs", type=Path, default=None, help="runs folder (default: SOURCE/runs)")
+    report.add_argument("--quantify", type=Path, default=None, help="quantify folder (default: SOURCE/quantify)")
+    report.add_argument("--team", default=None, help="team whose resources over time are shown (default: the best)")
+    report.add_argument("--case", default=None, help="case whose resources over time are shown (default: the first)")
+    _add_protocol_argument(report)
+
+    quantify = commands.add_parser(
+        "quantify",
+        help="organ volumes (and tubular organ diameters), against ground truth when given",
+        description="Measure every protocol organ of every label map in PRED: volume in mL (voxel count x voxel "
+        "volume) and, for aorta, IVC and esophagus, the median equal-area-circle diameter of the axial "
+        "cross-sections in mm. With GT: Pearson r, mean difference and Bland-Altman limits per organ. Writes "
+        "OUT/volumes.csv, OUT/volume_summary.csv and OUT/agreement.csv.",
+    )
+    quantify.add_argument("pred", type=Path, help="folder of predicted label maps")
+    quantify.add_argument("gt", type=Path, nargs="?", default=None, help="folder of ground-truth label maps")
+    quantify.add_argument("--out", type=Path, required=True, help="output folder")
+    quantify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_protocol_argument(quantify)
+
     commands.add_parser("protocols", help="list the protocol presets")
     for name, handler in (("score", _score), ("rank", _rank), ("run-containers", _run_containers),
-                          ("collect", _collect), ("evaluate", _evaluate), ("protocols", _protocols)):
+                          ("collect", _collect), ("evaluate", _evaluate), ("report", _report),
+                          ("quantify", _quantify), ("protocols", _protocols)):
         commands.choices[name].set_defaults(handler=handler)
     return parser
 
@@ -264,8 +295,8 @@ def _rank(args: argparse.Namespace) -> int:
     if len(best):
         print(f"best {best.metric.iloc[0]} ({best.team_a.iloc[0]}) significantly better than "
               f"{int(best.significant.sum())} of {len(best)} other teams")
-    print(f"wrote {outputs.folder}/ranking.csv, bootstrap.csv, rank_distribution.csv, significance.csv, "
-          "best_vs_rest.csv, settings.json")
+    print(f"wrote {outputs.folder}/ranking.csv, bootstrap.csv, rank_distribution.csv, bootstrap_ranks.csv, "
+          "significance.csv, best_vs_rest.csv, settings.json")
     return EXIT_OK
 
 
@@ -315,6 +346,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"wrote {outputs.folder}/runs, {outputs.folder}/results.csv" +
           (f", {outputs.folder}/ranking" if outputs.ranking is not None else ""))
     return code
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .pipeline import report
+
+    index = report(args.source, args.out, args.protocol, ranking_dir=args.ranking, runs_dir=args.runs,
+                   quantify_dir=args.quantify, team=args.team, case=args.case)
+    print(f"wrote {index}")
+    return EXIT_OK
+
+
+def _quantify(args: argparse.Namespace) -> int:
+    from .pipeline import quantify
+
+    outputs = quantify(args.pred, args.out, args.gt, args.protocol, progress=False if args.no_progress else None)
+    if outputs.agreement is not None:
+        print(outputs.agreement.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    else:
+        table = outputs.summary[["organ", "n", "text"]].rename(columns={"text": "volume_ml median (Q1, Q3)"})
+        print(table.to_string(index=False))
+    print(f"wrote {outputs.folder}/volumes.csv, volume_summary.csv" +
+          (", agreement.csv" if outputs.agreement is not None else ""))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

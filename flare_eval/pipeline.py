@@ -28,7 +28,16 @@ from .ranking import (
 )
 from .results import assemble_results
 
-__all__ = ["RankingOutputs", "rank_results", "collect_results", "EvaluationOutputs", "evaluate"]
+__all__ = [
+    "RankingOutputs",
+    "rank_results",
+    "collect_results",
+    "EvaluationOutputs",
+    "evaluate",
+    "QuantifyOutputs",
+    "quantify",
+    "report",
+]
 
 
 @dataclass(frozen=True)
@@ -55,7 +64,8 @@ def rank_results(
     """Rank the teams of a ``results.csv`` and write the ranking tables.
 
     Writes to ``out_dir``: ``ranking.csv`` (`flare_eval.ranking.rank`),
-    ``bootstrap.csv`` and ``rank_distribution.csv``
+    ``bootstrap.csv``, ``rank_distribution.csv`` and ``bootstrap_ranks.csv``
+    (every team's rank in every sample)
     (`flare_eval.ranking.bootstrap_stability`), ``significance.csv``
     (`flare_eval.ranking.significance`), ``best_vs_rest.csv``
     (`flare_eval.ranking.best_versus_rest` on DSC) and ``settings.json``
@@ -80,6 +90,7 @@ def rank_results(
     write_table(ranking, out_dir / "ranking.csv")
     write_table(bootstrap.samples, out_dir / "bootstrap.csv")
     write_table(bootstrap.rank_distribution, out_dir / "rank_distribution.csv")
+    write_table(bootstrap.ranks_table(), out_dir / "bootstrap_ranks.csv")
     write_table(tests, out_dir / "significance.csv")
     write_table(paper, out_dir / "best_vs_rest.csv")
     settings = {
@@ -193,3 +204,92 @@ def evaluate(
     if results["team"].nunique() >= 2:
         ranking = rank_results(out_dir / "results.csv", out_dir / "ranking", protocol, n_samples=n_samples, seed=seed)
     return EvaluationOutputs(resources, results, ranking, out_dir)
+
+
+@dataclass(frozen=True)
+class QuantifyOutputs:
+    """Tables of `quantify`; ``agreement`` and ``summary`` compare with ground truth when it was given."""
+
+    volumes: pd.DataFrame
+    agreement: pd.DataFrame | None
+    summary: pd.DataFrame
+    folder: Path
+
+
+def quantify(
+    pred_dir: str | Path,
+    out_dir: str | Path,
+    gt_dir: str | Path | None = None,
+    protocol: str | Protocol = "flare22",
+    *,
+    progress: bool | None = None,
+) -> QuantifyOutputs:
+    """Organ volumes (and tubular organ diameters) of every label map, against ground truth if given.
+
+    Writes ``out_dir/volumes.csv`` (``case, label, organ, source, volume_ml,
+    diameter_mm``; ``source`` is ``prediction`` or ``ground_truth``),
+    ``out_dir/volume_summary.csv`` (median, Q1, Q3 per organ and source) and,
+    with ground truth, ``out_dir/agreement.csv`` (see
+    :func:`flare_eval.volumes.volume_agreement`). Cases without a prediction
+    are reported in a warning and left out of the agreement.
+    """
+    from tqdm import tqdm
+
+    from .io import LABEL_MAP_SUFFIXES, case_id, pair_cases, read_label_map
+    from .volumes import measure_label_map, median_iqr_table, volume_agreement
+
+    protocol = load_protocol(protocol)
+    axis = protocol.slice_range.axis if protocol.slice_range else 2
+    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    if gt_dir is not None:
+        pairing = pair_cases(pred_dir, gt_dir)
+        jobs = [(p.case, "ground_truth", p.gt_path) for p in pairing.pairs]
+        jobs += [(p.case, "prediction", p.pred_path) for p in pairing.pairs if p.pred_path is not None]
+        missing = [p.case for p in pairing.pairs if p.pred_path is None]
+        if missing:
+            warnings.warn(f"{pred_dir}: no prediction for {len(missing)} case(s): {', '.join(missing[:5])}",
+                          UserWarning, stacklevel=2)
+    else:
+        if not pred_dir.is_dir():
+            raise FileNotFoundError(f"prediction folder {pred_dir} does not exist or is not a folder")
+        jobs = [(case_id(p), "prediction", p) for p in sorted(pred_dir.iterdir()) if case_id(p) and p.is_file()]
+        if not jobs:
+            raise ValueError(f"prediction folder {pred_dir} holds no label maps ({', '.join(LABEL_MAP_SUFFIXES)})")
+    frames = []
+    show = None if progress is None else not progress
+    for case, source, path in tqdm(jobs, desc="measuring", unit="map", disable=show):
+        label_map = read_label_map(path)
+        frames.append(measure_label_map(label_map.array, label_map.spacing_mm, protocol, axis=axis)
+                      .assign(case=case, source=source))
+    volumes = pd.concat(frames, ignore_index=True)[["case", "label", "organ", "source", "volume_ml", "diameter_mm"]]
+    summary = median_iqr_table(volumes, "volume_ml", by=("label", "organ", "source"))
+    agreement = None
+    if gt_dir is not None:
+        wide = volumes.pivot_table(index=["case", "label", "organ"], columns="source", values="volume_ml").dropna()
+        wide = wide.rename(columns={"prediction": "volume_ml_pred", "ground_truth": "volume_ml_gt"}).reset_index()
+        agreement = volume_agreement(wide)
+        write_table(agreement, out_dir / "agreement.csv")
+    write_table(volumes, out_dir / "volumes.csv")
+    write_table(summary, out_dir / "volume_summary.csv")
+    return QuantifyOutputs(volumes, agreement, summary, out_dir)
+
+
+def report(
+    source: str | Path,
+    out_dir: str | Path,
+    protocol: str | Protocol = "flare22",
+    *,
+    ranking_dir: str | Path | None = None,
+    runs_dir: str | Path | None = None,
+    quantify_dir: str | Path | None = None,
+    team: str | None = None,
+    case: str | None = None,
+) -> Path:
+    """Build the HTML report of ``source`` (a results.csv or an ``evaluate`` folder) in ``out_dir``.
+
+    See :func:`flare_eval.reporting.build_report`; returns the path of ``index.html``.
+    """
+    from .reporting import build_report, find_report_inputs
+
+    inputs = find_report_inputs(source, ranking_dir=ranking_dir, runs_dir=runs_dir, quantify_dir=quantify_dir)
+    return build_report(inputs, out_dir, protocol, team=team, case=case)

@@ -36,6 +36,7 @@ __all__ = [
     "ResultsMatrix",
     "prepare_results",
     "rank",
+    "case_ranks",
     "BootstrapResult",
     "bootstrap_stability",
     "significance",
@@ -257,6 +258,27 @@ def rank(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol = "flar
     return table.sort_values(["rank", "team"], ignore_index=True)
 
 
+def case_ranks(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol = "flare22") -> pd.DataFrame:
+    """Each team's overall rank within each case: its weighted mean rank over the metrics, ranked.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``team, case, score, rank`` (ties at the minimum); the data of
+        challengeR's ranking heatmap.
+    """
+    matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    weights = _weights(matrix.metrics)
+    scores = np.tensordot(weights, _case_ranks(matrix), axes=1) / weights.sum()  # (C, T)
+    ranks = _rank_scores(scores)
+    return pd.DataFrame({
+        "team": np.tile(matrix.teams, len(matrix.cases)),
+        "case": np.repeat(matrix.cases, len(matrix.teams)),
+        "score": scores.ravel(),
+        "rank": ranks.ravel().astype(int),
+    })
+
+
 def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Kendall's tau-b between ``x`` and each row of ``y``.
 
@@ -316,6 +338,14 @@ class BootstrapResult:
     seed: int
     n_samples: int
     draws: np.ndarray
+
+    def ranks_table(self) -> pd.DataFrame:
+        """Long table ``sample, team, rank``: every team's rank in every sample."""
+        return pd.DataFrame({
+            "sample": np.repeat(np.arange(1, self.n_samples + 1), len(self.teams)),
+            "team": np.tile(self.teams, self.n_samples),
+            "rank": self.ranks.ravel().astype(int),
+        })
 
     def summary(self) -> pd.DataFrame:
         """Mean, median, Q1 and Q3 of Kendall's tau, overall and per metric."""

@@ -82,8 +82,8 @@ def test_rank_examples(examples, tmp_path, capsys):
     assert code == 0
     assert "warning: " in err and "results.csv: team 'teamL' has no row for 1 case" in err
     assert "teamA" in out and "kendall_tau" in out and "significantly better" in out
-    expected = {"ranking.csv", "bootstrap.csv", "rank_distribution.csv", "significance.csv", "best_vs_rest.csv",
-                "settings.json"}
+    expected = {"ranking.csv", "bootstrap.csv", "rank_distribution.csv", "bootstrap_ranks.csv", "significance.csv",
+                "best_vs_rest.csv", "settings.json"}
     assert {p.name for p in tmp_path.iterdir()} == expected
     ranking = pd.read_csv(tmp_path / "ranking.csv")
     assert list(ranking.columns[:3]) == ["team", "rank", "score"] and ranking["rank"].is_monotonic_increasing

@@ -166,6 +166,15 @@ def remove_stale_containers(client: docker.DockerClient, runs_label: str) -> lis
     return [container.name for container in stale]
 
 
+def _remove_by_name(client: docker.DockerClient, name: str) -> None:
+    import docker
+
+    try:
+        client.containers.get(name).remove(force=True)
+    except docker.errors.NotFound:
+        pass
+
+
 def _container_name(team: str, case: str) -> str:
     safe = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"{team}-{case}")[:100]
     return f"flare-eval-{safe}-{secrets.token_hex(4)}"
@@ -208,11 +217,12 @@ def run_container(
     device_requests = []
     if gpu is not None:
         device_requests = [docker.types.DeviceRequest(device_ids=[str(gpu.index)], capabilities=[["gpu"]])]
+    name = _container_name(team, case)
     try:
         container = client.containers.create(
             image,
             command=list(interface.command),
-            name=_container_name(team, case),
+            name=name,
             labels={LABEL: "1", f"{LABEL}.team": team, f"{LABEL}.case": case, f"{LABEL}.runs": runs_label},
             network_mode="none",
             mem_limit=limits.memory,
@@ -233,6 +243,10 @@ def run_container(
         raise ContainerError(f"team {team}: image {image!r} not found on the engine") from exc
     except docker.errors.APIError as exc:
         raise ContainerError(f"team {team}, case {case}: the engine refused to create the container ({exc})") from exc
+    except BaseException:
+        # Interrupted while the engine was creating it: the container may exist without a handle.
+        _remove_by_name(client, name)
+        raise
 
     sampler = ResourceSampler(cpu=cgroup, gpu=gpu, interval_s=interval_s)
     timed_out = False
@@ -268,8 +282,5 @@ def run_container(
         )
     finally:
         sampler.stop()
-        try:
-            container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
+        _remove_by_name(client, name)
         cgroup.remove()

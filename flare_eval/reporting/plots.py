@@ -1,0 +1,270 @@
+"""The report's figures: matplotlib, one function per figure, each returning a ``Figure``.
+
+Every function takes the tidy tables the other steps write and does no I/O, so
+the figures work in a notebook as well as in the report. Sizes, font sizes and
+label density adapt to the number of teams (3 or 48 alike).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+__all__ = [
+    "organ_scores_figure",
+    "accuracy_time_figure",
+    "radar_figure",
+    "rank_blob_figure",
+    "tau_violin_figure",
+    "significance_figure",
+    "rank_heatmap_figure",
+    "resource_timeline_figure",
+    "volume_agreement_figure",
+]
+
+
+def _team_font_size(n_teams: int) -> float:
+    return float(np.clip(11 - n_teams / 8, 6, 10))
+
+
+def _team_axis_inches(n_teams: int) -> float:
+    """Width of an axis holding one column per team, in inches."""
+    return max(3.0, 0.22 * n_teams + 1.0)
+
+
+def organ_scores_figure(scores: pd.DataFrame, metric: str, team_order: Sequence[str]) -> Figure:
+    """Dot-and-box plot of one metric per organ across teams (the paper's Fig. 3).
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        Long scores with ``team, case, organ, label`` and ``metric``.
+    metric : {"DSC", "NSD"}
+    team_order : sequence of str
+        Teams left to right (e.g. by final rank).
+    """
+    organs = scores.sort_values("label")["organ"].drop_duplicates().tolist()
+    n_teams = len(team_order)
+    columns = 1 if n_teams > 12 else min(4, len(organs))
+    rows = int(np.ceil(len(organs) / columns))
+    width = columns * _team_axis_inches(n_teams)
+    figure = Figure(figsize=(width, 2.4 * rows + 0.6), layout="constrained")
+    rng = np.random.default_rng(0)
+    size = _team_font_size(n_teams)
+    for index, organ in enumerate(organs):
+        axis = figure.add_subplot(rows, columns, index + 1)
+        subset = scores[scores["organ"] == organ]
+        data = [subset.loc[subset["team"] == team, metric].to_numpy(float) for team in team_order]
+        positions = np.arange(1, n_teams + 1)
+        axis.boxplot(data, positions=positions, widths=0.6, showfliers=False,
+                     medianprops={"color": "black"}, boxprops={"color": "0.4"})
+        for position, values in zip(positions, data):
+            axis.scatter(position + rng.uniform(-0.18, 0.18, values.size), values, s=6, alpha=0.5, color="tab:blue")
+        axis.set_title(organ, fontsize=10)
+        axis.set_ylim(-0.02, 1.02)
+        axis.set_xticks(positions, team_order, rotation=90, fontsize=size)
+        axis.set_ylabel(metric, fontsize=9)
+    figure.suptitle(f"{metric} per organ and team")
+    return figure
+
+
+def accuracy_time_figure(results: pd.DataFrame, ranking: pd.DataFrame | None = None, *, label_top: int = 14) -> Figure:
+    """Median DSC against median running time per team; circle area ~ median AUC_GPU (the paper's Fig. 2b)."""
+    per_team = results.groupby("team").agg(DSC=("DSC", "median"), Time=("Time", "median"),
+                                            AUC_GPU=("AUC_GPU", "median")).reset_index()
+    if ranking is not None:
+        order = ranking["team"].tolist()
+    else:
+        order = per_team.sort_values("DSC", ascending=False)["team"].tolist()
+    figure = Figure(figsize=(7.5, 5.5), layout="constrained")
+    axis = figure.add_subplot()
+    gpu = per_team["AUC_GPU"].to_numpy(float)
+    area = 30 + 600 * (gpu / gpu.max() if gpu.max() > 0 else np.zeros_like(gpu))
+    axis.scatter(per_team["Time"], per_team["DSC"], s=area, alpha=0.45, color="tab:orange", edgecolor="k")
+    labelled = set(order[:label_top])
+    for row in per_team.itertuples():
+        if row.team in labelled:
+            axis.annotate(row.team, (row.Time, row.DSC), fontsize=8, xytext=(4, 4), textcoords="offset points")
+    if (per_team["Time"] > 0).all() and per_team["Time"].max() / per_team["Time"].min() > 20:
+        axis.set_xscale("log")
+    axis.set_xlabel("median running time (s)")
+    axis.set_ylabel("median DSC")
+    axis.set_title("Accuracy against running time (circle area: median AUC_GPU)")
+    return figure
+
+
+def radar_figure(ranking: pd.DataFrame, metrics: Sequence[str], teams: Sequence[str]) -> Figure:
+    """Number of teams each of ``teams`` surpasses on each metric (the paper's Fig. 2c).
+
+    A team surpasses another on a metric when its mean rank there is strictly lower.
+    """
+    angles = np.linspace(0, 2 * np.pi, len(metrics), endpoint=False)
+    closed = np.concatenate([angles, angles[:1]])
+    figure = Figure(figsize=(6.5, 6.5), layout="constrained")
+    axis = figure.add_subplot(projection="polar")
+    n_teams = len(ranking)
+    for team in teams:
+        row = ranking[ranking["team"] == team].iloc[0]
+        surpassed = [int((ranking[f"{m}_mean_rank"] > row[f"{m}_mean_rank"]).sum()) for m in metrics]
+        values = np.array(surpassed + surpassed[:1], dtype=float)
+        axis.plot(closed, values, label=team)
+        axis.fill(closed, values, alpha=0.1)
+    axis.set_xticks(angles, list(metrics))
+    axis.set_ylim(0, max(n_teams - 1, 1))
+    axis.set_title("Teams surpassed on each metric")
+    axis.legend(loc="upper right", bbox_to_anchor=(1.25, 1.1), fontsize=8)
+    return figure
+
+
+def rank_blob_figure(ranks: np.ndarray, teams: Sequence[str], full_rank: Sequence[int]) -> Figure:
+    """Bootstrap rank distributions (challengeR's blob plot).
+
+    Bubble area: share of samples in which the team has that rank; black
+    line: 2.5-97.5% interval; cross: median rank.
+
+    Parameters
+    ----------
+    ranks : (n_samples, n_teams) ndarray
+        Rank of each team (columns in ``teams`` order) in each sample.
+    """
+    order = np.argsort(np.asarray(full_rank), kind="stable")
+    n_teams = len(teams)
+    figure = Figure(figsize=(_team_axis_inches(n_teams) + 1, max(3.5, 0.12 * n_teams + 3)), layout="constrained")
+    axis = figure.add_subplot()
+    for x, t in enumerate(order, start=1):
+        values, counts = np.unique(ranks[:, t], return_counts=True)
+        share = counts / ranks.shape[0]
+        axis.scatter(np.full(values.size, x), values, s=400 * share * (10 / max(n_teams, 10)), color="tab:blue",
+                     alpha=0.6, edgecolor="none")
+        low, high = np.percentile(ranks[:, t], [2.5, 97.5])
+        axis.vlines(x, low, high, color="black", linewidth=1)
+        axis.scatter([x], [np.median(ranks[:, t])], marker="x", color="black", s=20)
+    axis.plot([1, n_teams], [1, n_teams], color="0.7", linewidth=0.8, zorder=0)
+    axis.set_xticks(np.arange(1, n_teams + 1), [teams[t] for t in order], rotation=90,
+                    fontsize=_team_font_size(n_teams))
+    axis.set_ylabel("rank in bootstrap samples")
+    axis.invert_yaxis()
+    axis.set_title(f"Ranking stability over {ranks.shape[0]} bootstrap samples")
+    return figure
+
+
+def tau_violin_figure(samples: pd.DataFrame) -> Figure:
+    """Kendall's tau of the bootstrap rankings against the full ranking (the paper's Fig. 2d)."""
+    columns = [c for c in samples.columns if c.startswith("kendall_tau")]
+    names = ["overall" if c == "kendall_tau" else c[len("kendall_tau_"):] for c in columns]
+    data = [samples[c].dropna().to_numpy(float) for c in columns]
+    figure = Figure(figsize=(1.3 * len(columns) + 2, 4), layout="constrained")
+    axis = figure.add_subplot()
+    keep = [i for i, d in enumerate(data) if d.size]
+    if keep:
+        axis.violinplot([data[i] for i in keep], positions=[i + 1 for i in keep], showmedians=True)
+    axis.set_xticks(np.arange(1, len(columns) + 1), names)
+    axis.set_ylabel("Kendall's tau")
+    axis.set_ylim(min(0.0, *(d.min() for d in data if d.size)) if keep else 0, 1.02)
+    axis.set_title("Agreement of bootstrap rankings with the full ranking")
+    return figure
+
+
+def significance_figure(significance: pd.DataFrame, team_order: Sequence[str]) -> Figure:
+    """Significance maps: for each metric, is the row team significantly better than the column team?"""
+    metrics = significance["metric"].drop_duplicates().tolist()
+    n_teams = len(team_order)
+    index = {team: i for i, team in enumerate(team_order)}
+    side = max(3.0, 0.16 * n_teams + 1.5)
+    columns = min(len(metrics), 3 if n_teams <= 16 else 1)
+    rows = int(np.ceil(len(metrics) / columns))
+    figure = Figure(figsize=(side * columns, side * rows), layout="constrained")
+    size = _team_font_size(n_teams) * (0.8 if n_teams > 24 else 1)
+    for k, metric in enumerate(metrics):
+        grid = np.full((n_teams, n_teams), np.nan)
+        subset = significance[significance["metric"] == metric]
+        for row in subset.itertuples():
+            grid[index[row.team_a], index[row.team_b]] = 1.0 if row.significant else 0.0
+        axis = figure.add_subplot(rows, columns, k + 1)
+        axis.imshow(grid, cmap="Blues", vmin=-0.3, vmax=1.0, interpolation="nearest")
+        axis.set_xticks(range(n_teams), team_order, rotation=90, fontsize=size)
+        axis.set_yticks(range(n_teams), team_order, fontsize=size)
+        axis.set_title(metric, fontsize=10)
+    figure.suptitle("Row team significantly better than column team (dark)")
+    return figure
+
+
+def rank_heatmap_figure(case_ranks: pd.DataFrame, team_order: Sequence[str]) -> Figure:
+    """How many cases each team had at each rank (challengeR's ranking heatmap).
+
+    Parameters
+    ----------
+    case_ranks : pandas.DataFrame
+        ``team, case, rank`` (see :func:`flare_eval.ranking.case_ranks`).
+    """
+    n_teams = len(team_order)
+    counts = pd.crosstab(case_ranks["team"], case_ranks["rank"]).reindex(index=list(team_order), fill_value=0)
+    counts = counts.reindex(columns=range(1, n_teams + 1), fill_value=0)
+    side = max(3.5, 0.16 * n_teams + 2)
+    figure = Figure(figsize=(side + 1, side), layout="constrained")
+    axis = figure.add_subplot()
+    image = axis.imshow(counts.to_numpy(), cmap="viridis", aspect="auto", interpolation="nearest")
+    size = _team_font_size(n_teams)
+    axis.set_yticks(range(n_teams), team_order, fontsize=size)
+    step = max(1, n_teams // 16)
+    axis.set_xticks(range(0, n_teams, step), [str(r) for r in range(1, n_teams + 1, step)], fontsize=size)
+    axis.set_xlabel("rank within a case")
+    figure.colorbar(image, ax=axis, label="cases")
+    axis.set_title("Cases at each rank")
+    return figure
+
+
+def resource_timeline_figure(samples: pd.DataFrame, *, title: str, allowance_mib: float = 2048.0) -> Figure:
+    """GPU memory and CPU utilization over one case's run, from the 0.1 s samples."""
+    figure = Figure(figsize=(8, 3.5), layout="constrained")
+    cpu_axis = figure.add_subplot()
+    cpu_axis.plot(samples["time_s"], samples["cpu_pct"], color="tab:red", label="CPU (% of machine)")
+    cpu_axis.set_xlabel("time since start (s)")
+    cpu_axis.set_ylabel("CPU utilization (%)", color="tab:red")
+    cpu_axis.set_ylim(0, max(5.0, float(samples["cpu_pct"].max()) * 1.1))
+    gpu = samples["gpu_mib"]
+    if gpu.notna().any():
+        gpu_axis = cpu_axis.twinx()
+        gpu_axis.plot(samples["time_s"], gpu, color="tab:green", label="GPU memory (MiB)")
+        gpu_axis.axhline(allowance_mib, color="tab:green", linestyle=":", linewidth=1)
+        gpu_axis.set_ylabel("GPU memory (MiB)", color="tab:green")
+    else:
+        cpu_axis.text(0.99, 0.95, "GPU not measured", transform=cpu_axis.transAxes, ha="right", va="top")
+    cpu_axis.set_title(title)
+    return figure
+
+
+def volume_agreement_figure(volumes: pd.DataFrame, agreement: pd.DataFrame) -> Figure:
+    """Predicted against ground-truth organ volume, with Pearson's r per organ (the paper's Fig. 4f)."""
+    wide = volumes.pivot_table(index=["case", "label", "organ"], columns="source", values="volume_ml").dropna()
+    wide = wide.reset_index()
+    figure = Figure(figsize=(7, 6), layout="constrained")
+    axis = figure.add_subplot()
+    r_by_organ = dict(zip(agreement["organ"], agreement["pearson_r"]))
+    colors = dict(zip(wide.sort_values("label")["organ"].unique(), _colors(wide["organ"].nunique())))
+    for organ, group in wide.groupby("organ", sort=False):
+        r = r_by_organ.get(organ, np.nan)
+        label = f"{organ} (r={r:.3f})" if np.isfinite(r) else organ
+        axis.scatter(group["ground_truth"], group["prediction"], s=18, color=colors[organ], label=label, alpha=0.8)
+    positive = wide[["ground_truth", "prediction"]].to_numpy(float)
+    positive = positive[positive > 0]
+    if positive.size:
+        low, high = positive.min() * 0.8, positive.max() * 1.2
+        axis.plot([low, high], [low, high], color="0.5", linewidth=0.8)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+    axis.set_xlabel("ground-truth volume (mL)")
+    axis.set_ylabel("predicted volume (mL)")
+    axis.legend(fontsize=7, ncol=2)
+    axis.set_title("Organ volumes: prediction against ground truth")
+    return figure
+
+
+def _colors(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab20"]
+    return [cmap(i % 20) for i in range(n)]

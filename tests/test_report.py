@@ -1,0 +1,135 @@
+"""The report: figures from tables, the page, and the page in a real headless browser."""
+
+import os
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+import flare_eval as fe
+from flare_eval.cli import main
+from flare_eval.reporting import plots
+from flare_eval.reporting.html import build_report, find_report_inputs
+
+ARTIFACTS = __import__("conftest").REPO / "test-artifacts"
+
+
+@pytest.fixture(scope="module")
+def evaluation(tmp_path_factory):
+    """A folder shaped like `evaluate`'s output, built from the bundled examples (no containers)."""
+    folder = tmp_path_factory.mktemp("evaluation")
+    paths = fe.example_paths()
+    results = pd.read_csv(paths.results)
+    results = results[results.team.isin(["teamA", "teamB", "teamC"])]
+    results.to_csv(folder / "results.csv", index=False)
+    fe.rank_results(folder / "results.csv", folder / "ranking", n_samples=100, seed=4)
+    for team in ("teamA", "teamB", "teamC"):
+        fe.score(paths.predictions / team, paths.labels, folder / "runs" / team, workers=1, progress=False)
+    samples = folder / "runs" / "teamA" / "samples"
+    samples.mkdir()
+    times = np.arange(1, 31) * 0.1
+    pd.DataFrame({"time_s": times, "cpu_time_s": np.cumsum(np.full(30, 0.04)), "cpu_pct": 40.0,
+                  "gpu_mib": 1000 + 100 * times}).to_csv(samples / "case_0001.csv", index=False)
+    fe.quantify(paths.predictions / "teamA", folder / "quantify", paths.labels, progress=False)
+    return folder
+
+
+def test_report_has_every_section_and_figure(evaluation, tmp_path):
+    index = build_report(find_report_inputs(evaluation), tmp_path)
+    text = index.read_text()
+    for title in ("Leaderboard", "Accuracy and efficiency", "Strengths of the top teams", "Ranking stability",
+                  "Significance", "Ranks per case", "Accuracy per organ", "Resources over time", "Organ volumes"):
+        assert f"<h2>{title}</h2>" in text
+    assert "Not shown" not in text
+    images = re.findall(r'<img src="(figures/[^"]+\.png)"', text)
+    assert len(images) == 10
+    for image in images:
+        assert (tmp_path / image).stat().st_size > 1000
+        assert (tmp_path / image.replace(".png", ".svg")).exists()
+    assert "http" not in text.replace('lang="en"', "")  # nothing fetched from the network
+
+
+def test_absent_inputs_become_notes(evaluation, tmp_path):
+    index = build_report(find_report_inputs(evaluation / "results.csv", runs_dir=tmp_path / "none"), tmp_path / "r")
+    text = index.read_text()
+    assert "<h2>Leaderboard</h2>" in text and "Computed from results.csv (no ranking/ folder)" not in text
+    only_results = tmp_path / "only"
+    only_results.mkdir()
+    shutil.copy(evaluation / "results.csv", only_results / "results.csv")
+    text = build_report(find_report_inputs(only_results / "results.csv"), tmp_path / "r2").read_text()
+    assert "Computed from results.csv" in text
+    assert "Not shown: no ranking/ folder" in text and "Not shown: no quantify/ folder" in text
+
+
+def test_report_cli(evaluation, tmp_path, capsys):
+    assert main(["report", str(evaluation), "--out", str(tmp_path), "--team", "teamA", "--case", "case_0001"]) == 0
+    assert "index.html" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+
+
+def chromium_or_skip():
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        if os.environ.get("FLARE_EVAL_REQUIRE_BROWSER") == "1":
+            pytest.fail("FLARE_EVAL_REQUIRE_BROWSER=1 but chromium is not installed")
+        pytest.skip("chromium not installed")
+    return browser
+
+
+def test_every_figure_loads_in_headless_chromium(evaluation, tmp_path):
+    browser = chromium_or_skip()
+    index = build_report(find_report_inputs(evaluation), tmp_path / "report")
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--virtual-time-budget=10000", "--dump-dom", index.as_uri()],
+                         capture_output=True, text=True, timeout=120)
+    loaded = re.search(r'data-figures-loaded="(\d+)/(\d+)"', dom.stdout)
+    assert loaded, dom.stderr[-2000:]
+    assert loaded.group(1) == loaded.group(2) == "10"
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report.png"
+    subprocess.run([*flags, "--window-size=1400,3000", f"--screenshot={shot}", index.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    assert shot.stat().st_size > 10_000
+
+
+def tick_labels_overlap(figure: Figure) -> bool:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    for axis in figure.axes:
+        boxes = [t.get_window_extent(renderer) for t in axis.get_xticklabels() if t.get_text()]
+        for left, right in zip(boxes, boxes[1:]):
+            if left.x1 > right.x0 + 0.5:
+                return True
+    return False
+
+
+def test_figures_stay_readable_with_48_teams():
+    import sys
+
+    sys.path.insert(0, str(__import__("conftest").REPO / "benchmarks"))
+    from bench_ranking import synthetic_results
+
+    results = synthetic_results(48, 20)
+    ranking = fe.rank(results)
+    boot = fe.bootstrap_stability(results, n_samples=50, seed=0)
+    order = ranking.team.tolist()
+    blob = plots.rank_blob_figure(boot.ranks, boot.teams, boot.rank_distribution.set_index("team")
+                                  .loc[list(boot.teams), "rank"].to_numpy())
+    assert not tick_labels_overlap(blob)
+    assert blob.get_size_inches()[0] > plots.rank_blob_figure(boot.ranks[:, :3], boot.teams[:3], [1, 2, 3]) \
+        .get_size_inches()[0]
+    scores = pd.DataFrame([{"team": t, "case": c, "label": 1, "organ": "Liver", "DSC": 0.9, "NSD": 0.9}
+                           for t in order for c in range(3)])
+    assert not tick_labels_overlap(plots.organ_scores_figure(scores, "DSC", order))
+    heatmap = plots.rank_heatmap_figure(fe.case_ranks(results), order)
+    assert isinstance(heatmap, Figure)
+    significance = fe.significance(results[results.team.isin(order[:10])])
+    assert not tick_labels_overlap(plots.significance_figure(significance, order[:10]))
