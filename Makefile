@@ -14,9 +14,13 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: install  ## score the bundled example predictions, rank the example results
-	$(BIN)/flare-eval score examples/data/predictions/teamA examples/data/labels --out demo_out/teamA
+demo: install  ## score, rank, quantify and report on the bundled example data (see demo_out/report/index.html)
+	$(BIN)/flare-eval score examples/data/predictions/teamA examples/data/labels --out demo_out/runs/teamA
+	$(BIN)/flare-eval score examples/data/predictions/teamB examples/data/labels --out demo_out/runs/teamB
 	$(BIN)/flare-eval rank examples/data/results.csv --out demo_out/ranking --seed 2022
+	$(BIN)/flare-eval quantify examples/data/predictions/teamA examples/data/labels --out demo_out/quantify
+	$(BIN)/flare-eval report examples/data/results.csv --ranking demo_out/ranking --runs demo_out/runs \
+	    --quantify demo_out/quantify --out demo_out/report
 
 test: install  ## the whole test suite (installs Docker, busybox-static and Chromium where missing), then the linter
 	scripts/ensure-test-tools.sh
