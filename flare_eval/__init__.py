@@ -5,7 +5,8 @@ The public API, re-exported here, covers each step of the data flow:
 * protocols: `load_protocol`, `available_protocols`, `Protocol`;
 * metrics on arrays: `dice_coefficient`, `surface_distances`, `normalized_surface_dice`;
 * reading label maps: `read_label_map`, `pair_cases`;
-* scoring: `score_case`, `score_folder`, `score` (writes the output tables),
+* scoring: `score_case`, `score_folder`, `score_teams`, `score` (writes the output tables),
+  locally or on a Dask cluster (``scheduler=``),
   `summarize_scores`, `official_table`;
 * ranking: `rank`, `bootstrap_stability`, `significance`, `best_versus_rest`,
   `prepare_results`, and `rank_results` (reads ``results.csv``, writes the ranking tables);
@@ -54,6 +55,7 @@ from .scoring import (
     score,
     score_case,
     score_folder,
+    score_teams,
     summarize_scores,
 )
 
@@ -79,6 +81,7 @@ __all__ = [
     "score",
     "score_case",
     "score_folder",
+    "score_teams",
     "summarize_scores",
     "RankingOutputs",
     "rank_results",

@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="slice-range rule for aorta, IVC and esophagus: 'half_open' as the official FLARE22 script "
         "(drops the last ground-truth slice), 'inclusive' to keep it (default: the protocol's)",
     )
+    score.add_argument("--teams", action="store_true",
+                       help="PRED holds one folder of predictions per team; all are scored as one batch")
     score.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    _add_scheduler_arguments(score)
     score.add_argument(
         "--strict", action="store_true", help="stop at an unreadable or mismatched prediction instead of scoring 0"
     )
@@ -99,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     collect.add_argument("--out", type=Path, default=None, help="results file (default: RUNS/results.csv)")
     _add_protocol_argument(collect)
     collect.add_argument("--workers", type=int, default=None, help="parallel scoring processes")
+    _add_scheduler_arguments(collect)
     collect.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
     evaluate = commands.add_parser(
@@ -162,12 +166,21 @@ def _add_protocol_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                        help="run on this Dask scheduler (e.g. tcp://host:8786) instead of local processes")
+    parser.add_argument("--ship", choices=("auto", "paths", "bytes"), default="auto",
+                        help="how files reach Dask workers: paths (shared file system), bytes, or auto: paths "
+                        "when every worker can read them (default)")
+
+
 def _add_container_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inputs", type=Path, required=True, help="folder of case images <case>_0000.nii.gz")
     parser.add_argument("--image", action="append", default=[], metavar="TEAM=IMAGE",
                         help="a team whose image is already loaded on the engine (repeatable)")
     parser.add_argument("--gpus", default="auto",
-                        help="GPU index for the containers, or 'none' (default: the first GPU NVML finds)")
+                        help="GPU index for the containers, or 'none' (default: the first GPU NVML finds; on Dask "
+                        "workers FLARE_EVAL_GPU in the worker's environment decides)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds before a case is killed (default: none)")
     parser.add_argument("--memory", default="28g", help="memory limit of a container (default: 28g)")
     parser.add_argument("--shm-size", default="8g", help="size of /dev/shm in a container (default: 8g)")
@@ -177,6 +190,7 @@ def _add_container_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true", help="run cases again that already have results")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_protocol_argument(parser)
+    _add_scheduler_arguments(parser)
 
 
 def _container_settings(args: argparse.Namespace):
@@ -264,13 +278,18 @@ def _score(args: argparse.Namespace) -> int:
         strict=args.strict,
         progress=False if args.no_progress else None,
         force=args.force,
+        teams=args.teams,
+        scheduler=args.scheduler,
+        ship=args.ship,
     )
     summary = summarize_scores(scores)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    problems = scores[scores["status"] != STATUS_OK].drop_duplicates("case")
+    keys = ["team", "case"] if args.teams else ["case"]
+    problems = scores[scores["status"] != STATUS_OK].drop_duplicates(keys)
     for row in problems.itertuples():
-        print(f"{row.case}: {row.status}: {row.message}", file=sys.stderr)
+        where = f"{row.team} {row.case}" if args.teams else row.case
+        print(f"{where}: {row.status}: {row.message}", file=sys.stderr)
     print(f"wrote {files.scores}, {files.official}, {files.summary}")
     return EXIT_PROBLEMS if len(problems) else EXIT_OK
 
@@ -315,7 +334,8 @@ def _run_containers(args: argparse.Namespace) -> int:
     submissions, interface, limits, gpus = _container_settings(args)
     resources = run_containers(submissions, args.inputs, args.out, args.protocol, gpus=gpus, limits=limits,
                                interface=interface, force=args.force,
-                               progress=False if args.no_progress else None)
+                               progress=False if args.no_progress else None, scheduler=args.scheduler,
+                               ship=args.ship)
     code = _print_resources(resources)
     print(f"wrote {args.out}/<team>/resources.csv, samples/, logs/, predictions/")
     return code
@@ -325,7 +345,8 @@ def _collect(args: argparse.Namespace) -> int:
     from .pipeline import collect_results
 
     results = collect_results(args.runs, args.labels, args.out, args.protocol, workers=args.workers,
-                              progress=False if args.no_progress else None)
+                              progress=False if args.no_progress else None, scheduler=args.scheduler,
+                              ship=args.ship)
     print(results.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {args.out or args.runs / 'results.csv'}")
     return EXIT_OK
@@ -337,7 +358,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     submissions, interface, limits, gpus = _container_settings(args)
     outputs = evaluate(submissions, args.inputs, args.labels, args.out, args.protocol, gpus=gpus, limits=limits,
                        interface=interface, force=args.force, progress=False if args.no_progress else None,
-                       n_samples=args.samples, seed=args.seed)
+                       n_samples=args.samples, seed=args.seed, scheduler=args.scheduler, ship=args.ship)
     code = _print_resources(outputs.resources)
     if outputs.ranking is not None:
         print(outputs.ranking.ranking.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -121,6 +121,8 @@ def collect_results(
     *,
     workers: int | None = None,
     progress: bool | None = None,
+    scheduler=None,
+    ship: str = "auto",
 ) -> pd.DataFrame:
     """Score every team's predictions and gather ``results.csv`` for ranking.
 
@@ -129,7 +131,8 @@ def collect_results(
     ``scores.csv``, ``scores_official.csv`` and ``summary.csv`` beside them),
     then joins the team's ``resources.csv`` and applies the penalties (see
     :mod:`flare_eval.results`). Writes ``out_csv`` (default
-    ``runs_dir/results.csv``).
+    ``runs_dir/results.csv``). ``scheduler`` and ``ship`` score on a Dask
+    cluster (see :func:`flare_eval.score_folder`).
     """
     from .scoring import FlareEvalWarning, score
 
@@ -147,7 +150,7 @@ def collect_results(
             # Missing predictions are expected here: their status comes from resources.csv.
             warnings.simplefilter("ignore", FlareEvalWarning)
             team_scores, _ = score(team_dir / "predictions", labels_dir, team_dir, protocol, workers=workers,
-                                   progress=progress, force=True)
+                                   progress=progress, force=True, scheduler=scheduler, ship=ship)
         scores.append(team_scores.assign(team=team_dir.name))
         if (team_dir / "resources.csv").exists():
             team_resources = read_table(team_dir / "resources.csv", role="resources table")
@@ -186,20 +189,24 @@ def evaluate(
     progress: bool | None = None,
     n_samples: int = 1000,
     seed: int | None = None,
+    scheduler=None,
+    ship: str = "auto",
 ) -> EvaluationOutputs:
     """The organizer's whole chain: run the containers, score, collect ``results.csv``, rank.
 
     Writes ``out_dir/runs/`` (see :func:`flare_eval.run_containers`),
     ``out_dir/results.csv`` and, with two teams or more, ``out_dir/ranking/``.
-    Rerunning resumes every step.
+    Rerunning resumes every step. With ``scheduler``, containers and scoring
+    run on that Dask cluster (see :func:`flare_eval.run_containers`).
     """
     from .harness.runner import run_containers
 
     protocol = load_protocol(protocol)
     out_dir = Path(out_dir)
     resources = run_containers(submissions, inputs_dir, out_dir / "runs", protocol, gpus=gpus, limits=limits,
-                               interface=interface, force=force, progress=progress)
-    results = collect_results(out_dir / "runs", labels_dir, out_dir / "results.csv", protocol, progress=progress)
+                               interface=interface, force=force, progress=progress, scheduler=scheduler, ship=ship)
+    results = collect_results(out_dir / "runs", labels_dir, out_dir / "results.csv", protocol, progress=progress,
+                              scheduler=scheduler, ship=ship)
     ranking = None
     if results["team"].nunique() >= 2:
         ranking = rank_results(out_dir / "results.csv", out_dir / "ranking", protocol, n_samples=n_samples, seed=seed)

@@ -24,8 +24,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,6 +53,8 @@ __all__ = [
     "summarize_scores",
     "official_table",
     "score",
+    "score_teams",
+    "team_folders",
     "ScoreFiles",
     "STATUS_OK",
     "STATUS_MISSING",
@@ -299,14 +300,114 @@ def _score_pair(
     return scores
 
 
-def _score_case_task(pair: CasePair, protocol: Protocol, strict: bool) -> tuple[str, list[dict], list[str]]:
-    """Worker entry point: score one case from files (runs in a child process)."""
+def _score_case_task(team: str | None, pair: CasePair, protocol: Protocol, strict: bool):
+    """Task: score one case from files; returns ``(team, rows, warning messages)``."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FlareEvalWarning)
         gt_map = read_label_map(pair.gt_path)
         scores = _score_pair(gt_map, pair.pred_path, protocol, strict=strict)
     rows = [{"case": pair.case, **asdict(s)} for s in scores]
-    return pair.case, rows, [str(w.message) for w in caught]
+    return team, rows, [str(w.message) for w in caught]
+
+
+def _score_case_from_bytes(team: str | None, pair: CasePair, gt_bytes: bytes, pred_bytes: bytes | None,
+                           protocol: Protocol, strict: bool):
+    """Task for workers that cannot see the files: the files travel as bytes, named as the originals."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="flare-eval-") as scratch:
+        local_gt = Path(scratch) / "gt" / pair.gt_path.name
+        local_gt.parent.mkdir()
+        local_gt.write_bytes(gt_bytes)
+        local_pred = None
+        if pred_bytes is not None:
+            local_pred = Path(scratch) / "pred" / pair.pred_path.name
+            local_pred.parent.mkdir()
+            local_pred.write_bytes(pred_bytes)
+        try:
+            team, rows, messages = _score_case_task(team, CasePair(pair.case, local_gt, local_pred), protocol, strict)
+        except InvalidLabelMapError as exc:
+            raise InvalidLabelMapError(str(exc).replace(str(local_gt), str(pair.gt_path))) from None
+    # Messages name the original files, as a local run would.
+    replacements = [(str(local_gt), str(pair.gt_path))]
+    if local_pred is not None:
+        replacements.append((str(local_pred), str(pair.pred_path)))
+
+    def original(text: str) -> str:
+        for temporary, source in replacements:
+            text = text.replace(temporary, source)
+        return text
+
+    for row in rows:
+        row["message"] = original(row["message"])
+    return team, rows, [original(m) for m in messages]
+
+
+def _with_bytes(arguments: tuple) -> tuple:
+    team, pair, protocol, strict = arguments
+    pred_bytes = pair.pred_path.read_bytes() if pair.pred_path is not None else None
+    return team, pair, pair.gt_path.read_bytes(), pred_bytes, protocol, strict
+
+
+def _team_pairs(pred_dir: Path, gt_dir: Path, team: str | None) -> list[CasePair]:
+    pairing = pair_cases(pred_dir, gt_dir)
+    if pairing.extra_predictions:
+        names = ", ".join(p.name for p in pairing.extra_predictions)
+        warnings.warn(f"{pred_dir}: prediction files with no ground truth were not scored: {names}",
+                      FlareEvalWarning, stacklevel=4)
+    return pairing.pairs
+
+
+def _score_many(
+    jobs: list[tuple[str | None, CasePair]],
+    protocol: Protocol,
+    *,
+    workers: int | None,
+    strict: bool,
+    progress: bool | None,
+    on_case,
+    scheduler,
+    ship: str,
+) -> pd.DataFrame:
+    from tqdm import tqdm
+
+    from .execution import SHIP_MODES, connect, prepare_workers, run_tasks, workers_see_files
+
+    if ship not in SHIP_MODES:
+        raise ValueError(f"ship must be one of {SHIP_MODES}, got {ship!r}")
+    columns = SCORE_COLUMNS if jobs and jobs[0][0] is None else ["team", *SCORE_COLUMNS]
+    arguments = [(team, pair, protocol, strict) for team, pair in jobs]
+    client, task, prepare = None, _score_case_task, None
+    if scheduler is not None and jobs:
+        client = connect(scheduler)
+        prepare_workers(client)
+        if ship == "auto":
+            ship = "paths" if workers_see_files(client, [jobs[0][1].gt_path]) else "bytes"
+        if ship == "bytes":
+            task, prepare = _score_case_from_bytes, _with_bytes
+    local_workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
+    frames = []
+    bar = tqdm(total=len(jobs), desc="scoring", unit="case", disable=None if progress is None else not progress)
+    try:
+        for team, rows, messages in run_tasks(task, arguments, workers=local_workers, client=client,
+                                              prepare=prepare):
+            for message in messages:
+                warnings.warn(message, FlareEvalWarning, stacklevel=4)
+            frame = pd.DataFrame(rows, columns=SCORE_COLUMNS)
+            if team is not None:
+                frame.insert(0, "team", team)
+            frames.append(frame)
+            if on_case is not None:
+                on_case(frame)
+            bar.update(1)
+    finally:
+        bar.close()
+        if client is not None and client is not scheduler:
+            client.close()
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    keys = ["case", "label"] if columns == SCORE_COLUMNS else ["team", "case", "label"]
+    return pd.concat(frames, ignore_index=True).sort_values(keys, ignore_index=True)
 
 
 def score_folder(
@@ -317,8 +418,10 @@ def score_folder(
     workers: int | None = None,
     strict: bool = False,
     progress: bool | None = None,
-    on_case: callable | None = None,
+    on_case: Callable[[pd.DataFrame], None] | None = None,
     skip_cases: Iterable[str] = (),
+    scheduler=None,
+    ship: str = "auto",
 ) -> pd.DataFrame:
     """Score every ground-truth case of a folder against its prediction.
 
@@ -330,8 +433,8 @@ def score_folder(
     protocol : str or Protocol
         Preset name, JSON path or `Protocol`.
     workers : int, optional
-        Processes scoring cases in parallel (default: all cores). Each holds
-        one case in memory at a time.
+        Local processes scoring cases in parallel (default: all cores). Each
+        holds one case in memory at a time.
     strict : bool
         Stop at the first unreadable prediction or grid mismatch instead of
         scoring it 0.
@@ -342,6 +445,12 @@ def score_folder(
         as each case is finished (used to write results incrementally).
     skip_cases : iterable of str
         Case ids not to score (e.g. already finished in an earlier run).
+    scheduler : str or distributed.Client, optional
+        Score on this Dask cluster instead of local processes (needs
+        ``flare-eval[dask]``). Results are identical to a local run.
+    ship : {"auto", "paths", "bytes"}
+        How files reach Dask workers: as paths (shared file system), as bytes,
+        or ``auto``: paths when every worker can read the ground truth's files.
 
     Returns
     -------
@@ -363,57 +472,72 @@ def score_folder(
     >>> sorted(scores["status"].unique())
     ['missing', 'ok']
     """
-    from tqdm import tqdm
-
     protocol = load_protocol(protocol)
-    pairing = pair_cases(pred_dir, gt_dir)
-    if pairing.extra_predictions:
-        names = ", ".join(p.name for p in pairing.extra_predictions)
-        warnings.warn(f"{pred_dir}: prediction files with no ground truth were not scored: {names}",
-                      FlareEvalWarning, stacklevel=2)
     skip = set(skip_cases)
-    todo = [pair for pair in pairing.pairs if pair.case not in skip]
-    workers = min(workers or os.cpu_count() or 1, max(len(todo), 1))
-    frames = []
-    bar = tqdm(total=len(todo), desc="scoring", unit="case", disable=(not progress) if progress is not None else None)
+    jobs = [(None, pair) for pair in _team_pairs(Path(pred_dir), Path(gt_dir), None) if pair.case not in skip]
+    return _score_many(jobs, protocol, workers=workers, strict=strict, progress=progress, on_case=on_case,
+                       scheduler=scheduler, ship=ship)
 
-    def finish(case_rows: list[dict], messages: list[str]) -> None:
-        for message in messages:
-            warnings.warn(message, FlareEvalWarning, stacklevel=3)
-        frame = pd.DataFrame(case_rows, columns=SCORE_COLUMNS)
-        frames.append(frame)
-        if on_case is not None:
-            on_case(frame)
-        bar.update(1)
 
-    try:
-        if workers <= 1:
-            for pair in todo:
-                finish(*_score_case_task(pair, protocol, strict)[1:])
-        else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_score_case_task, pair, protocol, strict) for pair in todo]
-                try:
-                    for future in as_completed(futures):
-                        finish(*future.result()[1:])
-                except BaseException:
-                    for future in futures:
-                        future.cancel()
-                    raise
-    finally:
-        bar.close()
-    if not frames:
-        return pd.DataFrame(columns=SCORE_COLUMNS)
-    return pd.concat(frames, ignore_index=True).sort_values(["case", "label"], ignore_index=True)
+def team_folders(pred_root: str | Path) -> list[Path]:
+    """The team folders of ``pred_root``: its sub-folders, sorted.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``pred_root`` does not exist.
+    ValueError
+        If it has no sub-folders.
+    """
+    pred_root = Path(pred_root)
+    if not pred_root.is_dir():
+        raise FileNotFoundError(f"predictions folder {pred_root} does not exist or is not a folder")
+    folders = sorted(p for p in pred_root.iterdir() if p.is_dir())
+    if not folders:
+        raise ValueError(f"{pred_root} has no team folders (one sub-folder of predictions per team)")
+    return folders
+
+
+def score_teams(
+    pred_root: str | Path,
+    gt_dir: str | Path,
+    protocol: str | Protocol = "flare22",
+    *,
+    workers: int | None = None,
+    strict: bool = False,
+    progress: bool | None = None,
+    on_case: Callable[[pd.DataFrame], None] | None = None,
+    skip: Iterable[tuple[str, str]] = (),
+    scheduler=None,
+    ship: str = "auto",
+) -> pd.DataFrame:
+    """Score several teams at once: ``pred_root/<team>/`` against ``gt_dir``, as one batch of tasks.
+
+    Parameters are those of `score_folder`; ``skip`` holds ``(team, case)``
+    pairs already scored.
+
+    Returns
+    -------
+    pandas.DataFrame
+        As `score_folder`, with ``team`` as the first column.
+    """
+    protocol = load_protocol(protocol)
+    done = set(skip)
+    jobs = [(folder.name, pair) for folder in team_folders(pred_root)
+            for pair in _team_pairs(folder, Path(gt_dir), folder.name) if (folder.name, pair.case) not in done]
+    if not jobs:
+        return pd.DataFrame(columns=["team", *SCORE_COLUMNS])
+    return _score_many(jobs, protocol, workers=workers, strict=strict, progress=progress, on_case=on_case,
+                       scheduler=scheduler, ship=ship)
 
 
 def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per-organ summary of DSC and NSD over cases.
+    """Per-organ summary of DSC and NSD over cases (per team when there is a ``team`` column).
 
     Parameters
     ----------
     scores : pandas.DataFrame
-        Long scores as returned by `score_folder`.
+        Long scores as returned by `score_folder` or `score_teams`.
 
     Returns
     -------
@@ -421,9 +545,11 @@ def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
         One row per organ plus ``mean`` (the per-case mean over organs), with
         ``n`` and mean, median, Q1 and Q3 of DSC and NSD.
     """
-    case_means = scores.groupby("case", sort=True)[["DSC", "NSD"]].mean().assign(organ="mean", label=0)
-    table = pd.concat([scores[["label", "organ", "DSC", "NSD"]], case_means.reset_index(drop=True)])
-    grouped = table.groupby(["label", "organ"], sort=False)
+    teams = ["team"] if "team" in scores else []
+    case_means = scores.groupby([*teams, "case"], sort=True)[["DSC", "NSD"]].mean().reset_index()
+    case_means = case_means.assign(organ="mean", label=np.iinfo(np.int64).max)
+    table = pd.concat([scores[[*teams, "label", "organ", "DSC", "NSD"]], case_means.drop(columns="case")])
+    grouped = table.groupby([*teams, "label", "organ"], sort=True)
     out = {"n": grouped["DSC"].count()}
     for metric in ("DSC", "NSD"):
         values = grouped[metric]
@@ -431,21 +557,23 @@ def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
         out[f"{metric}_median"] = values.median()
         out[f"{metric}_q1"] = values.quantile(0.25)
         out[f"{metric}_q3"] = values.quantile(0.75)
-    summary = pd.DataFrame(out).reset_index()
-    organs = summary[summary["organ"] != "mean"].sort_values("label")
-    return pd.concat([organs, summary[summary["organ"] == "mean"]], ignore_index=True).drop(columns="label")
+    # Sorting by label puts each team's organs in protocol order and its mean row last.
+    return pd.DataFrame(out).reset_index().drop(columns="label")
 
 
 def official_table(scores: pd.DataFrame, protocol: str | Protocol = "flare22") -> pd.DataFrame:
     """Scores in the official FLARE wide layout, rounded to 4 decimals.
 
     Columns ``Name, <code>_DSC for each organ, <code>_NSD for each organ``;
-    ``Name`` is ``<case>.nii.gz``.
+    ``Name`` is ``<case>.nii.gz``. With several teams a ``Team`` column comes first.
     """
     protocol = load_protocol(protocol)
     codes = [o.code for o in protocol.organs]
-    wide = scores.pivot(index="case", columns="organ", values=["DSC", "NSD"])
-    table = pd.DataFrame({"Name": [f"{case}.nii.gz" for case in wide.index]})
+    index = ["team", "case"] if "team" in scores else ["case"]
+    wide = scores.pivot(index=index, columns="organ", values=["DSC", "NSD"])
+    table = pd.DataFrame({"Name": [f"{case}.nii.gz" for case in wide.index.get_level_values("case")]})
+    if "team" in scores:
+        table.insert(0, "Team", wide.index.get_level_values("team"))
     for metric in ("DSC", "NSD"):
         for code in codes:
             table[f"{code}_{metric}"] = wide[(metric, code)].to_numpy().round(4)
@@ -467,10 +595,13 @@ def score(
     out_dir: str | Path,
     protocol: str | Protocol = "flare22",
     *,
+    teams: bool = False,
     workers: int | None = None,
     strict: bool = False,
     progress: bool | None = None,
     force: bool = False,
+    scheduler=None,
+    ship: str = "auto",
 ) -> tuple[pd.DataFrame, ScoreFiles]:
     """Score a folder and write the result tables; resumes an interrupted run.
 
@@ -485,41 +616,41 @@ def score(
     ----------
     pred_dir, gt_dir, out_dir : path
         Predictions, ground truth, output folder.
-    protocol, workers, strict, progress
+    protocol, workers, strict, progress, scheduler, ship
         As for `score_folder`.
+    teams : bool
+        ``pred_dir`` holds one folder of predictions per team (see
+        `score_teams`); the tables then start with a ``team`` column.
     force : bool
         Score every case again, ignoring an interrupted run's partial results.
 
     Returns
     -------
     scores : pandas.DataFrame
-        As returned by `score_folder`.
+        As returned by `score_folder` (or `score_teams`).
     files : ScoreFiles
         Paths of the written tables.
     """
     protocol = load_protocol(protocol)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    keys = ["team", "case"] if teams else ["case"]
     partial = out_dir / "scores.partial.csv"
-    done = pd.DataFrame(columns=SCORE_COLUMNS)
+    done = pd.DataFrame(columns=keys[:-1] + SCORE_COLUMNS)
     if partial.exists():
         if force:
             partial.unlink()
         else:
-            done = pd.read_csv(partial, keep_default_na=False, dtype={"case": str, "message": str})
-    new = score_folder(
-        pred_dir,
-        gt_dir,
-        protocol,
-        workers=workers,
-        strict=strict,
-        progress=progress,
-        on_case=lambda rows: append_rows(rows, partial),
-        skip_cases=set(done["case"]),
-    )
+            done = pd.read_csv(partial, keep_default_na=False, dtype={"team": str, "case": str, "message": str})
+    common = dict(workers=workers, strict=strict, progress=progress, scheduler=scheduler, ship=ship,
+                  on_case=lambda rows: append_rows(rows, partial))
+    if teams:
+        new = score_teams(pred_dir, gt_dir, protocol, skip=set(zip(done["team"], done["case"])), **common)
+    else:
+        new = score_folder(pred_dir, gt_dir, protocol, skip_cases=set(done["case"]), **common)
     frames = [frame for frame in (done, new) if len(frame)]
     scores = pd.concat(frames, ignore_index=True) if frames else new
-    scores = scores.sort_values(["case", "label"], ignore_index=True)
+    scores = scores.sort_values([*keys, "label"], ignore_index=True)
     files = ScoreFiles(
         scores=write_table(scores, out_dir / "scores.csv"),
         official=write_table(official_table(scores, protocol), out_dir / "scores_official.csv"),

@@ -180,7 +180,8 @@ def test_score_writes_tables_and_resumes(examples, tmp_path, monkeypatch):
     import flare_eval.scoring as scoring
 
     original = scoring._score_case_task
-    monkeypatch.setattr(scoring, "_score_case_task", lambda pair, *a: scored.append(pair.case) or original(pair, *a))
+    monkeypatch.setattr(scoring, "_score_case_task",
+                        lambda team, pair, *a: scored.append(pair.case) or original(team, pair, *a))
     resumed, _ = score(examples.predictions / "teamB", examples.labels, out, workers=1, progress=False)
     assert scored == ["case_0002", "case_0003"]
     pd.testing.assert_frame_equal(resumed[["case", "label", "DSC", "NSD"]], first[["case", "label", "DSC", "NSD"]])

@@ -32,6 +32,7 @@ __all__ = [
     "image_exists",
     "run_container",
     "remove_stale_containers",
+    "remove_orphaned_containers",
     "LABEL",
 ]
 
@@ -166,6 +167,17 @@ def remove_stale_containers(client: docker.DockerClient, runs_label: str) -> lis
     return [container.name for container in stale]
 
 
+def remove_orphaned_containers(client: docker.DockerClient, runs_label: str, alive_workers: set[str]) -> list[str]:
+    """Remove containers of this run started by Dask workers that are gone; return their names."""
+    removed = []
+    for container in client.containers.list(all=True, filters={"label": f"{LABEL}.runs={runs_label}"}):
+        worker = container.labels.get(f"{LABEL}.worker", "")
+        if worker and worker not in alive_workers:
+            container.remove(force=True)
+            removed.append(container.name)
+    return removed
+
+
 def _remove_by_name(client: docker.DockerClient, name: str) -> None:
     import docker
 
@@ -202,6 +214,7 @@ def run_container(
     gpu: NvmlGpu | None,
     runs_label: str,
     interval_s: float = 0.1,
+    worker: str = "",
 ) -> ContainerRun:
     """Run one case in a fresh container and sample it until it exits.
 
@@ -223,7 +236,8 @@ def run_container(
             image,
             command=list(interface.command),
             name=name,
-            labels={LABEL: "1", f"{LABEL}.team": team, f"{LABEL}.case": case, f"{LABEL}.runs": runs_label},
+            labels={LABEL: "1", f"{LABEL}.team": team, f"{LABEL}.case": case, f"{LABEL}.runs": runs_label,
+                    f"{LABEL}.worker": worker},
             network_mode="none",
             mem_limit=limits.memory,
             memswap_limit=limits.memory,

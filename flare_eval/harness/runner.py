@@ -39,6 +39,7 @@ from .docker import (
     docker_client,
     image_exists,
     load_image_archive,
+    remove_orphaned_containers,
     remove_stale_containers,
     run_container,
 )
@@ -53,6 +54,9 @@ __all__ = [
     "keep_outputs",
     "case_status",
     "run_containers",
+    "execute_case",
+    "record_case",
+    "CaseOutcome",
     "RESOURCE_COLUMNS",
     "STATUS_OK",
     "STATUS_TIMEOUT",
@@ -66,8 +70,8 @@ STATUS_CRASHED = "crashed"
 STATUS_NO_OUTPUT = "no_output"
 RESOURCE_COLUMNS = [
     "team", "case", "time_s", "auc_gpu_mib_s", "auc_cpu_pct_s", "max_gpu_mib", "max_cpu_pct",
-    "gpu_measured", "gpu_mode", "exit_code", "status", "n_samples", "image", "host", "gpu_name",
-    "gpu_driver", "started_at",
+    "gpu_measured", "gpu_mode", "exit_code", "status", "n_samples", "image", "host", "worker", "n_cpus",
+    "gpu_name", "gpu_driver", "started_at",
 ]
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 DEFAULT_MAX_OUTPUT_BYTES = 2 * 1024**3
@@ -241,6 +245,8 @@ def run_containers(
     progress: bool | None = None,
     interval_s: float = 0.1,
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
+    scheduler=None,
+    ship: str = "auto",
 ) -> pd.DataFrame:
     """Run each submission on each case, one container at a time, sampling resources every ``interval_s``.
 
@@ -268,6 +274,17 @@ def run_containers(
         Sampling period.
     max_output_bytes : int
         Largest prediction file kept.
+    scheduler : str or distributed.Client, optional
+        Run the (team, case) tasks on this Dask cluster. Each task holds one
+        ``GPU`` resource, so start each worker with ``--resources GPU=1`` and
+        one worker per GPU (``FLARE_EVAL_GPU=<index>`` in its environment picks
+        the GPU, ``none`` for none; default: the first GPU NVML finds). Each
+        worker needs a Docker engine. Predictions, samples and logs come back to
+        ``runs_dir`` whether or not the file system is shared; a task whose
+        worker is lost runs again on another worker.
+    ship : {"auto", "paths", "bytes"}
+        How inputs and image archives reach the workers (see
+        :func:`flare_eval.score_folder`).
 
     Returns
     -------
@@ -289,40 +306,148 @@ def run_containers(
     cases = find_cases(inputs_dir, interface)
     runs_dir = Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    runs_label = str(runs_dir)
-    client = docker_client()
-    stale = remove_stale_containers(client, runs_label)
+    settings = _CaseSettings(interface, limits, str(runs_dir), protocol.gpu_allowance_mib, interval_s, max_output_bytes)
+    engine = docker_client()
+    stale = remove_stale_containers(engine, settings.runs_label)
     if stale:
         warnings.warn(f"removed {len(stale)} container(s) left by an interrupted run: {', '.join(stale)}",
                       HarnessWarning, stacklevel=2)
-    gpu = _select_gpu(gpus)
-    n_cpus = os.cpu_count() or 1
-    host = socket.gethostname()
     todo = []
     for submission in submissions:
-        team_dir = runs_dir / submission.team
-        done = set() if force else _finished_cases(team_dir / "resources.csv")
-        todo.append((submission, [case for case in cases if case not in done]))
-    bar = tqdm(total=sum(len(c) for _, c in todo), unit="case", disable=None if progress is None else not progress)
+        done = set() if force else _finished_cases(runs_dir / submission.team / "resources.csv")
+        todo.extend((submission, case) for case in cases if case not in done)
+    bar = tqdm(total=len(todo), unit="case", disable=None if progress is None else not progress)
+
+    def record(outcome: CaseOutcome) -> None:
+        team, case = outcome.row["team"], outcome.row["case"]
+        record_case(outcome, runs_dir / team, interface.output_name.format(case=case))
+        bar.set_description(f"{team} {case}")
+        bar.set_postfix(last=f"{outcome.row['status']} {outcome.row['time_s']:.1f}s")
+        bar.update(1)
+
     try:
         with _sigterm_as_interrupt():
-            for submission, team_cases in todo:
-                if not team_cases:
-                    continue
-                image = _resolve_image(client, submission)
-                team_dir = runs_dir / submission.team
-                for case in team_cases:
-                    bar.set_description(f"{submission.team} {case}")
-                    row = _run_case(client, image, submission.team, case, cases[case], team_dir, protocol,
-                                    interface, limits, gpu, runs_label, n_cpus, host, interval_s, max_output_bytes)
-                    bar.set_postfix(last=f"{row['status']} {row['time_s']:.1f}s")
-                    bar.update(1)
+            if scheduler is None:
+                _run_here(engine, todo, cases, settings, gpus, record)
+            else:
+                _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record)
     finally:
         bar.close()
+        if scheduler is not None:
+            # Containers of workers lost mid-case, where they share this engine.
+            remove_stale_containers(engine, settings.runs_label)
+    frames = [pd.read_csv(p, dtype={"case": str, "team": str}) for p in sorted(runs_dir.glob("*/resources.csv"))]
+    resources = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESOURCE_COLUMNS)
+    _warn_if_machines_differ(resources)
+    return resources
+
+
+def _run_here(engine, todo, cases, settings, gpus, record) -> None:
+    gpu = _select_gpu(gpus)
+    host = socket.gethostname()
+    images: dict[str, str] = {}
+    try:
+        for submission, case in todo:
+            if submission.team not in images:
+                images[submission.team] = _resolve_image(engine, submission)
+            record(execute_case(engine, images[submission.team], submission.team, case, cases[case], settings,
+                                gpu, host))
+    finally:
         if gpu is not None:
             gpu.close()
-    frames = [pd.read_csv(p, dtype={"case": str, "team": str}) for p in sorted(runs_dir.glob("*/resources.csv"))]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESOURCE_COLUMNS)
+
+
+def _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record) -> None:
+    from ..execution import SHIP_MODES, connect, run_tasks, workers_see_files
+
+    if ship not in SHIP_MODES:
+        raise ValueError(f"ship must be one of {SHIP_MODES}, got {ship!r}")
+    client = connect(scheduler)
+    try:
+        if not todo:
+            return
+        if ship == "auto":
+            ship = "paths" if workers_see_files(client, [cases[todo[0][1]]]) else "bytes"
+        sources: dict[str, tuple] = {}
+        for submission, _ in todo:
+            if submission.team in sources:
+                continue
+            if submission.archive is None:
+                sources[submission.team] = ("image", submission.image)
+            elif ship == "paths":
+                sources[submission.team] = ("archive_path", str(submission.archive.resolve()))
+            else:
+                data = client.scatter(submission.archive.read_bytes(), broadcast=True)
+                sources[submission.team] = ("archive_bytes", data, submission.archive.name)
+        arguments = [(submission.team, sources[submission.team], case, cases[case].name,
+                      str(cases[case].resolve()) if ship == "paths" else None, settings, gpus)
+                     for submission, case in todo]
+
+        def with_input_bytes(task: tuple) -> tuple:
+            if ship == "paths":
+                return task
+            team, source, case, name, _, task_settings, task_gpus = task
+            return team, source, case, name, cases[case].read_bytes(), task_settings, task_gpus
+
+        for outcome in run_tasks(_case_on_worker, arguments, client=client, resources={"GPU": 1}, retries=1,
+                                 prepare=with_input_bytes):
+            record(outcome)
+    finally:
+        if client is not scheduler:
+            client.close()
+
+
+_LOADED_IMAGES: dict[str, str] = {}
+
+
+def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_data: str | bytes,
+                    settings: _CaseSettings, gpus) -> CaseOutcome:
+    """Dask task: one case on the worker's machine (engine, GPU); returns its outcome to the client."""
+    from distributed import get_client, get_worker
+
+    worker = get_worker()
+    engine = docker_client()
+    alive = set(get_client().scheduler_info()["workers"])
+    remove_orphaned_containers(engine, settings.runs_label, alive)
+    kind = source[0]
+    if kind == "image":
+        image = source[1]
+    else:
+        key = f"{team}:{source[1] if kind == 'archive_path' else source[2]}"
+        if key not in _LOADED_IMAGES or not image_exists(engine, _LOADED_IMAGES[key]):
+            if kind == "archive_path":
+                _LOADED_IMAGES[key] = load_image_archive(engine, Path(source[1]))
+            else:
+                with tempfile.TemporaryDirectory(prefix="flare-eval-") as scratch:
+                    archive = Path(scratch) / source[2]
+                    archive.write_bytes(source[1])
+                    _LOADED_IMAGES[key] = load_image_archive(engine, archive)
+        image = _LOADED_IMAGES[key]
+    gpu = _select_gpu(os.environ.get("FLARE_EVAL_GPU", gpus if gpus is not None else "none"))
+    try:
+        if isinstance(input_data, bytes):
+            with tempfile.TemporaryDirectory(prefix="flare-eval-") as scratch:
+                staged = Path(scratch) / input_name
+                staged.write_bytes(input_data)
+                return execute_case(engine, image, team, case, staged, settings, gpu, socket.gethostname(),
+                                    worker.address)
+        return execute_case(engine, image, team, case, Path(input_data), settings, gpu, socket.gethostname(),
+                            worker.address)
+    finally:
+        if gpu is not None:
+            gpu.close()
+
+
+def _warn_if_machines_differ(resources: pd.DataFrame) -> None:
+    """Times and AUCs are comparable only from identical machines: say when they are not."""
+    columns = [c for c in ("gpu_name", "gpu_driver", "n_cpus") if c in resources]
+    if resources.empty or not columns:
+        return
+    distinct = resources[columns].astype(str).replace("nan", "").drop_duplicates()
+    if len(distinct) > 1:
+        described = "; ".join(", ".join(f"{c}={v}" for c, v in row.items()) for _, row in distinct.iterrows())
+        warnings.warn(f"cases ran on different machines ({described}): times and AUCs may not be comparable",
+                      HarnessWarning, stacklevel=3)
 
 
 def _resolve_image(client, submission: Submission) -> str:
@@ -333,39 +458,75 @@ def _resolve_image(client, submission: Submission) -> str:
     raise ContainerError(f"team {submission.team}: image {submission.image!r} is not loaded on the engine")
 
 
-def _run_case(client, image, team, case, image_path, team_dir, protocol, interface, limits, gpu, runs_label,
-              n_cpus, host, interval_s, max_output_bytes) -> dict:
+@dataclass
+class CaseOutcome:
+    """Everything one case produced, wherever it ran; `record_case` writes it into the runs folder."""
+
+    row: dict
+    samples: pd.DataFrame
+    log: str
+    prediction: bytes | None
+
+
+@dataclass(frozen=True)
+class _CaseSettings:
+    """What every case of a run shares (picklable, for Dask workers)."""
+
+    interface: ContainerInterface
+    limits: ContainerLimits
+    runs_label: str
+    allowance_mib: float
+    interval_s: float
+    max_output_bytes: int
+
+
+def execute_case(client, image: str, team: str, case: str, image_path: Path, settings: _CaseSettings,
+                 gpu: NvmlGpu | None, host: str, worker: str = "") -> CaseOutcome:
+    """Run one case in a container on this machine's engine and gather what it produced."""
+    interface, limits = settings.interface, settings.limits
+    n_cpus = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="flare-eval-") as scratch:
-        input_dir, output_dir = Path(scratch) / "inputs", Path(scratch) / "outputs"
+        input_dir, output_dir, kept_dir = (Path(scratch) / name for name in ("inputs", "outputs", "kept"))
         input_dir.mkdir()
         output_dir.mkdir()
         # Containers may run as any user; they must be able to write their outputs.
         output_dir.chmod(0o777)
         _stage_input(image_path, input_dir)
         run = run_container(client, image, team=team, case=case, input_dir=input_dir, output_dir=output_dir,
-                            interface=interface, limits=limits, gpu=gpu, runs_label=runs_label,
-                            interval_s=interval_s)
-        kept, dropped = keep_outputs(output_dir, interface.output_name.format(case=case),
-                                     team_dir / "predictions", max_bytes=max_output_bytes)
+                            interface=interface, limits=limits, gpu=gpu, runs_label=settings.runs_label,
+                            interval_s=settings.interval_s, worker=worker)
+        kept, dropped = keep_outputs(output_dir, interface.output_name.format(case=case), kept_dir,
+                                     max_bytes=settings.max_output_bytes)
+        prediction = kept.read_bytes() if kept is not None else None
     summary = summarize_run(run.times_s, run.cpu_time_s, run.gpu_mib, time_s=run.time_s,
-                            total_cpu_s=run.total_cpu_s, n_cpus=n_cpus, allowance_mib=protocol.gpu_allowance_mib)
-    status = case_status(run, kept is not None)
-    write_table(_samples_table(run, n_cpus), team_dir / "samples" / f"{case}.csv")
+                            total_cpu_s=run.total_cpu_s, n_cpus=n_cpus, allowance_mib=settings.allowance_mib)
     log = run.logs
     if dropped:
         log += "\n[flare-eval] dropped from the output folder:\n" + "\n".join(f"  {line}" for line in dropped) + "\n"
     if run.timed_out:
         log += f"\n[flare-eval] killed after the {limits.timeout_s} s timeout\n"
-    log_path = team_dir / "logs" / f"{case}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text(log, encoding="utf-8")
     row = {
         "team": team, "case": case, "time_s": summary.time_s, "auc_gpu_mib_s": summary.auc_gpu_mib_s,
         "auc_cpu_pct_s": summary.auc_cpu_pct_s, "max_gpu_mib": summary.max_gpu_mib,
         "max_cpu_pct": summary.max_cpu_pct, "gpu_measured": gpu is not None, "gpu_mode": run.gpu_mode or GPU_MODE_NONE,
-        "exit_code": run.exit_code, "status": status, "n_samples": summary.n_samples, "image": image,
-        "host": host, "gpu_name": gpu.name if gpu else "", "gpu_driver": gpu.driver if gpu else "",
-        "started_at": run.started_at,
+        "exit_code": run.exit_code, "status": case_status(run, prediction is not None),
+        "n_samples": summary.n_samples, "image": image, "host": host, "worker": worker, "n_cpus": n_cpus,
+        "gpu_name": gpu.name if gpu else "", "gpu_driver": gpu.driver if gpu else "", "started_at": run.started_at,
     }
-    append_rows(pd.DataFrame([row], columns=RESOURCE_COLUMNS), team_dir / "resources.csv")
-    return row
+    return CaseOutcome(row=row, samples=_samples_table(run, n_cpus), log=log, prediction=prediction)
+
+
+def record_case(outcome: CaseOutcome, team_dir: Path, output_name: str) -> None:
+    """Write a case's prediction, samples and log, then its resources row, which marks it finished."""
+    case = outcome.row["case"]
+    if outcome.prediction is not None:
+        target = team_dir / "predictions" / output_name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(f".{target.name}.tmp")
+        temporary.write_bytes(outcome.prediction)
+        os.replace(temporary, target)
+    write_table(outcome.samples, team_dir / "samples" / f"{case}.csv")
+    log_path = team_dir / "logs" / f"{case}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    log_path.write_text(outcome.log, encoding="utf-8")
+    append_rows(pd.DataFrame([outcome.row], columns=RESOURCE_COLUMNS), team_dir / "resources.csv")

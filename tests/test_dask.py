@@ -1,0 +1,211 @@
+"""Scoring and containers on a real Dask cluster: a scheduler and workers as separate processes."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import flare_eval as fe
+from flare_eval.cli import main
+
+distributed = pytest.importorskip("distributed")
+DASK = str(Path(sys.executable).parent / "dask")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Cluster:
+    """A scheduler and worker processes on this machine (no nanny: killing a worker kills it)."""
+
+    def __init__(self, folder: Path):
+        self.address = f"tcp://127.0.0.1:{free_port()}"
+        self.folder = folder
+        self.scheduler = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port",
+                                           self.address.rsplit(":", 1)[1], "--no-dashboard"],
+                                          stdout=subprocess.DEVNULL, stderr=open(folder / "scheduler.log", "w"))
+        self.workers: dict[str, subprocess.Popen] = {}
+
+    def add_worker(self, name: str) -> None:
+        self.workers[name] = subprocess.Popen(
+            [DASK, "worker", self.address, "--nthreads", "1", "--no-nanny", "--resources", "GPU=1",
+             "--no-dashboard", "--name", name],
+            stdout=subprocess.DEVNULL, stderr=open(self.folder / f"{name}.log", "w"),
+            env={**os.environ, "FLARE_EVAL_GPU": "none"},
+        )
+
+    def client(self, n_workers: int):
+        client = distributed.Client(self.address, timeout=60)
+        client.wait_for_workers(n_workers, timeout=60)
+        return client
+
+    def kill(self, name: str) -> None:
+        self.workers.pop(name).send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        for process in self.workers.values():
+            process.kill()  # a test cluster: no need for a graceful shutdown
+        self.scheduler.terminate()
+        for process in [*self.workers.values(), self.scheduler]:
+            process.wait(timeout=30)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    cluster = Cluster(tmp_path)
+    cluster.add_worker("w1")
+    cluster.add_worker("w2")
+    yield cluster
+    cluster.close()
+
+
+@pytest.fixture
+def many_cases(examples, tmp_path):
+    """40 cases (links to the bundled ones) for two teams, so that a run lasts long enough to kill a worker."""
+    gt, pred_root = tmp_path / "gt", tmp_path / "pred"
+    for team in ("teamA", "teamB"):
+        (pred_root / team).mkdir(parents=True)
+    gt.mkdir()
+    for i in range(20):
+        source = f"case_000{i % 3 + 1}.nii.gz"
+        os.link(examples.labels / source, gt / f"c{i:02d}.nii.gz")
+        for team in ("teamA", "teamB"):
+            os.link(examples.predictions / team / source, pred_root / team / f"c{i:02d}.nii.gz")
+    return pred_root, gt
+
+
+def test_scoring_on_the_cluster_equals_local_row_for_row(cluster, examples):
+    client = cluster.client(2)
+    local = fe.score_folder(examples.predictions / "teamC", examples.labels, workers=1, progress=False)
+    for ship in ("paths", "bytes", "auto"):
+        remote = fe.score_folder(examples.predictions / "teamC", examples.labels, scheduler=client, ship=ship,
+                                 progress=False)
+        pd.testing.assert_frame_equal(remote, local)
+    workers = {w["name"] for w in client.scheduler_info()["workers"].values()}
+    assert workers == {"w1", "w2"}
+    client.close()
+
+
+def test_many_teams_fan_out_as_one_batch_through_the_cli(cluster, examples, tmp_path, capsys):
+    cluster.client(2).close()
+    code = main(["score", str(examples.predictions), str(examples.labels), "--teams", "--out", str(tmp_path / "d"),
+                 "--scheduler", cluster.address, "--no-progress"])
+    assert code == 1  # teamC misses a case
+    assert "teamC case_0002: missing" in capsys.readouterr().err
+    remote = pd.read_csv(tmp_path / "d" / "scores.csv", dtype={"case": str})
+    local, _ = fe.score(examples.predictions, examples.labels, tmp_path / "l", teams=True, workers=1, progress=False)
+    pd.testing.assert_frame_equal(remote, pd.read_csv(tmp_path / "l" / "scores.csv", dtype={"case": str}))
+    assert list(remote.columns[:2]) == ["team", "case"] and set(remote.team) == {"teamA", "teamB", "teamC"}
+    official = pd.read_csv(tmp_path / "d" / "scores_official.csv")
+    assert list(official.columns[:2]) == ["Team", "Name"]
+
+
+def test_a_worker_killed_mid_run_costs_nothing(cluster, many_cases, tmp_path):
+    pred_root, gt = many_cases
+    client = cluster.client(2)
+    seen = []
+
+    def on_case(rows):
+        seen.append(rows)
+        if len(seen) == 4:
+            cluster.kill("w2")
+
+    scores = fe.score_teams(pred_root, gt, scheduler=client, on_case=on_case, progress=False)
+    cases = scores.drop_duplicates(["team", "case"])
+    assert len(cases) == 40 and len(seen) == 40  # every case exactly once, nothing counted twice
+    local = fe.score_teams(pred_root, gt, workers=1, progress=False)
+    pd.testing.assert_frame_equal(scores, local)
+    assert len(client.scheduler_info()["workers"]) == 1
+    client.close()
+
+
+def test_unreachable_scheduler_is_a_clear_error(examples, capsys):
+    code = main(["score", str(examples.predictions / "teamA"), str(examples.labels), "--out", "/tmp/x",
+                 "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--no-progress"])
+    assert code == 2 and "cannot connect to the Dask scheduler" in capsys.readouterr().err
+
+
+# Containers on the cluster ---------------------------------------------------------------------
+
+@pytest.fixture
+def engine():
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # any failure to reach the engine
+        if os.environ.get("FLARE_EVAL_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"FLARE_EVAL_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+    return client
+
+
+@pytest.fixture
+def team_archives(engine, tmp_path):
+    from teams import build_team_archives, make_cases
+
+    images, labels, answers = make_cases(tmp_path, n_cases=3)
+    return images, labels, build_team_archives(engine, tmp_path, answers, teams=["good", "sleeper"])
+
+
+def overlapping(rows: pd.DataFrame) -> bool:
+    rows = rows.assign(start=pd.to_datetime(rows.started_at)).sort_values("start")
+    ends = rows.start + pd.to_timedelta(rows.time_s, unit="s")
+    return bool((rows.start.iloc[1:].to_numpy() < ends.iloc[:-1].to_numpy()).any())
+
+
+@pytest.mark.parametrize("ship", ["paths", "bytes"])
+def test_containers_on_two_gpu_workers(cluster, team_archives, engine, tmp_path, ship):
+    images, labels, submissions = team_archives
+    client = cluster.client(2)
+    resources = fe.run_containers(submissions, images, tmp_path / "runs", scheduler=client, ship=ship,
+                                  progress=False)
+    assert len(resources) == 6 and set(resources.status) == {"ok"}
+    assert set(resources.worker) == set(client.scheduler_info()["workers"])  # both workers worked
+    for _, rows in resources.groupby("worker"):
+        assert not overlapping(rows)  # never two containers on one GPU at a time
+    for team in ("good", "sleeper"):
+        for case in ("case0", "case1", "case2"):
+            assert (tmp_path / "runs" / team / "predictions" / f"{case}.nii.gz").is_file()
+            assert (tmp_path / "runs" / team / "samples" / f"{case}.csv").is_file()
+            assert (tmp_path / "runs" / team / "logs" / f"{case}.log").is_file()
+    assert (resources.n_cpus == os.cpu_count()).all() and (resources.host == socket.gethostname()).all()
+    client.close()
+
+
+def test_worker_lost_mid_container_reruns_that_case_once(cluster, team_archives, engine, tmp_path):
+    images, labels, submissions = team_archives
+    sleeper = [fe.Submission("sleeper", archive=p) for p in submissions.iterdir() if p.name.startswith("sleeper")]
+    client = cluster.client(2)
+    w2 = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "w2")
+
+    def kill_when_w2_runs():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            running = engine.containers.list(filters={"label": f"flare-eval.worker={w2}"})
+            if running:
+                cluster.kill("w2")
+                return
+            time.sleep(0.05)
+
+    import threading
+
+    killer = threading.Thread(target=kill_when_w2_runs)
+    killer.start()
+    resources = fe.run_containers(sleeper, images, tmp_path / "runs", scheduler=client, progress=False)
+    killer.join()
+    assert sorted(resources.case) == ["case0", "case1", "case2"]  # each case once
+    assert set(resources.status) == {"ok"}
+    assert w2 not in set(resources.worker)
+    assert engine.containers.list(all=True, filters={"label": "flare-eval"}) == []
+    client.close()
