@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument(
         "--strict", action="store_true", help="stop at an unreadable or mismatched prediction instead of scoring 0"
     )
+    score.add_argument(
+        "--resample", action="store_true",
+        help="resample predictions on another physical grid to the ground truth's (nearest neighbour) instead of "
+        "scoring them 0; predictions of the same grid in another orientation are always reoriented exactly",
+    )
     score.add_argument("--force", action="store_true", help="rescore cases finished by an interrupted run")
     score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
 
@@ -262,7 +267,7 @@ def _score(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from .protocol import load_protocol
-    from .scoring import STATUS_OK, score, summarize_scores
+    from .scoring import SCORED_STATUSES, STATUS_OK, score, summarize_scores
 
     protocol = load_protocol(args.protocol)
     if args.slice_range:
@@ -281,15 +286,18 @@ def _score(args: argparse.Namespace) -> int:
         teams=args.teams,
         scheduler=args.scheduler,
         ship=args.ship,
+        resample=args.resample,
     )
     summary = summarize_scores(scores)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     keys = ["team", "case"] if args.teams else ["case"]
-    problems = scores[scores["status"] != STATUS_OK].drop_duplicates(keys)
-    for row in problems.itertuples():
+    unusual = scores[scores["status"] != STATUS_OK].drop_duplicates(keys)
+    for row in unusual.itertuples():
         where = f"{row.team} {row.case}" if args.teams else row.case
-        print(f"{where}: {row.status}: {row.message}", file=sys.stderr)
+        kind = "note" if row.status in SCORED_STATUSES else "problem"
+        print(f"{kind}: {where}: {row.status}: {row.message}", file=sys.stderr)
+    problems = unusual[~unusual["status"].isin(SCORED_STATUSES)]
     print(f"wrote {files.scores}, {files.official}, {files.summary}")
     return EXIT_PROBLEMS if len(problems) else EXIT_OK
 

@@ -1,9 +1,13 @@
-"""Reading label maps and pairing predictions with ground truth.
+"""Reading and writing label maps, pairing predictions with ground truth, CSV tables.
 
-This is the only module that opens image files. Label maps are read with
-nibabel in their stored integer type (never through float64 and never wrapped
-to uint8, unlike the official script, which turns a label of 269 into 13).
-Spacing always comes from the file header; there is no default spacing.
+This is the only module that opens image files. NIfTI (``.nii``, ``.nii.gz``)
+is read with nibabel, MetaImage (``.mha``, ``.mhd``) and NRRD (``.nrrd``) with
+SimpleITK; every format yields the same `LabelMap`: the array indexed
+``[i, j, k]`` along the file's own voxel axes, and the voxel-to-world affine in
+RAS+ millimetres (ITK's LPS geometry is converted). Labels keep their stored
+integer type (never read through float64 or wrapped to uint8, unlike the
+official script, which turns a label of 269 into 13). Spacing always comes from
+the file header; there is no default spacing.
 """
 
 from __future__ import annotations
@@ -22,21 +26,24 @@ __all__ = [
     "LabelMap",
     "InvalidLabelMapError",
     "read_label_map",
+    "write_label_map",
+    "convert_image",
     "case_id",
     "CasePair",
     "Pairing",
     "pair_cases",
-    "geometry_mismatch",
     "LABEL_MAP_SUFFIXES",
     "write_table",
     "append_rows",
     "read_table",
 ]
 
-LABEL_MAP_SUFFIXES = (".nii.gz", ".nii")
+LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+# ITK's world frame is LPS; NIfTI's and ours is RAS.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # nnU-Net names images <case>_0000.nii.gz; some teams keep that suffix on predictions.
 _CHANNEL_SUFFIX = "_0000"
-_SPACING_RTOL = 1e-4
 
 
 class InvalidLabelMapError(ValueError):
@@ -67,9 +74,9 @@ class LabelMap:
     @property
     def orientation(self) -> str:
         """Axis codes such as ``'RAS'`` (where each array axis points)."""
-        import nibabel as nib
+        from .geometry import orientation_codes
 
-        return "".join(nib.aff2axcodes(self.affine))
+        return orientation_codes(self.affine)
 
     def __repr__(self) -> str:
         spacing = "x".join(f"{s:g}" for s in self.spacing_mm)
@@ -96,12 +103,11 @@ def case_id(path: Path) -> str | None:
 
 
 def read_label_map(path: str | Path) -> LabelMap:
-    """Read a 3D NIfTI label map.
+    """Read a 3D label map (``.nii``, ``.nii.gz``, ``.mha``, ``.mhd`` or ``.nrrd``).
 
     Parameters
     ----------
     path : str or Path
-        A ``.nii`` or ``.nii.gz`` file.
 
     Returns
     -------
@@ -113,11 +119,9 @@ def read_label_map(path: str | Path) -> LabelMap:
     Raises
     ------
     InvalidLabelMapError
-        If the file is missing, empty, not a NIfTI file, not 3D, or holds
-        values that are not whole numbers (e.g. 0.5), NaN or infinite.
+        If the file is missing, empty, not readable in its format, not 3D, or
+        holds values that are not whole numbers (e.g. 0.5), NaN or infinite.
     """
-    import nibabel as nib
-
     path = Path(path)
     if not path.is_file():
         raise InvalidLabelMapError(f"{path}: file does not exist")
@@ -125,21 +129,97 @@ def read_label_map(path: str | Path) -> LabelMap:
         raise InvalidLabelMapError(f"{path}: file is empty")
     if case_id(path) is None:
         raise InvalidLabelMapError(f"{path}: not a label map; expected one of {LABEL_MAP_SUFFIXES}")
-    _check_gzip_magic(path)
+    if path.name.endswith(_NIFTI_SUFFIXES):
+        _check_gzip_magic(path)
+        data, spacing, affine = _read_nifti(path)
+    else:
+        data, spacing, affine = _read_itk(path)
+    if data.ndim == 4 and data.shape[3] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise InvalidLabelMapError(f"{path}: label maps must be 3D, got shape {data.shape}")
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise InvalidLabelMapError(f"{path}: header spacing must be positive, got {spacing}")
+    return LabelMap(array=_as_integer_labels(data, path), spacing_mm=spacing, affine=affine, path=path)
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+    import nibabel as nib
+
     try:
         image = nib.load(str(path))
         data = np.asanyarray(image.dataobj)
         zooms = image.header.get_zooms()
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InvalidLabelMapError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
-    if data.ndim == 4 and data.shape[3] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise InvalidLabelMapError(f"{path}: label maps must be 3D, got shape {data.shape}")
-    spacing = tuple(float(z) for z in zooms[:3])
-    if not all(np.isfinite(s) and s > 0 for s in spacing):
-        raise InvalidLabelMapError(f"{path}: header spacing must be positive, got {spacing}")
-    return LabelMap(array=_as_integer_labels(data, path), spacing_mm=spacing, affine=image.affine, path=path)
+    return data, tuple(float(z) for z in zooms[:3]), image.affine
+
+
+def _read_itk(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+    import SimpleITK as sitk
+
+    try:
+        image = sitk.ReadImage(str(path))
+    except RuntimeError as exc:
+        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+        raise InvalidLabelMapError(f"{path}: cannot be read by SimpleITK ({first_line})") from exc
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise InvalidLabelMapError(f"{path}: label maps hold one value per voxel, this file holds "
+                                   f"{image.GetNumberOfComponentsPerPixel()}")
+    if image.GetDimension() != 3:
+        raise InvalidLabelMapError(f"{path}: label maps must be 3D, got {image.GetDimension()}D")
+    # ITK arrays come as [k, j, i]; the transpose is a view indexed like NIfTI's [i, j, k].
+    data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    spacing = tuple(float(s) for s in image.GetSpacing())
+    return data, spacing, _itk_affine(image.GetDirection(), spacing, image.GetOrigin())
+
+
+def _itk_affine(direction: tuple[float, ...], spacing: tuple[float, ...], origin: tuple[float, ...]) -> np.ndarray:
+    """RAS+ voxel-to-world affine of an ITK (LPS) geometry."""
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_TO_RAS @ np.asarray(direction, dtype=np.float64).reshape(3, 3) @ np.diag(spacing)
+    affine[:3, 3] = _LPS_TO_RAS @ np.asarray(origin, dtype=np.float64)
+    return affine
+
+
+def write_label_map(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
+    """Write a label map in the format its name says (NIfTI with nibabel, others with SimpleITK).
+
+    ``affine`` is the RAS+ voxel-to-world transform; it may hold no shear.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if case_id(path) is None:
+        raise ValueError(f"{path}: unsupported label-map format; use one of {LABEL_MAP_SUFFIXES}")
+    if path.name.endswith(_NIFTI_SUFFIXES):
+        import nibabel as nib
+
+        image = nib.Nifti1Image(np.asarray(array), affine)
+        image.set_data_dtype(np.asarray(array).dtype)
+        nib.save(image, str(path))
+        return path
+    import SimpleITK as sitk
+
+    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple((_LPS_TO_RAS @ (linear / spacing)).ravel().tolist()))
+    image.SetOrigin(tuple((_LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)[:3, 3]).tolist()))
+    sitk.WriteImage(image, str(path), useCompression=True)
+    return path
+
+
+def convert_image(source: str | Path, target: str | Path) -> Path:
+    """Copy an image (CT or label map) into another format, geometry and values unchanged (SimpleITK)."""
+    import SimpleITK as sitk
+
+    target = Path(target)
+    try:
+        sitk.WriteImage(sitk.ReadImage(str(source)), str(target), useCompression=True)
+    except RuntimeError as exc:
+        raise InvalidLabelMapError(f"{source}: cannot be converted to {target.name} ({exc})") from exc
+    return target
 
 
 def _check_gzip_magic(path: Path) -> None:
@@ -176,23 +256,6 @@ def _as_integer_labels(data: np.ndarray, path: Path) -> np.ndarray:
     raise InvalidLabelMapError(f"{path}: label values {low:g}..{high:g} do not fit a 64-bit integer")
 
 
-def geometry_mismatch(gt: LabelMap, pred: LabelMap) -> str | None:
-    """Describe how ``pred``'s voxel grid differs from ``gt``'s, or None if they match.
-
-    Compares shape, spacing (relative tolerance 1e-4) and orientation.
-    """
-    problems = []
-    if gt.array.shape != pred.array.shape:
-        problems.append(f"shape {pred.array.shape} != {gt.array.shape}")
-    if not np.allclose(pred.spacing_mm, gt.spacing_mm, rtol=_SPACING_RTOL, atol=0):
-        problems.append(f"spacing {pred.spacing_mm} != {gt.spacing_mm} mm")
-    if pred.orientation != gt.orientation:
-        problems.append(f"orientation {pred.orientation} != {gt.orientation}")
-    if not problems:
-        return None
-    return f"prediction {pred.path} does not match ground truth {gt.path}: " + "; ".join(problems)
-
-
 @dataclass(frozen=True)
 class CasePair:
     """A ground-truth file and its prediction (None when the prediction is missing)."""
@@ -221,10 +284,13 @@ class Pairing:
 def _label_map_files(folder: Path, role: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{role} folder {folder} does not exist or is not a folder")
-    files = {}
+    files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         cid = case_id(path)
         if cid is not None and path.is_file():
+            if cid in files:
+                raise ValueError(f"{role} folder {folder} holds case {cid!r} twice: {files[cid].name} and "
+                                 f"{path.name}; keep one")
             files[cid] = path
     return files
 
@@ -232,16 +298,18 @@ def _label_map_files(folder: Path, role: str) -> dict[str, Path]:
 def pair_cases(pred_dir: str | Path, gt_dir: str | Path) -> Pairing:
     """Pair every ground-truth label map with its prediction.
 
-    The case id is the ground-truth file name without ``.nii.gz``/``.nii``.
-    Its prediction is ``<case>.nii.gz`` (or ``.nii``) in ``pred_dir``, or, if
-    absent, ``<case>_0000.nii.gz`` (the nnU-Net image name).
+    The case id is the ground-truth file name without its extension (any of
+    `LABEL_MAP_SUFFIXES`). Its prediction is ``<case>`` with any of those
+    extensions in ``pred_dir``, or, if absent, ``<case>_0000`` (the nnU-Net
+    image name); formats may differ between the folders.
 
     Raises
     ------
     FileNotFoundError
         If a folder does not exist.
     ValueError
-        If the ground-truth folder holds no label maps.
+        If the ground-truth folder holds no label maps, or a folder holds one
+        case in two formats.
     """
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     gt_files = _label_map_files(gt_dir, "ground-truth")

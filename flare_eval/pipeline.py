@@ -242,11 +242,11 @@ def quantify(
     """
     from tqdm import tqdm
 
+    from .geometry import superior_axis
     from .io import LABEL_MAP_SUFFIXES, case_id, pair_cases, read_label_map
     from .volumes import measure_label_map, median_iqr_table, volume_agreement
 
     protocol = load_protocol(protocol)
-    axis = protocol.slice_range.axis if protocol.slice_range else 2
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
     if gt_dir is not None:
         pairing = pair_cases(pred_dir, gt_dir)
@@ -266,6 +266,7 @@ def quantify(
     show = None if progress is None else not progress
     for case, source, path in tqdm(jobs, desc="measuring", unit="map", disable=show):
         label_map = read_label_map(path)
+        axis, _ = superior_axis(label_map.affine)
         frames.append(measure_label_map(label_map.array, label_map.spacing_mm, protocol, axis=axis)
                       .assign(case=case, source=source))
     volumes = pd.concat(frames, ignore_index=True)[["case", "label", "organ", "source", "volume_ml", "diameter_mm"]]

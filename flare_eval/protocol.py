@@ -10,7 +10,7 @@ The schema (all lengths in millimetres)::
       "name": "flare22",
       "description": "...",
       "organs": [{"label": 1, "code": "Liver", "name": "liver", "tolerance_mm": 5}, ...],
-      "slice_range": {"labels": [5, 6, 10], "axis": 2, "mode": "half_open"} or null,
+      "slice_range": {"labels": [5, 6, 10], "mode": "half_open"} or null,
       "both_empty_score": 1.0,
       "ranking": {"metrics": [{"name": "DSC", "higher_is_better": true,
                                "weight": 1.0, "worst": 0.0}, ...],
@@ -70,16 +70,17 @@ class Organ:
 class SliceRangeRule:
     """Evaluate some organs only on the ground truth's slice range.
 
-    Both masks are cut to the slices ``z_min .. z_max`` of the ground truth
-    along ``axis`` before DSC and NSD are computed. With ``mode="half_open"``
-    the cut is ``[z_min, z_max)`` as in the official FLARE22 script, which drops
-    the last ground-truth slice; ``mode="inclusive"`` keeps it. When the ground
-    truth lies on a single slice the half-open cut would be empty (the
-    official script crashes there); that one slice is evaluated instead.
+    Both masks are cut to the ground truth's labelled slices along its
+    superior-inferior axis (whichever array axis that is, from the header; the
+    third axis for RAS NIfTI, as in the official script) before DSC and NSD are
+    computed. With ``mode="half_open"`` the cut is ``[z_min, z_max)`` as in the
+    official FLARE22 script, which drops the most superior labelled slice;
+    ``mode="inclusive"`` keeps it. When the ground truth lies on a single
+    slice the half-open cut would be empty (the official script crashes
+    there); that one slice is evaluated instead.
     """
 
     labels: tuple[int, ...]
-    axis: int
     mode: str
 
 
@@ -254,6 +255,10 @@ def _protocol_from_dict(data: Any, source: str) -> Protocol:
     rule = None
     raw_rule = data.get("slice_range")
     if raw_rule:
+        unknown_keys = sorted(set(raw_rule) - {"labels", "mode"})
+        if unknown_keys:
+            raise ValueError(f"protocol file {source}: unknown slice_range field(s) {unknown_keys}; fields: "
+                             "labels, mode (the axis is the ground truth's superior-inferior axis)")
         mode = raw_rule.get("mode", "half_open")
         if mode not in SLICE_RANGE_MODES:
             raise ValueError(
@@ -263,7 +268,7 @@ def _protocol_from_dict(data: Any, source: str) -> Protocol:
         unknown = sorted(set(rule_labels) - set(labels))
         if unknown:
             raise ValueError(f"protocol file {source}: slice_range.labels {unknown} are not organs of the protocol")
-        rule = SliceRangeRule(labels=rule_labels, axis=int(raw_rule.get("axis", 2)), mode=mode)
+        rule = SliceRangeRule(labels=rule_labels, mode=mode)
 
     ranking = data.get("ranking") or {}
     metrics = []

@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,6 @@ from .io import (
     InvalidLabelMapError,
     LabelMap,
     append_rows,
-    geometry_mismatch,
     pair_cases,
     read_label_map,
     write_table,
@@ -57,12 +56,19 @@ __all__ = [
     "team_folders",
     "ScoreFiles",
     "STATUS_OK",
+    "STATUS_REORIENTED",
+    "STATUS_RESAMPLED",
+    "SCORED_STATUSES",
     "STATUS_MISSING",
     "STATUS_GEOMETRY_MISMATCH",
     "STATUS_INVALID_PREDICTION",
 ]
 
 STATUS_OK = "ok"
+STATUS_REORIENTED = "reoriented"
+STATUS_RESAMPLED = "resampled"
+#: Statuses of cases that were scored (the others scored 0 without looking).
+SCORED_STATUSES = (STATUS_OK, STATUS_REORIENTED, STATUS_RESAMPLED)
 STATUS_MISSING = "missing"
 STATUS_GEOMETRY_MISMATCH = "geometry_mismatch"
 STATUS_INVALID_PREDICTION = "invalid_prediction"
@@ -97,6 +103,8 @@ def score_label_maps(
     pred: np.ndarray,
     spacing_mm: Sequence[float],
     protocol: str | Protocol = "flare22",
+    *,
+    superior: tuple[int, int] = (2, 1),
 ) -> list[OrganScore]:
     """Score every organ of the protocol on two label arrays of the same grid.
 
@@ -108,6 +116,11 @@ def score_label_maps(
         Voxel size of the ground truth along each array axis, in mm.
     protocol : str or Protocol
         Preset name, JSON path or `Protocol`.
+    superior : (int, int)
+        The array axis of the superior-inferior direction and +1 if indices
+        increase towards superior, else -1 (see
+        :func:`flare_eval.geometry.superior_axis`); the slice-range rule cuts
+        along it. The default is RAS's third axis, as the official script.
 
     Returns
     -------
@@ -135,7 +148,9 @@ def score_label_maps(
                 FlareEvalWarning,
                 stacklevel=2,
             )
-    return [_score_organ(gt, pred, organ.label, organ.code, organ.tolerance_mm, spacing, protocol)
+    if superior[0] not in (0, 1, 2) or superior[1] not in (1, -1):
+        raise ValueError(f"superior must be (axis in 0..2, +1 or -1), got {superior}")
+    return [_score_organ(gt, pred, organ.label, organ.code, organ.tolerance_mm, spacing, protocol, superior)
             for organ in protocol.organs]
 
 
@@ -164,6 +179,7 @@ def _score_organ(
     tolerance_mm: float,
     spacing: np.ndarray,
     protocol: Protocol,
+    superior: tuple[int, int],
 ) -> OrganScore:
     gt_box = metrics._mask_box(gt == label)
     pred_box = metrics._mask_box(pred == label)
@@ -173,10 +189,14 @@ def _score_organ(
         return OrganScore(label, code, score, score, STATUS_OK, 0, pred_vx)
 
     if protocol.slice_range_applies(label):
-        axis = protocol.slice_range.axis
+        axis, direction = superior
         first, stop = gt_box[axis].start, gt_box[axis].stop
         if protocol.slice_range.mode == "half_open" and stop - first > 1:
-            stop -= 1  # the official [z_min, z_max) drops the last labelled slice
+            # The official [z_min, z_max) on RAS images drops the most superior labelled slice.
+            if direction > 0:
+                stop -= 1
+            else:
+                first += 1
         region = [slice(None)] * 3
         region[axis] = slice(first, stop)
         gt, pred = gt[tuple(region)], pred[tuple(region)]
@@ -209,6 +229,7 @@ def score_case(
     *,
     spacing_mm: Sequence[float] | None = None,
     strict: bool = False,
+    resample: bool = False,
 ) -> pd.DataFrame:
     """Score one case: DSC and NSD of every protocol organ.
 
@@ -227,6 +248,8 @@ def score_case(
     strict : bool
         Raise instead of scoring 0 when the prediction is unreadable or on
         another grid.
+    resample : bool
+        Resample a prediction on another grid (see `score_folder`).
 
     Returns
     -------
@@ -253,7 +276,7 @@ def score_case(
     """
     protocol = load_protocol(protocol)
     gt_map = _as_label_map(gt, spacing_mm, "gt")
-    scores = _score_pair(gt_map, pred, protocol, strict=strict, spacing_mm=spacing_mm)
+    scores = _score_pair(gt_map, pred, protocol, _Options(strict, resample), spacing_mm=spacing_mm)
     return pd.DataFrame([asdict(s) for s in scores], columns=SCORE_COLUMNS[1:])
 
 
@@ -270,48 +293,69 @@ def _as_label_map(image: str | Path | np.ndarray | LabelMap, spacing_mm, role: s
     return read_label_map(image)
 
 
+@dataclass(frozen=True)
+class _Options:
+    """How predictions that are not plain matches are handled (travels with each task)."""
+
+    strict: bool = False
+    resample: bool = False
+
+
 def _score_pair(
     gt_map: LabelMap,
     pred: str | Path | np.ndarray | LabelMap | None,
     protocol: Protocol,
+    options: _Options,
     *,
-    strict: bool,
     spacing_mm: Sequence[float] | None = None,
 ) -> list[OrganScore]:
+    from .geometry import match_grid, reorient, resample_nearest, superior_axis
+
     if pred is None:
         return _failed_case(protocol, STATUS_MISSING, "no prediction file for this case")
     try:
         pred_map = _as_label_map(pred, spacing_mm if spacing_mm is not None else gt_map.spacing_mm, "pred")
     except InvalidLabelMapError as exc:
-        if strict:
+        if options.strict:
             raise
         return _failed_case(protocol, STATUS_INVALID_PREDICTION, str(exc))
-    problem = geometry_mismatch(gt_map, pred_map)
-    if problem:
-        if strict:
-            raise ValueError(problem)
-        return _failed_case(protocol, STATUS_GEOMETRY_MISMATCH, problem)
+    match = match_grid(gt_map.array.shape, gt_map.affine, pred_map.array.shape, pred_map.affine)
+    status, note, labels = STATUS_OK, "", pred_map.array
+    if match.kind == "reoriented":
+        status, note = STATUS_REORIENTED, f"prediction {pred_map.path} {match.description}"
+        labels = reorient(pred_map.array, match)
+    elif match.kind == "different":
+        problem = f"prediction {pred_map.path} is not on the grid of ground truth {gt_map.path}: {match.description}"
+        if not options.resample:
+            if options.strict:
+                raise ValueError(problem)
+            return _failed_case(protocol, STATUS_GEOMETRY_MISMATCH, problem + " (--resample to resample it)")
+        status, note = STATUS_RESAMPLED, problem + "; resampled with nearest-neighbour interpolation"
+        labels = resample_nearest(pred_map.array, pred_map.affine, gt_map.array.shape, gt_map.affine)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FlareEvalWarning)
-        scores = score_label_maps(gt_map.array, pred_map.array, gt_map.spacing_mm, protocol)
+        scores = score_label_maps(gt_map.array, labels, gt_map.spacing_mm, protocol,
+                                  superior=superior_axis(gt_map.affine))
     for warning in caught:
         source = gt_map.path if str(warning.message).startswith("ground truth") else pred_map.path
         warnings.warn(f"{source}: {warning.message}", FlareEvalWarning, stacklevel=3)
+    if status != STATUS_OK:
+        scores = [replace(s, status=status, message=note) for s in scores]
     return scores
 
 
-def _score_case_task(team: str | None, pair: CasePair, protocol: Protocol, strict: bool):
+def _score_case_task(team: str | None, pair: CasePair, protocol: Protocol, options: _Options):
     """Task: score one case from files; returns ``(team, rows, warning messages)``."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FlareEvalWarning)
         gt_map = read_label_map(pair.gt_path)
-        scores = _score_pair(gt_map, pair.pred_path, protocol, strict=strict)
+        scores = _score_pair(gt_map, pair.pred_path, protocol, options)
     rows = [{"case": pair.case, **asdict(s)} for s in scores]
     return team, rows, [str(w.message) for w in caught]
 
 
 def _score_case_from_bytes(team: str | None, pair: CasePair, gt_bytes: bytes, pred_bytes: bytes | None,
-                           protocol: Protocol, strict: bool):
+                           protocol: Protocol, options: _Options):
     """Task for workers that cannot see the files: the files travel as bytes, named as the originals."""
     import tempfile
 
@@ -325,7 +369,7 @@ def _score_case_from_bytes(team: str | None, pair: CasePair, gt_bytes: bytes, pr
             local_pred.parent.mkdir()
             local_pred.write_bytes(pred_bytes)
         try:
-            team, rows, messages = _score_case_task(team, CasePair(pair.case, local_gt, local_pred), protocol, strict)
+            team, rows, messages = _score_case_task(team, CasePair(pair.case, local_gt, local_pred), protocol, options)
         except InvalidLabelMapError as exc:
             raise InvalidLabelMapError(str(exc).replace(str(local_gt), str(pair.gt_path))) from None
     # Messages name the original files, as a local run would.
@@ -344,9 +388,9 @@ def _score_case_from_bytes(team: str | None, pair: CasePair, gt_bytes: bytes, pr
 
 
 def _with_bytes(arguments: tuple) -> tuple:
-    team, pair, protocol, strict = arguments
+    team, pair, protocol, options = arguments
     pred_bytes = pair.pred_path.read_bytes() if pair.pred_path is not None else None
-    return team, pair, pair.gt_path.read_bytes(), pred_bytes, protocol, strict
+    return team, pair, pair.gt_path.read_bytes(), pred_bytes, protocol, options
 
 
 def _team_pairs(pred_dir: Path, gt_dir: Path, team: str | None) -> list[CasePair]:
@@ -363,7 +407,7 @@ def _score_many(
     protocol: Protocol,
     *,
     workers: int | None,
-    strict: bool,
+    options: _Options,
     progress: bool | None,
     on_case,
     scheduler,
@@ -376,7 +420,7 @@ def _score_many(
     if ship not in SHIP_MODES:
         raise ValueError(f"ship must be one of {SHIP_MODES}, got {ship!r}")
     columns = SCORE_COLUMNS if jobs and jobs[0][0] is None else ["team", *SCORE_COLUMNS]
-    arguments = [(team, pair, protocol, strict) for team, pair in jobs]
+    arguments = [(team, pair, protocol, options) for team, pair in jobs]
     client, task, prepare = None, _score_case_task, None
     if scheduler is not None and jobs:
         client = connect(scheduler)
@@ -422,6 +466,7 @@ def score_folder(
     skip_cases: Iterable[str] = (),
     scheduler=None,
     ship: str = "auto",
+    resample: bool = False,
 ) -> pd.DataFrame:
     """Score every ground-truth case of a folder against its prediction.
 
@@ -440,6 +485,11 @@ def score_folder(
         scoring it 0.
     progress : bool, optional
         Show a progress bar (default: when stderr is a terminal).
+    resample : bool
+        Resample predictions on another physical grid to the ground truth's
+        (nearest neighbour, status ``resampled``) instead of scoring them 0.
+        Predictions on the same grid in another orientation are always
+        reoriented exactly (status ``reoriented``).
     on_case : callable, optional
         Called as ``on_case(rows_dataframe)`` in the calling process as soon
         as each case is finished (used to write results incrementally).
@@ -475,8 +525,8 @@ def score_folder(
     protocol = load_protocol(protocol)
     skip = set(skip_cases)
     jobs = [(None, pair) for pair in _team_pairs(Path(pred_dir), Path(gt_dir), None) if pair.case not in skip]
-    return _score_many(jobs, protocol, workers=workers, strict=strict, progress=progress, on_case=on_case,
-                       scheduler=scheduler, ship=ship)
+    return _score_many(jobs, protocol, workers=workers, options=_Options(strict, resample), progress=progress,
+                       on_case=on_case, scheduler=scheduler, ship=ship)
 
 
 def team_folders(pred_root: str | Path) -> list[Path]:
@@ -510,6 +560,7 @@ def score_teams(
     skip: Iterable[tuple[str, str]] = (),
     scheduler=None,
     ship: str = "auto",
+    resample: bool = False,
 ) -> pd.DataFrame:
     """Score several teams at once: ``pred_root/<team>/`` against ``gt_dir``, as one batch of tasks.
 
@@ -527,8 +578,8 @@ def score_teams(
             for pair in _team_pairs(folder, Path(gt_dir), folder.name) if (folder.name, pair.case) not in done]
     if not jobs:
         return pd.DataFrame(columns=["team", *SCORE_COLUMNS])
-    return _score_many(jobs, protocol, workers=workers, strict=strict, progress=progress, on_case=on_case,
-                       scheduler=scheduler, ship=ship)
+    return _score_many(jobs, protocol, workers=workers, options=_Options(strict, resample), progress=progress,
+                       on_case=on_case, scheduler=scheduler, ship=ship)
 
 
 def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
@@ -602,6 +653,7 @@ def score(
     force: bool = False,
     scheduler=None,
     ship: str = "auto",
+    resample: bool = False,
 ) -> tuple[pd.DataFrame, ScoreFiles]:
     """Score a folder and write the result tables; resumes an interrupted run.
 
@@ -616,7 +668,7 @@ def score(
     ----------
     pred_dir, gt_dir, out_dir : path
         Predictions, ground truth, output folder.
-    protocol, workers, strict, progress, scheduler, ship
+    protocol, workers, strict, progress, scheduler, ship, resample
         As for `score_folder`.
     teams : bool
         ``pred_dir`` holds one folder of predictions per team (see
@@ -643,7 +695,7 @@ def score(
         else:
             done = pd.read_csv(partial, keep_default_na=False, dtype={"team": str, "case": str, "message": str})
     common = dict(workers=workers, strict=strict, progress=progress, scheduler=scheduler, ship=ship,
-                  on_case=lambda rows: append_rows(rows, partial))
+                  resample=resample, on_case=lambda rows: append_rows(rows, partial))
     if teams:
         new = score_teams(pred_dir, gt_dir, protocol, skip=set(zip(done["team"], done["case"])), **common)
     else:

@@ -3,8 +3,9 @@
 * Volume in mL: voxel count x voxel volume (product of the header spacing in
   mm, / 1000).
 * Diameter of tubular organs (aorta, IVC, esophagus) in mm: on each axial
-  slice (perpendicular to ``axis``, the superior-inferior array axis, 2 for RAS
-  NIfTI) the organ's cross-section area ``A`` gives the diameter of the circle
+  slice (perpendicular to ``axis``, the superior-inferior array axis: 2 for
+  RAS NIfTI; :func:`flare_eval.quantify` takes it from each file's header) the
+  organ's cross-section area ``A`` gives the diameter of the circle
   of equal area, ``2 * sqrt(A / pi)``; the organ's diameter is the median over
   the slices where it is present. Robust to a few partial slices at the ends.
 * Agreement per organ over cases: Pearson's r, the mean difference

@@ -37,7 +37,7 @@ def test_missing_prediction_exits_1_and_says_so(examples, tmp_path, capsys):
     code = main(["score", str(examples.predictions / "teamC"), str(examples.labels), "--out", str(tmp_path),
                  "--workers", "1", "--no-progress"])
     assert code == 1
-    assert "case_0002: missing" in capsys.readouterr().err
+    assert "problem: case_0002: missing" in capsys.readouterr().err
 
 
 def test_bad_ground_truth_exits_2_naming_the_file(tmp_path, capsys):

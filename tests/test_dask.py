@@ -100,7 +100,7 @@ def test_many_teams_fan_out_as_one_batch_through_the_cli(cluster, examples, tmp_
     code = main(["score", str(examples.predictions), str(examples.labels), "--teams", "--out", str(tmp_path / "d"),
                  "--scheduler", cluster.address, "--no-progress"])
     assert code == 1  # teamC misses a case
-    assert "teamC case_0002: missing" in capsys.readouterr().err
+    assert "problem: teamC case_0002: missing" in capsys.readouterr().err
     remote = pd.read_csv(tmp_path / "d" / "scores.csv", dtype={"case": str})
     local, _ = fe.score(examples.predictions, examples.labels, tmp_path / "l", teams=True, workers=1, progress=False)
     pd.testing.assert_frame_equal(remote, pd.read_csv(tmp_path / "l" / "scores.csv", dtype={"case": str}))

@@ -7,7 +7,6 @@ import pytest
 from conftest import write_nifti
 
 from flare_eval import InvalidLabelMapError, pair_cases, read_label_map
-from flare_eval.io import geometry_mismatch
 
 
 def test_reads_stored_integer_type_without_wrapping(tmp_path):
@@ -68,19 +67,6 @@ def test_bad_files_get_clear_errors(tmp_path, name, content, pattern):
 def test_4d_is_rejected(tmp_path):
     with pytest.raises(InvalidLabelMapError, match=r"must be 3D, got shape \(2, 2, 2, 2\)"):
         read_label_map(write_nifti(tmp_path / "x.nii.gz", np.zeros((2, 2, 2, 2), np.uint8)))
-
-
-def test_geometry_mismatch_names_both_files(tmp_path):
-    gt = read_label_map(write_nifti(tmp_path / "gt.nii.gz", np.zeros((4, 4, 4), np.uint8), (1, 1, 2)))
-    same = read_label_map(write_nifti(tmp_path / "p1.nii.gz", np.zeros((4, 4, 4), np.uint8), (1, 1, 2)))
-    other = read_label_map(write_nifti(tmp_path / "p2.nii.gz", np.zeros((4, 4, 5), np.uint8), (1, 1, 3)))
-    flipped = read_label_map(
-        write_nifti(tmp_path / "p3.nii.gz", np.zeros((4, 4, 4), np.uint8), affine=np.diag([-1.0, 1, 2, 1]))
-    )
-    assert geometry_mismatch(gt, same) is None
-    message = geometry_mismatch(gt, other)
-    assert "p2.nii.gz" in message and "gt.nii.gz" in message and "shape" in message and "spacing" in message
-    assert "orientation LAS != RAS" in geometry_mismatch(gt, flipped)
 
 
 def test_pairing_accepts_nnunet_suffix_and_reports_extras(tmp_path):

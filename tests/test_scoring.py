@@ -139,7 +139,7 @@ def test_missing_mismatched_and_invalid_predictions_score_zero(tmp_path):
         assert (by_case.get_group(case)[["DSC", "NSD"]] == 0).all().all()
     assert "shape.nii.gz" in by_case.get_group("shape")["message"].iloc[0]
     assert "not whole numbers" in by_case.get_group("half")["message"].iloc[0]
-    with pytest.raises(ValueError, match="does not match ground truth"):
+    with pytest.raises(ValueError, match="is not on the grid of ground truth .*shape.nii.gz: shape"):
         score_case(tmp_path / "pred" / "shape.nii.gz", tmp_path / "gt" / "shape.nii.gz", strict=True)
 
 
