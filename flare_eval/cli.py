@@ -191,7 +191,8 @@ def _add_container_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shm-size", default="8g", help="size of /dev/shm in a container (default: 8g)")
     parser.add_argument("--pids-limit", type=int, default=4096, help="most processes in a container (default: 4096)")
     parser.add_argument("--command", dest="container_command", default=None,
-                        help="command run in the container (default: /bin/bash -c \"sh predict.sh\")")
+                        help="command run in the container (default: the protocol's; FLARE: "
+                        "/bin/bash -c \"sh predict.sh\")")
     parser.add_argument("--force", action="store_true", help="run cases again that already have results")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_protocol_argument(parser)
@@ -200,9 +201,11 @@ def _add_container_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _container_settings(args: argparse.Namespace):
     import shlex
+    from dataclasses import replace
 
-    from .harness.docker import ContainerInterface, ContainerLimits
+    from .harness.docker import ContainerLimits
     from .harness.runner import Submission, find_submissions
+    from .protocol import load_protocol
 
     submissions = find_submissions(args.submissions) if args.submissions else []
     for item in args.image:
@@ -217,9 +220,9 @@ def _container_settings(args: argparse.Namespace):
         raise ValueError(f"team names must be unique, got {sorted(teams)}")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout}")
-    interface = ContainerInterface()
+    interface = load_protocol(args.protocol).container
     if args.container_command:
-        interface = ContainerInterface(command=tuple(shlex.split(args.container_command)))
+        interface = replace(interface, command=tuple(shlex.split(args.container_command)))
     limits = ContainerLimits(memory=args.memory, shm_size=args.shm_size, pids_limit=args.pids_limit,
                              timeout_s=args.timeout)
     if args.gpus in ("auto", "none"):

@@ -16,8 +16,15 @@ The schema (all lengths in millimetres)::
                                "weight": 1.0, "worst": 0.0}, ...],
                   "tie_method": "min"},
       "resources": {"gpu_allowance_mib": 2048, "gpu_total_mib_for_penalty": 10240,
-                    "time_limit_s": 3600}
+                    "time_limit_s": 3600},
+      "container": {"input_mount": "/workspace/inputs", "output_mount": "/workspace/outputs",
+                    "command": ["/bin/bash", "-c", "sh predict.sh"],
+                    "input_name": "{case}_0000.nii.gz", "output_name": "{case}.nii.gz"}
     }
+
+A file may start from another protocol with ``"extends": "flare22"`` (a preset
+name or a path relative to the file) and give only the fields that differ; each
+top-level field it gives replaces the base's.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "ContainerInterface",
     "Organ",
     "SliceRangeRule",
     "RankingMetric",
@@ -107,6 +115,44 @@ class RankingMetric:
 
 
 @dataclass(frozen=True)
+class ContainerInterface:
+    """How a submitted container is called: mount points, command, file names and formats.
+
+    Attributes
+    ----------
+    input_mount, output_mount : str
+        Folders inside the container: the case's image is mounted read-only in
+        the first; the prediction is expected in the second.
+    command : tuple of str or None
+        Command to run; None runs the image's own entry point and command.
+    input_name : str
+        Name of the image inside ``input_mount``, with ``{case}``; its
+        extension sets the format (the harness converts when the source differs).
+    output_name : str
+        Name of the expected prediction, with ``{case}``, or a pattern such as
+        ``*.mha`` when the container chooses the name (exactly one file must
+        match); its extension is the prediction's format.
+
+    The FLARE22 defaults: ``/workspace/inputs``, ``/workspace/outputs``,
+    ``/bin/bash -c "sh predict.sh"``, ``<case>_0000.nii.gz`` -> ``<case>.nii.gz``.
+    """
+
+    input_mount: str = "/workspace/inputs"
+    output_mount: str = "/workspace/outputs"
+    command: tuple[str, ...] | None = ("/bin/bash", "-c", "sh predict.sh")
+    input_name: str = "{case}_0000.nii.gz"
+    output_name: str = "{case}.nii.gz"
+
+    def prediction_name(self, case: str) -> str:
+        """File name under which a case's prediction is kept: ``<case>`` plus the output's extension."""
+        from .io import case_id
+
+        pattern = self.output_name.replace("{case}", case)
+        stem = case_id(Path(pattern))
+        return f"{case}{pattern[len(stem):]}" if stem is not None else pattern
+
+
+@dataclass(frozen=True)
 class Protocol:
     """A complete evaluation protocol; see the module docstring for the file schema."""
 
@@ -121,6 +167,7 @@ class Protocol:
     gpu_total_mib_for_penalty: float
     time_limit_s: float
     source: str
+    container: ContainerInterface = ContainerInterface()
 
     @property
     def labels(self) -> tuple[int, ...]:
@@ -195,12 +242,29 @@ def load_protocol(protocol: str | Path | Protocol = "flare22") -> Protocol:
     """
     if isinstance(protocol, Protocol):
         return protocol
+    data, source = _load_json(protocol, seen=())
+    return _protocol_from_dict(data, source)
+
+
+def _load_json(protocol: str | Path, seen: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    """The protocol's fields, with those of the protocol it extends underneath."""
     text, source = _read_protocol_text(protocol)
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ValueError(f"protocol file {source}: not valid JSON ({exc})") from exc
-    return _protocol_from_dict(data, source)
+    if not isinstance(data, dict):
+        raise ValueError(f"protocol file {source}: top level must be a JSON object")
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data, source
+    if source in seen:
+        raise ValueError(f"protocol file {source}: 'extends' loops back to itself")
+    base_path = Path(str(base_name))
+    if not base_path.is_absolute() and not source.startswith("preset ") and base_path.suffix == ".json":
+        base_path = Path(source).parent / base_path
+    base, _ = _load_json(base_path if base_path.suffix == ".json" else str(base_name), (*seen, source))
+    return {**base, **data}, source
 
 
 def _read_protocol_text(protocol: str | Path) -> tuple[str, str]:
@@ -224,9 +288,7 @@ def _require(data: dict[str, Any], key: str, source: str, where: str = "") -> An
     return data[key]
 
 
-def _protocol_from_dict(data: Any, source: str) -> Protocol:
-    if not isinstance(data, dict):
-        raise ValueError(f"protocol file {source}: top level must be a JSON object")
+def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
     organs = []
     for i, item in enumerate(_require(data, "organs", source)):
         where = f"organs[{i}]."
@@ -286,6 +348,7 @@ def _protocol_from_dict(data: Any, source: str) -> Protocol:
     if tie_method not in TIE_METHODS:
         raise ValueError(f"protocol file {source}: ranking.tie_method must be one of {TIE_METHODS}, got {tie_method!r}")
     res = data.get("resources") or {}
+    container = _container_from_dict(data.get("container") or {}, source)
     return Protocol(
         name=str(data.get("name", Path(source).stem)),
         description=str(data.get("description", "")),
@@ -298,4 +361,31 @@ def _protocol_from_dict(data: Any, source: str) -> Protocol:
         gpu_total_mib_for_penalty=float(res.get("gpu_total_mib_for_penalty", 10240)),
         time_limit_s=float(res.get("time_limit_s", 3600)),
         source=source,
+        container=container,
     )
+
+
+def _container_from_dict(raw: dict[str, Any], source: str) -> ContainerInterface:
+    fields = ("input_mount", "output_mount", "command", "input_name", "output_name")
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ValueError(f"protocol file {source}: unknown container field(s) {unknown}; fields: {list(fields)}")
+    defaults = ContainerInterface()
+    command = raw.get("command", defaults.command)
+    if command is not None:
+        if isinstance(command, str) or not all(isinstance(part, str) for part in command):
+            raise ValueError(f"protocol file {source}: container.command must be a list of strings or null")
+        command = tuple(command)
+    interface = ContainerInterface(
+        input_mount=str(raw.get("input_mount", defaults.input_mount)),
+        output_mount=str(raw.get("output_mount", defaults.output_mount)),
+        command=command,
+        input_name=str(raw.get("input_name", defaults.input_name)),
+        output_name=str(raw.get("output_name", defaults.output_name)),
+    )
+    for name in ("input_mount", "output_mount"):
+        if not getattr(interface, name).startswith("/"):
+            raise ValueError(f"protocol file {source}: container.{name} must be an absolute path")
+    if "{case}" not in interface.input_name:
+        raise ValueError(f"protocol file {source}: container.input_name must contain {{case}}")
+    return interface

@@ -40,6 +40,13 @@ TEAMS = {
         + COPY_ANSWERS
     ),
 }
+# A grand-challenge style submission: its own entry point, one .mha in, one .mha out, a name of its choosing.
+GRAND_CHALLENGE_TEAMS = {
+    "gc_good": (
+        'for f in /input/images/ct/*.mha; do c=$(basename "$f" .mha); '
+        'cp "/answers/$c.mha" "/output/images/abdominal-organ-segmentation/result-$c.mha"; done\n'
+    ),
+}
 APPLETS = ["sh", "cat", "cp", "ls", "sleep", "mkdir", "true", "echo", "ln", "rm", "basename", "wget", "touch", "date"]
 
 
@@ -69,7 +76,7 @@ def make_cases(folder: Path, n_cases: int = 2) -> tuple[Path, Path, dict[str, np
     return images, labels, answers
 
 
-def _root_tar(predict_sh: str, answers_dir: Path) -> bytes:
+def _root_tar(predict_sh: str, answers_dir: Path, answer_suffix: str = ".nii.gz") -> bytes:
     buffer = io.BytesIO()
     busybox = busybox_path()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -94,23 +101,32 @@ def _root_tar(predict_sh: str, answers_dir: Path) -> bytes:
         add_file("bin/bash", b'#!/bin/sh\nexec /bin/sh "$@"\n')
         add_file("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)
         add_file("workspace/predict.sh", predict_sh.encode(), 0o644)
-        for answer in sorted(answers_dir.glob("*.nii.gz")):
+        for answer in sorted(answers_dir.glob(f"*{answer_suffix}")):
             add_file(f"answers/{answer.name}", answer.read_bytes(), 0o644)
     return buffer.getvalue()
 
 
-def build_team_archives(client, folder: Path, answers: dict[str, np.ndarray], teams=None) -> Path:
-    """Build one image per team, save each as ``<team>.tar`` (one as ``.tar.gz``) in ``folder/submissions``."""
+def build_team_archives(client, folder: Path, answers: dict[str, np.ndarray], teams=None,
+                        grand_challenge: bool = False) -> Path:
+    """Build one image per team, save each as ``<team>.tar`` (one as ``.tar.gz``) in ``folder/submissions``.
+
+    ``grand_challenge`` builds the `GRAND_CHALLENGE_TEAMS` (answers as ``.mha``, the script as the image's command).
+    """
+    from flare_eval.io import write_label_map
+
     answers_dir = folder / "answers"
+    suffix = ".mha" if grand_challenge else ".nii.gz"
     for case, answer in answers.items():
-        write_nifti(answers_dir / f"{case}.nii.gz", answer, (0.8, 0.8, 2.5))
-    submissions = folder / "submissions"
+        write_label_map(answer, np.diag([0.8, 0.8, 2.5, 1.0]), answers_dir / f"{case}{suffix}")
+    scripts = GRAND_CHALLENGE_TEAMS if grand_challenge else TEAMS
+    changes = ["WORKDIR /workspace"] + (['CMD ["sh", "/workspace/predict.sh"]'] if grand_challenge else [])
+    submissions = folder / ("submissions_gc" if grand_challenge else "submissions")
     submissions.mkdir(parents=True, exist_ok=True)
-    for index, team in enumerate(teams or TEAMS):
+    for index, team in enumerate(teams or scripts):
         reference = f"flare-eval-test/{team}:latest"
         client.api.import_image_from_data(
-            _root_tar(TEAMS[team], answers_dir), repository=f"flare-eval-test/{team}", tag="latest",
-            changes=["WORKDIR /workspace"],
+            _root_tar(scripts[team], answers_dir, suffix), repository=f"flare-eval-test/{team}", tag="latest",
+            changes=changes,
         )
         data = b"".join(client.images.get(reference).save(named=True))
         if index == 0:

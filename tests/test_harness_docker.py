@@ -242,6 +242,36 @@ def test_bad_archive_and_missing_engine_errors(tmp_path, capsys, monkeypatch):
     assert code == 2 and "no Docker engine answers" in capsys.readouterr().err
 
 
+def test_grand_challenge_interface(engine, tmp_path):
+    from teams import build_team_archives, make_cases
+
+    images, labels, answers = make_cases(tmp_path)
+    submissions = build_team_archives(engine, tmp_path, answers, grand_challenge=True)
+    resources = run_containers(submissions, images, tmp_path / "runs", "flare22-grand-challenge", gpus=None,
+                               progress=False)
+    assert set(resources.status) == {"ok"}, (tmp_path / "runs" / "gc_good" / "logs" / "case0.log").read_text()
+    predictions = tmp_path / "runs" / "gc_good" / "predictions"
+    assert sorted(p.name for p in predictions.iterdir()) == ["case0.mha", "case1.mha"]
+    with pytest.warns(UserWarning, match="GPU memory was not measured"):
+        results = collect_results(tmp_path / "runs", labels, protocol="flare22-grand-challenge", progress=False)
+    flare = run_containers([fe_submission(tmp_path, engine, answers)], images, tmp_path / "runs_flare",
+                           gpus=None, progress=False)
+    assert set(flare.status) == {"ok"}
+    with pytest.warns(UserWarning):
+        flare_results = collect_results(tmp_path / "runs_flare", labels, progress=False)
+    # The same answers through either interface (.mha or .nii.gz) score the same.
+    assert results.DSC.tolist() == flare_results.DSC.tolist() and (results.DSC > 0.8).all()
+
+
+def fe_submission(folder, engine, answers):
+    from teams import build_team_archives
+
+    archives = build_team_archives(engine, folder / "flare", answers, teams=["good"])
+    from flare_eval import Submission
+
+    return Submission("good", archive=next(archives.iterdir()))
+
+
 def test_all_team_behaviours_are_exercised():
     assert set(TEAMS) == {"good", "burner", "forker", "sleeper", "hanger", "crasher", "silent", "linker",
                           "networker"}

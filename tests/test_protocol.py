@@ -12,7 +12,7 @@ FLARE22_TOLERANCES = {1: 5, 2: 3, 3: 3, 4: 5, 5: 2, 6: 2, 7: 2, 8: 2, 9: 2, 10: 
 
 
 def test_presets():
-    assert {"flare21", "flare22", "flare23"} <= set(available_protocols())
+    assert {"flare21", "flare22", "flare22-grand-challenge", "flare23"} <= set(available_protocols())
     p22 = load_protocol("flare22")
     assert {o.label: o.tolerance_mm for o in p22.organs} == FLARE22_TOLERANCES
     assert [o.code for o in p22.organs][:5] == ["Liver", "RK", "Spleen", "Pancreas", "Aorta"]
@@ -91,6 +91,6 @@ def test_non_editable_install_ships_presets_and_examples(tmp_path):
         env={"PYTHONPATH": str(target), "PATH": "/usr/bin:/bin"},
     )
     assert result.returncode == 0, result.stderr
-    assert "['flare21', 'flare22', 'flare23']" in result.stdout
+    assert "['flare21', 'flare22', 'flare22-grand-challenge', 'flare23']" in result.stdout
     assert "7.0" in result.stdout
     assert "case_0001.nii.gz" in result.stdout

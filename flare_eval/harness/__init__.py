@@ -6,7 +6,8 @@
 * :mod:`~flare_eval.harness.runner`: every team on every case, resumable, with the output checks.
 """
 
-from .docker import ContainerError, ContainerInterface, ContainerLimits
+from ..protocol import ContainerInterface
+from .docker import ContainerError, ContainerLimits
 from .resources import CaseResources, cpu_auc_pct_s, cpu_percent, gpu_auc_mib_s, summarize_run
 from .runner import HarnessWarning, Submission, find_submissions, run_containers
 

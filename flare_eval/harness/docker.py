@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..protocol import ContainerInterface
 from .sampler import CgroupCpu, NvmlGpu, ResourceSampler, cgroup_relative_path
 
 if TYPE_CHECKING:
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ContainerError",
-    "ContainerInterface",
     "ContainerLimits",
     "ContainerRun",
     "docker_client",
@@ -42,22 +42,6 @@ _LOG_LIMIT_BYTES = 1_000_000
 
 class ContainerError(RuntimeError):
     """The Docker engine or an image cannot be used; the message says what to do."""
-
-
-@dataclass(frozen=True)
-class ContainerInterface:
-    """How a submission is called: mount points, command and file names.
-
-    The FLARE22 defaults: cases in ``/workspace/inputs`` as ``<case>_0000.nii.gz``,
-    predictions expected in ``/workspace/outputs`` as ``<case>.nii.gz``, command
-    ``/bin/bash -c "sh predict.sh"``.
-    """
-
-    input_mount: str = "/workspace/inputs"
-    output_mount: str = "/workspace/outputs"
-    command: tuple[str, ...] = ("/bin/bash", "-c", "sh predict.sh")
-    input_name: str = "{case}_0000.nii.gz"
-    output_name: str = "{case}.nii.gz"
 
 
 @dataclass(frozen=True)
@@ -234,7 +218,7 @@ def run_container(
     try:
         container = client.containers.create(
             image,
-            command=list(interface.command),
+            command=list(interface.command) if interface.command is not None else None,
             name=name,
             labels={LABEL: "1", f"{LABEL}.team": team, f"{LABEL}.case": case, f"{LABEL}.runs": runs_label,
                     f"{LABEL}.worker": worker},

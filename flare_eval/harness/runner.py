@@ -13,6 +13,7 @@ cases (unless ``force``), so a killed harness loses at most the case in flight.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import shutil
 import signal
@@ -29,11 +30,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import append_rows, write_table
-from ..protocol import Protocol, load_protocol
+from ..io import append_rows, case_id, convert_image, write_table
+from ..protocol import ContainerInterface, Protocol, load_protocol
 from .docker import (
     ContainerError,
-    ContainerInterface,
     ContainerLimits,
     ContainerRun,
     docker_client,
@@ -74,6 +74,7 @@ RESOURCE_COLUMNS = [
     "gpu_name", "gpu_driver", "started_at",
 ]
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+_CHANNEL = "_0000"
 DEFAULT_MAX_OUTPUT_BYTES = 2 * 1024**3
 
 
@@ -114,29 +115,35 @@ def find_submissions(folder: str | Path) -> list[Submission]:
     return found
 
 
-def find_cases(inputs_dir: str | Path, interface: ContainerInterface) -> dict[str, Path]:
-    """Case id -> image file, for the files of ``inputs_dir`` named like ``interface.input_name``."""
+def find_cases(inputs_dir: str | Path) -> dict[str, Path]:
+    """Case id -> image file, for the images ``<case>_0000.<ext>`` of ``inputs_dir`` (any label-map format)."""
     inputs_dir = Path(inputs_dir)
     if not inputs_dir.is_dir():
         raise FileNotFoundError(f"inputs folder {inputs_dir} does not exist or is not a folder")
-    prefix, _, suffix = interface.input_name.partition("{case}")
-    cases = {}
+    cases: dict[str, Path] = {}
     for path in sorted(inputs_dir.iterdir()):
-        name = path.name
-        if path.is_file() and name.startswith(prefix) and name.endswith(suffix) and len(name) > len(prefix + suffix):
-            cases[name[len(prefix): len(name) - len(suffix)]] = path
+        stem = case_id(path)
+        if stem is not None and stem.endswith(_CHANNEL) and len(stem) > len(_CHANNEL) and path.is_file():
+            case = stem[: -len(_CHANNEL)]
+            if case in cases:
+                raise ValueError(f"inputs folder {inputs_dir} holds case {case!r} twice: {cases[case].name} and "
+                                 f"{path.name}")
+            cases[case] = path
     if not cases:
-        raise ValueError(f"inputs folder {inputs_dir} holds no images named {interface.input_name!r}")
+        raise ValueError(f"inputs folder {inputs_dir} holds no images named <case>{_CHANNEL}.nii.gz (or .mha, ...)")
     return cases
 
 
 def keep_outputs(
-    output_dir: Path, expected_name: str, predictions_dir: Path, *, max_bytes: int = DEFAULT_MAX_OUTPUT_BYTES
+    output_dir: Path, expected: str, predictions_dir: Path, kept_name: str, *,
+    max_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
 ) -> tuple[Path | None, list[str]]:
     """Move the expected prediction out of a container's output folder; report everything else.
 
-    Only a regular, non-empty file named ``expected_name`` of at most
-    ``max_bytes`` is kept (links, folders, other names are not).
+    Only a regular, non-empty file of at most ``max_bytes`` whose name is
+    ``expected`` (or matches it, when it is a pattern such as ``*.mha``; then
+    exactly one file may match) is kept, as ``predictions_dir/kept_name``.
+    Links, folders and other names are not.
 
     Returns
     -------
@@ -145,22 +152,26 @@ def keep_outputs(
     dropped : list of str
         One line per entry that was not kept, with the reason.
     """
+    entries = sorted(output_dir.iterdir())
+    matching = [e for e in entries if fnmatch.fnmatchcase(e.name, expected)]
     kept, dropped = None, []
-    for entry in sorted(output_dir.iterdir()):
+    for entry in entries:
         info = entry.lstat()
         if stat.S_ISLNK(info.st_mode):
             dropped.append(f"{entry.name}: a symbolic link, not a file")
         elif not stat.S_ISREG(info.st_mode):
             dropped.append(f"{entry.name}: not a regular file")
-        elif entry.name != expected_name:
-            dropped.append(f"{entry.name}: unexpected name (expected {expected_name})")
+        elif entry not in matching:
+            dropped.append(f"{entry.name}: unexpected name (expected {expected})")
+        elif len(matching) > 1:
+            dropped.append(f"{entry.name}: one of {len(matching)} files matching {expected}, expected one")
         elif info.st_size == 0:
             dropped.append(f"{entry.name}: empty file")
         elif info.st_size > max_bytes:
             dropped.append(f"{entry.name}: {info.st_size} bytes, more than the limit of {max_bytes}")
         else:
             predictions_dir.mkdir(parents=True, exist_ok=True)
-            kept = predictions_dir / expected_name
+            kept = predictions_dir / kept_name
             shutil.move(str(entry), str(kept))
     return kept, dropped
 
@@ -213,8 +224,13 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stage_input(image_path: Path, folder: Path) -> None:
-    target = folder / image_path.name
+def _stage_input(image_path: Path, target: Path) -> None:
+    """Put the case's image where the container expects it, converting the format if it differs."""
+    source_extension = image_path.name[len(case_id(image_path) or ""):]
+    target_extension = target.name[len(case_id(target) or ""):]
+    if source_extension != target_extension:
+        convert_image(image_path, target)
+        return
     try:
         os.link(image_path, target)
     except OSError:
@@ -256,7 +272,8 @@ def run_containers(
         A folder of image archives (see `find_submissions`), or explicit
         submissions (archives or images the engine already has).
     inputs_dir : path
-        The cases, named like ``interface.input_name`` (``<case>_0000.nii.gz``).
+        The cases' images, ``<case>_0000.nii.gz`` (or another format); each is
+        staged as ``interface.input_name``, converted where the formats differ.
     runs_dir : path
         Output folder; see the module docstring for its layout.
     protocol : str or Protocol
@@ -265,7 +282,8 @@ def run_containers(
         GPU index for the containers; ``auto`` takes the first GPU NVML finds and
         warns when there is none.
     limits, interface : optional
-        Container limits and calling convention (defaults: FLARE22's).
+        Container limits, and the calling convention (default: the protocol's
+        ``container`` block, FLARE22's for the FLARE presets).
     force : bool
         Run cases again even when ``resources.csv`` already has them.
     progress : bool, optional
@@ -300,10 +318,10 @@ def run_containers(
 
     protocol = load_protocol(protocol)
     limits = limits or ContainerLimits()
-    interface = interface or ContainerInterface()
+    interface = interface or protocol.container
     if isinstance(submissions, (str, Path)):
         submissions = find_submissions(submissions)
-    cases = find_cases(inputs_dir, interface)
+    cases = find_cases(inputs_dir)
     runs_dir = Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
     settings = _CaseSettings(interface, limits, str(runs_dir), protocol.gpu_allowance_mib, interval_s, max_output_bytes)
@@ -320,7 +338,7 @@ def run_containers(
 
     def record(outcome: CaseOutcome) -> None:
         team, case = outcome.row["team"], outcome.row["case"]
-        record_case(outcome, runs_dir / team, interface.output_name.format(case=case))
+        record_case(outcome, runs_dir / team, interface.prediction_name(case))
         bar.set_description(f"{team} {case}")
         bar.set_postfix(last=f"{outcome.row['status']} {outcome.row['time_s']:.1f}s")
         bar.update(1)
@@ -491,12 +509,12 @@ def execute_case(client, image: str, team: str, case: str, image_path: Path, set
         output_dir.mkdir()
         # Containers may run as any user; they must be able to write their outputs.
         output_dir.chmod(0o777)
-        _stage_input(image_path, input_dir)
+        _stage_input(image_path, input_dir / interface.input_name.format(case=case))
         run = run_container(client, image, team=team, case=case, input_dir=input_dir, output_dir=output_dir,
                             interface=interface, limits=limits, gpu=gpu, runs_label=settings.runs_label,
                             interval_s=settings.interval_s, worker=worker)
-        kept, dropped = keep_outputs(output_dir, interface.output_name.format(case=case), kept_dir,
-                                     max_bytes=settings.max_output_bytes)
+        kept, dropped = keep_outputs(output_dir, interface.output_name.replace("{case}", case), kept_dir,
+                                     interface.prediction_name(case), max_bytes=settings.max_output_bytes)
         prediction = kept.read_bytes() if kept is not None else None
     summary = summarize_run(run.times_s, run.cpu_time_s, run.gpu_mib, time_s=run.time_s,
                             total_cpu_s=run.total_cpu_s, n_cpus=n_cpus, allowance_mib=settings.allowance_mib)
