@@ -14,13 +14,17 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-demo: install  ## score, rank, quantify and report on the bundled example data (see demo_out/report/index.html)
+demo: install  ## score, rank, quantify, cohorts, compare, review and report on the bundled example data (see demo_out/report/index.html)
 	$(BIN)/flare-eval score examples/data/predictions/teamA examples/data/labels --out demo_out/runs/teamA
 	$(BIN)/flare-eval score examples/data/predictions/teamB examples/data/labels --out demo_out/runs/teamB
 	$(BIN)/flare-eval rank examples/data/results.csv --out demo_out/ranking --seed 2022
 	$(BIN)/flare-eval quantify examples/data/predictions/teamA examples/data/labels --out demo_out/quantify
+	$(BIN)/flare-eval cohorts examples/data/cohort_scores.csv --metadata examples/data/metadata.csv \
+	    --out demo_out/cohorts
+	$(BIN)/flare-eval compare examples/data/cohort_scores.csv teamA teamA-nounlabeled --out demo_out/compare --seed 2022
+	$(BIN)/flare-eval review examples/data/cohort_scores.csv --out demo_out/review.csv
 	$(BIN)/flare-eval report examples/data/results.csv --ranking demo_out/ranking --runs demo_out/runs \
-	    --quantify demo_out/quantify --out demo_out/report
+	    --quantify demo_out/quantify --cohorts demo_out/cohorts --compare demo_out/compare --out demo_out/report
 
 test: install  ## the whole test suite (installs Docker, busybox-static and Chromium where missing), then the linter
 	scripts/ensure-test-tools.sh

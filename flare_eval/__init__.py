@@ -15,6 +15,8 @@ The public API, re-exported here, covers each step of the data flow:
   `evaluate` (the whole chain);
 * report and quantification: `report` (HTML page; the figures are in
   :mod:`flare_eval.reporting.plots` for notebooks), `quantify` (organ volumes against ground truth);
+* cohort analysis: `cohorts` (subgroups and cohorts), `compare` (two teams case by case),
+  `review` (cases for annotation review); the statistics are in :mod:`flare_eval.cohort_stats`;
 * example data: `example_paths`.
 """
 
@@ -24,14 +26,19 @@ from .harness import ContainerError, ContainerInterface, ContainerLimits, Submis
 from .io import InvalidLabelMapError, LabelMap, pair_cases, read_label_map
 from .metrics import SurfaceDistances, dice_coefficient, normalized_surface_dice, surface_distances
 from .pipeline import (
+    CohortOutputs,
     EvaluationOutputs,
     QuantifyOutputs,
     RankingOutputs,
+    cohorts,
     collect_results,
+    compare,
     evaluate,
     quantify,
     rank_results,
+    read_scores,
     report,
+    review,
 )
 from .protocol import Organ, Protocol, available_protocols, load_protocol
 from .ranking import (
@@ -87,6 +94,11 @@ __all__ = [
     "rank_results",
     "EvaluationOutputs",
     "QuantifyOutputs",
+    "CohortOutputs",
+    "cohorts",
+    "compare",
+    "review",
+    "read_scores",
     "quantify",
     "report",
     "case_ranks",

@@ -21,11 +21,17 @@ class ExamplePaths:
         One folder of predictions per made-up team (``teamA``, ``teamB``, ``teamC``).
     results : Path
         A realistic ``results.csv`` of several teams, the input of ranking.
+    cohort_scores : Path
+        Long scores of three teams and ``teamA-nounlabeled`` on 40 cases of four cohorts.
+    metadata : Path
+        Case metadata for them: ``case, cohort, sex, age, manufacturer``.
     """
 
     labels: Path
     predictions: Path
     results: Path
+    cohort_scores: Path
+    metadata: Path
 
 
 def example_paths() -> ExamplePaths:
@@ -38,4 +44,5 @@ def example_paths() -> ExamplePaths:
     ['case_0001.nii.gz', 'case_0002.nii.gz', 'case_0003.nii.gz']
     """
     root = Path(str(resources.files("flare_eval.example_data")))
-    return ExamplePaths(labels=root / "labels", predictions=root / "predictions", results=root / "results.csv")
+    return ExamplePaths(labels=root / "labels", predictions=root / "predictions", results=root / "results.csv",
+                        cohort_scores=root / "cohort_scores.csv", metadata=root / "metadata.csv")

@@ -135,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--ranking", type=Path, default=None, help="ranking folder (default: SOURCE/ranking)")
     report.add_argument("--runs", type=Path, default=None, help="runs folder (default: SOURCE/runs)")
     report.add_argument("--quantify", type=Path, default=None, help="quantify folder (default: SOURCE/quantify)")
+    report.add_argument("--cohorts", type=Path, default=None, help="cohorts folder (default: SOURCE/cohorts)")
+    report.add_argument("--compare", type=Path, default=None, help="compare folder (default: SOURCE/compare)")
     report.add_argument("--team", default=None, help="team whose resources over time are shown (default: the best)")
     report.add_argument("--case", default=None, help="case whose resources over time are shown (default: the first)")
     _add_protocol_argument(report)
@@ -153,10 +155,53 @@ def build_parser() -> argparse.ArgumentParser:
     quantify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_protocol_argument(quantify)
 
+    cohort = commands.add_parser(
+        "cohorts",
+        help="accuracy per cohort and subgroup (sex, age, manufacturer, ...) with tests across groups",
+        description="Join case metadata to the per-case mean DSC and NSD of every team and summarise each "
+        "metadata column's groups (n, median, IQR; Mann-Whitney or Kruskal-Wallis across groups), overall and "
+        "per organ. Writes OUT/case_metrics.csv, subgroups.csv and organ_subgroups.csv. Mismatches between "
+        "metadata and scores and small subgroups are reported.",
+    )
+    cohort.add_argument("scores", type=Path, help="scores.csv with a team column (score --teams), or a runs folder")
+    cohort.add_argument("--metadata", type=Path, required=True, help="CSV: case plus metadata columns")
+    cohort.add_argument("--out", type=Path, required=True, help="output folder")
+    cohort.add_argument("--columns", default=None, help="comma-separated metadata columns (default: all)")
+    cohort.add_argument("--bins", action="append", default=[], metavar="COLUMN=EDGES",
+                        help="bin a numeric column at these inner edges, e.g. age=50,70 (the default for age)")
+
+    comparison = commands.add_parser(
+        "compare",
+        help="two teams or versions case by case: differences, paired t-test, Wilcoxon, bootstrap CI",
+        description="Compare TEAM_A with TEAM_B on the cases both have, per organ and on the per-case mean: mean "
+        "difference (A - B) with a bootstrap confidence interval, paired t-test and Wilcoxon signed-rank "
+        "p-values. Writes OUT/comparison.csv and OUT/differences.csv.",
+    )
+    comparison.add_argument("scores", type=Path, help="scores.csv with a team column, or a runs folder")
+    comparison.add_argument("team_a")
+    comparison.add_argument("team_b")
+    comparison.add_argument("--out", type=Path, required=True, help="output folder")
+    comparison.add_argument("--metric", choices=("DSC", "NSD"), default="DSC")
+    comparison.add_argument("--samples", type=int, default=2000, help="bootstrap samples (default: 2000)")
+    comparison.add_argument("--seed", type=int, default=None, help="random seed (recorded in comparison.csv)")
+
+    review = commands.add_parser(
+        "review",
+        help="cases with an organ at or below a DSC threshold, worst first, for annotation review",
+        description="List the cases whose DSC for some organ is at or below THRESHOLD (default 0.75, the paper's) "
+        "for a reference team, or for the median over all teams, sorted worst first, as a CSV with an empty "
+        "'reviewed' column for the annotator.",
+    )
+    review.add_argument("scores", type=Path, help="scores.csv with a team column, or a runs folder")
+    review.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    review.add_argument("--threshold", type=float, default=0.75, help="DSC at or below which a case is listed")
+    review.add_argument("--team", default=None, help="reference team (default: the median of all teams)")
+
     commands.add_parser("protocols", help="list the protocol presets")
     for name, handler in (("score", _score), ("rank", _rank), ("run-containers", _run_containers),
                           ("collect", _collect), ("evaluate", _evaluate), ("report", _report),
-                          ("quantify", _quantify), ("protocols", _protocols)):
+                          ("quantify", _quantify), ("cohorts", _cohorts), ("compare", _compare),
+                          ("review", _review), ("protocols", _protocols)):
         commands.choices[name].set_defaults(handler=handler)
     return parser
 
@@ -384,7 +429,8 @@ def _report(args: argparse.Namespace) -> int:
     from .pipeline import report
 
     index = report(args.source, args.out, args.protocol, ranking_dir=args.ranking, runs_dir=args.runs,
-                   quantify_dir=args.quantify, team=args.team, case=args.case)
+                   quantify_dir=args.quantify, cohorts_dir=args.cohorts, compare_dir=args.compare,
+                   team=args.team, case=args.case)
     print(f"wrote {index}")
     return EXIT_OK
 
@@ -400,6 +446,51 @@ def _quantify(args: argparse.Namespace) -> int:
         print(table.to_string(index=False))
     print(f"wrote {outputs.folder}/volumes.csv, volume_summary.csv" +
           (", agreement.csv" if outputs.agreement is not None else ""))
+    return EXIT_OK
+
+
+def _cohorts(args: argparse.Namespace) -> int:
+    from .pipeline import cohorts
+
+    bins = {}
+    for item in args.bins:
+        column, sep, edges = item.partition("=")
+        try:
+            bins[column] = [float(e) for e in edges.split(",")]
+        except ValueError:
+            sep = ""
+        if not sep or not column:
+            raise ValueError(f"--bins must be COLUMN=EDGE,EDGE,..., got {item!r}")
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    outputs = cohorts(args.scores, args.metadata, args.out, columns=columns, bins=bins)
+    shown = ["column", "team", "group", "n", "DSC_median", "DSC_q1", "DSC_q3", "DSC_test", "DSC_p"]
+    print(outputs.subgroups[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {outputs.folder}/case_metrics.csv, subgroups.csv, organ_subgroups.csv")
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .pipeline import compare
+
+    if args.samples < 1:
+        raise ValueError(f"--samples must be at least 1, got {args.samples}")
+    comparison = compare(args.scores, args.team_a, args.team_b, args.out, metric=args.metric,
+                         n_samples=args.samples, seed=args.seed)
+    print(comparison.summary.drop(columns=["metric", "team_a", "team_b"])
+          .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print(f"{args.metric}: {args.team_a} - {args.team_b}, {comparison.n_samples} bootstrap samples, "
+          f"seed {comparison.seed}; wrote {args.out}/comparison.csv, differences.csv")
+    return EXIT_OK
+
+
+def _review(args: argparse.Namespace) -> int:
+    from .pipeline import review
+
+    if not 0 <= args.threshold <= 1:
+        raise ValueError(f"--threshold must be between 0 and 1, got {args.threshold}")
+    table = review(args.scores, args.out, threshold=args.threshold, reference=args.team)
+    print(f"{table['case'].nunique()} case(s), {len(table)} organ(s) at or below DSC {args.threshold}; "
+          f"wrote {args.out}")
     return EXIT_OK
 
 

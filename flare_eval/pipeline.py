@@ -37,6 +37,11 @@ __all__ = [
     "QuantifyOutputs",
     "quantify",
     "report",
+    "read_scores",
+    "CohortOutputs",
+    "cohorts",
+    "compare",
+    "review",
 ]
 
 
@@ -290,6 +295,8 @@ def report(
     ranking_dir: str | Path | None = None,
     runs_dir: str | Path | None = None,
     quantify_dir: str | Path | None = None,
+    cohorts_dir: str | Path | None = None,
+    compare_dir: str | Path | None = None,
     team: str | None = None,
     case: str | None = None,
 ) -> Path:
@@ -299,5 +306,136 @@ def report(
     """
     from .reporting import build_report, find_report_inputs
 
-    inputs = find_report_inputs(source, ranking_dir=ranking_dir, runs_dir=runs_dir, quantify_dir=quantify_dir)
+    inputs = find_report_inputs(source, ranking_dir=ranking_dir, runs_dir=runs_dir, quantify_dir=quantify_dir,
+                                cohorts_dir=cohorts_dir, compare_dir=compare_dir)
     return build_report(inputs, out_dir, protocol, team=team, case=case)
+
+
+def read_scores(source: str | Path) -> pd.DataFrame:
+    """Long scores of several teams: a ``scores.csv`` with a ``team`` column, or a runs folder.
+
+    A folder is read as ``<folder>/<team>/scores.csv`` (or ``<folder>/runs/<team>/scores.csv``),
+    the team taken from the folder name.
+    """
+    source = Path(source)
+    if source.is_file():
+        scores = read_table(source, role="scores table")
+        if "team" not in scores:
+            raise ValueError(f"scores table {source} has no 'team' column: score with --teams, or give a runs folder")
+        missing = [c for c in ("case", "label", "organ", "DSC", "NSD") if c not in scores]
+        if missing:
+            raise ValueError(f"scores table {source} has no {', '.join(repr(c) for c in missing)} column(s): "
+                             "it should be the long scores.csv of `score`, one row per case and organ")
+        return scores
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} does not exist: give a scores.csv or a runs folder")
+    files = sorted(source.glob("*/scores.csv")) or sorted(source.glob("runs/*/scores.csv"))
+    if not files:
+        raise ValueError(f"{source} holds no <team>/scores.csv")
+    return pd.concat([read_table(p, role="scores table").assign(team=p.parent.name) for p in files],
+                     ignore_index=True)
+
+
+@dataclass(frozen=True)
+class CohortOutputs:
+    """Tables of `cohorts`: per-case rows with metadata, and subgroup summaries overall and per organ."""
+
+    case_metrics: pd.DataFrame
+    subgroups: pd.DataFrame
+    organ_subgroups: pd.DataFrame
+    folder: Path
+
+
+def cohorts(
+    scores_source: str | Path,
+    metadata_csv: str | Path,
+    out_dir: str | Path,
+    *,
+    columns: list[str] | None = None,
+    bins: dict[str, list[float]] | None = None,
+) -> CohortOutputs:
+    """Accuracy per cohort and subgroup, per team.
+
+    Writes ``case_metrics.csv`` (per team and case, with the metadata),
+    ``subgroups.csv`` and ``organ_subgroups.csv`` to ``out_dir``.
+
+    Parameters
+    ----------
+    scores_source : path
+        See `read_scores`.
+    metadata_csv : path
+        ``case`` plus metadata columns.
+    columns : list of str, optional
+        Metadata columns to analyse (default: all).
+    bins : dict, optional
+        Numeric columns to bin and their inner edges; ``age`` is binned at the
+        paper's 50 and 70 unless given.
+
+    See :mod:`flare_eval.cohort_stats` for the statistics.
+    """
+    from .cohort_stats import DEFAULT_AGE_BINS, CohortWarning, attach_metadata, case_means, subgroup_table
+
+    scores = read_scores(scores_source)
+    metadata = read_table(metadata_csv, role="metadata table")
+    bins = dict(bins or {})
+    if "age" in metadata and "age" not in bins and pd.api.types.is_numeric_dtype(metadata["age"]):
+        bins["age"] = list(DEFAULT_AGE_BINS)
+    columns = columns or [c for c in metadata.columns if c != "case"]
+    missing = [c for c in columns if c not in metadata]
+    if missing:
+        raise ValueError(f"metadata {metadata_csv} has no column(s) {missing}; columns: {list(metadata.columns)}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CohortWarning)
+        per_case = attach_metadata(case_means(scores), metadata, bins=bins)
+        subgroups = pd.concat([subgroup_table(per_case, c) for c in columns], ignore_index=True)
+    with warnings.catch_warnings():
+        # The per-organ tables repeat the mismatches and small groups reported above.
+        warnings.simplefilter("ignore", CohortWarning)
+        organ_rows = attach_metadata(scores[["team", "case", "label", "organ", "DSC", "NSD"]], metadata, bins=bins)
+        organ_tables = [subgroup_table(rows, c).assign(organ=organ, label=label)
+                        for (label, organ), rows in organ_rows.groupby(["label", "organ"], sort=True)
+                        for c in columns]
+    for warning in caught:
+        warnings.warn(f"{metadata_csv}: {warning.message}", CohortWarning, stacklevel=2)
+    out_dir = Path(out_dir)
+    organ_subgroups = pd.concat(organ_tables, ignore_index=True)
+    write_table(per_case, out_dir / "case_metrics.csv")
+    write_table(subgroups, out_dir / "subgroups.csv")
+    write_table(organ_subgroups, out_dir / "organ_subgroups.csv")
+    return CohortOutputs(per_case, subgroups, organ_subgroups, out_dir)
+
+
+def compare(
+    scores_source: str | Path,
+    team_a: str,
+    team_b: str,
+    out_dir: str | Path,
+    *,
+    metric: str = "DSC",
+    n_samples: int = 2000,
+    seed: int | None = None,
+):
+    """Compare two teams case by case; writes ``comparison.csv`` and ``differences.csv``.
+
+    See :func:`flare_eval.cohort_stats.compare_teams`; returns its `Comparison`.
+    """
+    from .cohort_stats import compare_teams
+
+    comparison = compare_teams(read_scores(scores_source), team_a, team_b, metric=metric, n_samples=n_samples,
+                               seed=seed)
+    out_dir = Path(out_dir)
+    write_table(comparison.summary.assign(seed=comparison.seed, n_samples=comparison.n_samples),
+                out_dir / "comparison.csv")
+    write_table(comparison.differences, out_dir / "differences.csv")
+    return comparison
+
+
+def review(
+    scores_source: str | Path, out_csv: str | Path, *, threshold: float = 0.75, reference: str | None = None
+) -> pd.DataFrame:
+    """Write the annotation review list (see :func:`flare_eval.cohort_stats.review_cases`) to ``out_csv``."""
+    from .cohort_stats import review_cases
+
+    table = review_cases(read_scores(scores_source), threshold=threshold, reference=reference)
+    write_table(table, out_csv)
+    return table

@@ -35,6 +35,9 @@ def evaluation(tmp_path_factory):
     pd.DataFrame({"time_s": times, "cpu_time_s": np.cumsum(np.full(30, 0.04)), "cpu_pct": 40.0,
                   "gpu_mib": 1000 + 100 * times}).to_csv(samples / "case_0001.csv", index=False)
     fe.quantify(paths.predictions / "teamA", folder / "quantify", paths.labels, progress=False)
+    with pytest.warns(UserWarning):
+        fe.cohorts(paths.cohort_scores, paths.metadata, folder / "cohorts")
+    fe.compare(paths.cohort_scores, "teamA", "teamA-nounlabeled", folder / "compare", seed=1)
     return folder
 
 
@@ -42,11 +45,12 @@ def test_report_has_every_section_and_figure(evaluation, tmp_path):
     index = build_report(find_report_inputs(evaluation), tmp_path)
     text = index.read_text()
     for title in ("Leaderboard", "Accuracy and efficiency", "Strengths of the top teams", "Ranking stability",
-                  "Significance", "Ranks per case", "Accuracy per organ", "Resources over time", "Organ volumes"):
+                  "Significance", "Ranks per case", "Accuracy per organ", "Resources over time", "Organ volumes",
+                  "Cohorts and subgroups", "Paired comparison"):
         assert f"<h2>{title}</h2>" in text
     assert "Not shown" not in text
     images = re.findall(r'<img src="(figures/[^"]+\.png)"', text)
-    assert len(images) == 10
+    assert len(images) == 15  # 10 + one per metadata column (4) + the paired differences
     for image in images:
         assert (tmp_path / image).stat().st_size > 1000
         assert (tmp_path / image.replace(".png", ".svg")).exists()
@@ -90,7 +94,7 @@ def test_every_figure_loads_in_headless_chromium(evaluation, tmp_path):
                          capture_output=True, text=True, timeout=120)
     loaded = re.search(r'data-figures-loaded="(\d+)/(\d+)"', dom.stdout)
     assert loaded, dom.stderr[-2000:]
-    assert loaded.group(1) == loaded.group(2) == "10"
+    assert loaded.group(1) == loaded.group(2) == "15"
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
     subprocess.run([*flags, "--window-size=1400,3000", f"--screenshot={shot}", index.as_uri()],

@@ -31,6 +31,8 @@ class ReportInputs:
     ranking_dir: Path | None = None
     runs_dir: Path | None = None
     quantify_dir: Path | None = None
+    cohorts_dir: Path | None = None
+    compare_dir: Path | None = None
 
 
 def find_report_inputs(
@@ -39,12 +41,14 @@ def find_report_inputs(
     ranking_dir: str | Path | None = None,
     runs_dir: str | Path | None = None,
     quantify_dir: str | Path | None = None,
+    cohorts_dir: str | Path | None = None,
+    compare_dir: str | Path | None = None,
 ) -> ReportInputs:
     """Locate the tables under ``source``: a ``results.csv`` file, or a folder written by ``evaluate``.
 
     A folder may hold ``results.csv``, ``ranking/``, ``runs/`` (or be a runs
-    folder itself: ``<team>/scores.csv``) and ``quantify/``. Explicit folders
-    override what is found.
+    folder itself: ``<team>/scores.csv``), ``quantify/``, ``cohorts/`` and
+    ``compare/``. Explicit folders override what is found.
 
     Raises
     ------
@@ -70,6 +74,8 @@ def find_report_inputs(
         ranking_dir=folder(ranking_dir, base / "ranking", "ranking.csv"),
         runs_dir=runs,
         quantify_dir=folder(quantify_dir, base / "quantify", "volumes.csv"),
+        cohorts_dir=folder(cohorts_dir, base / "cohorts", "case_metrics.csv"),
+        compare_dir=folder(compare_dir, base / "compare", "differences.csv"),
     )
 
 
@@ -244,6 +250,29 @@ def build_report(
             "Predicted against ground-truth organ volumes") + _table(agreement))
     else:
         page.missing("Organ volumes", "no quantify/ folder with ground truth (run `flare-eval quantify`)")
+
+    # Cohorts, subgroups and paired comparisons
+    if inputs.cohorts_dir is not None and (inputs.cohorts_dir / "case_metrics.csv").exists():
+        per_case = read_table(inputs.cohorts_dir / "case_metrics.csv", role="cohort table")
+        columns = [c for c in per_case.columns if c not in ("team", "case", "DSC", "NSD")]
+        shown = [t for t in (team_order or []) if t in set(per_case["team"])] or sorted(per_case["team"].unique())
+        shown = shown[:6]
+        page.section("Cohorts and subgroups", "".join(
+            page.figure(f"subgroups_{i}", plots.subgroup_figure(per_case, column, "DSC", shown),
+                        f"Case mean DSC by {column}") for i, column in enumerate(columns)))
+    else:
+        page.missing("Cohorts and subgroups", "no cohorts/ folder (run `flare-eval cohorts`)")
+    if inputs.compare_dir is not None and (inputs.compare_dir / "comparison.csv").exists():
+        summary = read_table(inputs.compare_dir / "comparison.csv", role="comparison table")
+        differences = read_table(inputs.compare_dir / "differences.csv", role="differences table")
+        first = summary.iloc[0]
+        page.section("Paired comparison", page.figure(
+            "paired_differences",
+            plots.paired_difference_figure(differences, team_a=first.team_a, team_b=first.team_b,
+                                           metric=first.metric),
+            f"{first.metric} of {first.team_a} minus {first.team_b}, case by case") + _table(summary, 4))
+    else:
+        page.missing("Paired comparison", "no compare/ folder (run `flare-eval compare`)")
 
     index = out_dir / "index.html"
     index.write_text(_page_html(page, protocol), encoding="utf-8")

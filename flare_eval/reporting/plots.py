@@ -23,6 +23,8 @@ __all__ = [
     "rank_heatmap_figure",
     "resource_timeline_figure",
     "volume_agreement_figure",
+    "subgroup_figure",
+    "paired_difference_figure",
 ]
 
 
@@ -268,3 +270,52 @@ def _colors(n: int) -> list:
 
     cmap = colormaps["tab20"]
     return [cmap(i % 20) for i in range(n)]
+
+
+def subgroup_figure(case_metrics: pd.DataFrame, column: str, metric: str, teams: Sequence[str]) -> Figure:
+    """Box plots of a metric per subgroup of ``column`` for each team (the paper's Fig. 4a, 4c-e)."""
+    groups = sorted(case_metrics[column].astype(str).unique())
+    n_groups, n_teams = len(groups), len(teams)
+    width = max(5.0, 0.5 * n_groups * n_teams + 2)
+    figure = Figure(figsize=(min(width, 30), 4.2), layout="constrained")
+    axis = figure.add_subplot()
+    colors = _colors(n_teams)
+    step = 0.8 / max(n_teams, 1)
+    for t, team in enumerate(teams):
+        rows = case_metrics[case_metrics["team"] == team]
+        data = [rows.loc[rows[column].astype(str) == g, metric].to_numpy(float) for g in groups]
+        positions = np.arange(n_groups) - 0.4 + step * (t + 0.5)
+        keep = [i for i, d in enumerate(data) if d.size]
+        if not keep:
+            continue
+        boxes = axis.boxplot([data[i] for i in keep], positions=positions[keep], widths=step * 0.85,
+                             patch_artist=True, showfliers=False, medianprops={"color": "black"})
+        for patch in boxes["boxes"]:
+            patch.set_facecolor(colors[t])
+            patch.set_alpha(0.7)
+        axis.plot([], [], color=colors[t], linewidth=6, label=team)
+    counts = case_metrics.drop_duplicates(["case"]).groupby(column)["case"].count() if "case" in case_metrics \
+        else pd.Series(dtype=int)
+    axis.set_xticks(range(n_groups), [f"{g}\n(n={counts.get(g, 0)})" for g in groups], fontsize=8)
+    axis.set_ylabel(f"case mean {metric}")
+    axis.set_title(f"{metric} by {column}")
+    axis.legend(fontsize=7, ncol=min(n_teams, 4))
+    return figure
+
+
+def paired_difference_figure(differences: pd.DataFrame, *, team_a: str, team_b: str, metric: str) -> Figure:
+    """Per-case differences between two teams per organ and overall (the paper's Fig. 2a)."""
+    organs = differences["organ"].drop_duplicates().tolist()
+    organs = [o for o in organs if o != "mean"] + (["mean"] if "mean" in organs else [])
+    data = [differences.loc[differences["organ"] == o, "difference"].to_numpy(float) for o in organs]
+    figure = Figure(figsize=(max(6.0, 0.55 * len(organs) + 2), 4), layout="constrained")
+    axis = figure.add_subplot()
+    axis.axhline(0, color="0.5", linewidth=0.8)
+    axis.boxplot(data, positions=range(1, len(organs) + 1), showfliers=False, medianprops={"color": "black"})
+    rng = np.random.default_rng(0)
+    for position, values in enumerate(data, start=1):
+        axis.scatter(position + rng.uniform(-0.15, 0.15, values.size), values, s=6, alpha=0.5, color="tab:purple")
+    axis.set_xticks(range(1, len(organs) + 1), organs, rotation=45, ha="right", fontsize=8)
+    axis.set_ylabel(f"{metric}: {team_a} - {team_b}")
+    axis.set_title(f"Case by case: {team_a} against {team_b}")
+    return figure
