@@ -249,7 +249,7 @@ def quantify(
 
     from .geometry import superior_axis
     from .io import LABEL_MAP_SUFFIXES, case_id, pair_cases, read_label_map
-    from .volumes import measure_label_map, median_iqr_table, volume_agreement
+    from .volumes import measure_label_map, median_iqr_table, paired_volumes, volume_agreement
 
     protocol = load_protocol(protocol)
     pred_dir, out_dir = Path(pred_dir), Path(out_dir)
@@ -278,9 +278,7 @@ def quantify(
     summary = median_iqr_table(volumes, "volume_ml", by=("label", "organ", "source"))
     agreement = None
     if gt_dir is not None:
-        wide = volumes.pivot_table(index=["case", "label", "organ"], columns="source", values="volume_ml").dropna()
-        wide = wide.rename(columns={"prediction": "volume_ml_pred", "ground_truth": "volume_ml_gt"}).reset_index()
-        agreement = volume_agreement(wide)
+        agreement = volume_agreement(paired_volumes(volumes))
         write_table(agreement, out_dir / "agreement.csv")
     write_table(volumes, out_dir / "volumes.csv")
     write_table(summary, out_dir / "volume_summary.csv")

@@ -27,6 +27,7 @@ __all__ = [
     "organ_volume_ml",
     "equivalent_diameter_mm",
     "measure_label_map",
+    "paired_volumes",
     "volume_agreement",
     "median_iqr_table",
 ]
@@ -100,13 +101,32 @@ def measure_label_map(
     return pd.DataFrame(rows)
 
 
+def paired_volumes(volumes: pd.DataFrame) -> pd.DataFrame:
+    """Predicted and ground-truth volume side by side, for the cases that have both.
+
+    Parameters
+    ----------
+    volumes : pandas.DataFrame
+        Long volumes: ``case, label, organ, source, volume_ml`` with ``source``
+        ``prediction`` or ``ground_truth``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``case, label, organ, volume_ml_pred, volume_ml_gt``.
+    """
+    wide = volumes.pivot_table(index=["case", "label", "organ"], columns="source", values="volume_ml").dropna()
+    wide = wide.rename(columns={"prediction": "volume_ml_pred", "ground_truth": "volume_ml_gt"})
+    return wide.reset_index()[["case", "label", "organ", "volume_ml_pred", "volume_ml_gt"]]
+
+
 def volume_agreement(volumes: pd.DataFrame) -> pd.DataFrame:
     """Agreement of predicted with ground-truth volumes, per organ.
 
     Parameters
     ----------
     volumes : pandas.DataFrame
-        Columns ``case, label, organ, volume_ml_pred, volume_ml_gt``.
+        Columns ``case, label, organ, volume_ml_pred, volume_ml_gt`` (see `paired_volumes`).
 
     Returns
     -------

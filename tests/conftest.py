@@ -1,5 +1,6 @@
 """Shared test helpers."""
 
+import os
 import sys
 from pathlib import Path
 
@@ -32,3 +33,18 @@ def examples():
     from flare_eval import example_paths
 
     return example_paths()
+
+
+@pytest.fixture(scope="session")
+def engine():
+    """A Docker client; skips without an engine, fails instead when FLARE_EVAL_REQUIRE_DOCKER=1 (CI)."""
+    import docker
+
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # any failure to reach the engine
+        if os.environ.get("FLARE_EVAL_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"FLARE_EVAL_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+    return client

@@ -137,20 +137,6 @@ def test_unreachable_scheduler_is_a_clear_error(examples, capsys):
 # Containers on the cluster ---------------------------------------------------------------------
 
 @pytest.fixture
-def engine():
-    import docker
-
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:  # any failure to reach the engine
-        if os.environ.get("FLARE_EVAL_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"FLARE_EVAL_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
-        pytest.skip(f"no Docker engine: {exc}")
-    return client
-
-
-@pytest.fixture
 def team_archives(engine, tmp_path):
     from teams import build_team_archives, make_cases
 

@@ -22,20 +22,6 @@ TIMEOUT_S = 4.0
 
 
 @pytest.fixture(scope="module")
-def engine():
-    import docker
-
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as exc:  # any failure to reach the engine
-        if os.environ.get("FLARE_EVAL_REQUIRE_DOCKER") == "1":
-            pytest.fail(f"FLARE_EVAL_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
-        pytest.skip(f"no Docker engine: {exc}")
-    return client
-
-
-@pytest.fixture(scope="module")
 def workspace(engine, tmp_path_factory):
     folder = tmp_path_factory.mktemp("harness")
     images, labels, answers = make_cases(folder)

@@ -241,8 +241,9 @@ def resource_timeline_figure(samples: pd.DataFrame, *, title: str, allowance_mib
 
 def volume_agreement_figure(volumes: pd.DataFrame, agreement: pd.DataFrame) -> Figure:
     """Predicted against ground-truth organ volume, with Pearson's r per organ (the paper's Fig. 4f)."""
-    wide = volumes.pivot_table(index=["case", "label", "organ"], columns="source", values="volume_ml").dropna()
-    wide = wide.reset_index()
+    from ..volumes import paired_volumes
+
+    wide = paired_volumes(volumes)
     figure = Figure(figsize=(7, 6), layout="constrained")
     axis = figure.add_subplot()
     r_by_organ = dict(zip(agreement["organ"], agreement["pearson_r"]))
@@ -250,8 +251,9 @@ def volume_agreement_figure(volumes: pd.DataFrame, agreement: pd.DataFrame) -> F
     for organ, group in wide.groupby("organ", sort=False):
         r = r_by_organ.get(organ, np.nan)
         label = f"{organ} (r={r:.3f})" if np.isfinite(r) else organ
-        axis.scatter(group["ground_truth"], group["prediction"], s=18, color=colors[organ], label=label, alpha=0.8)
-    positive = wide[["ground_truth", "prediction"]].to_numpy(float)
+        axis.scatter(group["volume_ml_gt"], group["volume_ml_pred"], s=18, color=colors[organ], label=label,
+                     alpha=0.8)
+    positive = wide[["volume_ml_gt", "volume_ml_pred"]].to_numpy(float)
     positive = positive[positive > 0]
     if positive.size:
         low, high = positive.min() * 0.8, positive.max() * 1.2
