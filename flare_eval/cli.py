@@ -231,7 +231,8 @@ def _add_container_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", default="auto",
                         help="GPU index for the containers, or 'none' (default: the first GPU NVML finds; on Dask "
                         "workers FLARE_EVAL_GPU in the worker's environment decides)")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds before a case is killed (default: none)")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds before a case is killed (default: the protocol's time limit, 3600 for FLARE)")
     parser.add_argument("--memory", default="28g", help="memory limit of a container (default: 28g)")
     parser.add_argument("--shm-size", default="8g", help="size of /dev/shm in a container (default: 8g)")
     parser.add_argument("--pids-limit", type=int, default=4096, help="most processes in a container (default: 4096)")

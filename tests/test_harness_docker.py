@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from teams import TEAMS, build_team_archives, make_cases
 
+import flare_eval as fe
 from flare_eval import ContainerLimits, collect_results, run_containers
 from flare_eval.cli import main
 from flare_eval.harness.runner import HarnessWarning
@@ -256,6 +257,18 @@ def fe_submission(folder, engine, answers):
     from flare_eval import Submission
 
     return Submission("good", archive=next(archives.iterdir()))
+
+
+def test_protocol_time_limit_is_the_default_timeout(workspace, tmp_path):
+    import json
+
+    folder, images, labels, submissions = workspace
+    protocol = tmp_path / "short.json"
+    protocol.write_text(json.dumps({"extends": "flare22", "resources": {"gpu_allowance_mib": 2048,
+                                                                       "time_limit_s": 2}}))
+    hanger = [fe.Submission("hanger", archive=p) for p in submissions.iterdir() if p.name.startswith("hanger.")]
+    resources = run_containers(hanger, images, tmp_path / "runs", protocol, gpus=None, progress=False)
+    assert set(resources.status) == {"timeout"} and (resources.time_s < 10).all()
 
 
 def test_all_team_behaviours_are_exercised():

@@ -57,7 +57,8 @@ class ContainerLimits:
     pids_limit : int
         Most processes and threads at once.
     timeout_s : float or None
-        Wall-clock limit of one case; the container is killed when it expires.
+        Wall-clock limit of one case; the container is killed when it expires
+        (None: the protocol's time limit, see :func:`flare_eval.run_containers`).
     """
 
     memory: str = "28g"

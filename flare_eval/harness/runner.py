@@ -24,7 +24,7 @@ import threading
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -282,7 +282,8 @@ def run_containers(
         GPU index for the containers; ``auto`` takes the first GPU NVML finds and
         warns when there is none.
     limits, interface : optional
-        Container limits, and the calling convention (default: the protocol's
+        Container limits (a ``timeout_s`` of None means the protocol's time
+        limit, 3600 s for FLARE), and the calling convention (default: the protocol's
         ``container`` block, FLARE22's for the FLARE presets).
     force : bool
         Run cases again even when ``resources.csv`` already has them.
@@ -318,6 +319,9 @@ def run_containers(
 
     protocol = load_protocol(protocol)
     limits = limits or ContainerLimits()
+    if limits.timeout_s is None:
+        # A stuck container must not stall the evaluation: the protocol's time limit (FLARE: 3600 s) applies.
+        limits = replace(limits, timeout_s=protocol.time_limit_s)
     interface = interface or protocol.container
     if isinstance(submissions, (str, Path)):
         submissions = find_submissions(submissions)
