@@ -15,8 +15,7 @@ The schema (all lengths in millimetres)::
       "ranking": {"metrics": [{"name": "DSC", "higher_is_better": true,
                                "weight": 1.0, "worst": 0.0}, ...],
                   "tie_method": "min"},
-      "resources": {"gpu_allowance_mib": 2048, "gpu_total_mib_for_penalty": 10240,
-                    "time_limit_s": 3600},
+      "resources": {"gpu_allowance_mib": 2048, "time_limit_s": 3600},
       "container": {"input_mount": "/workspace/inputs", "output_mount": "/workspace/outputs",
                     "command": ["/bin/bash", "-c", "sh predict.sh"],
                     "input_name": "{case}_0000.nii.gz", "output_name": "{case}.nii.gz"}
@@ -164,7 +163,6 @@ class Protocol:
     ranking_metrics: tuple[RankingMetric, ...]
     tie_method: str
     gpu_allowance_mib: float
-    gpu_total_mib_for_penalty: float
     time_limit_s: float
     source: str
     container: ContainerInterface = ContainerInterface()
@@ -358,7 +356,6 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
         ranking_metrics=tuple(metrics),
         tie_method=tie_method,
         gpu_allowance_mib=float(res.get("gpu_allowance_mib", 2048)),
-        gpu_total_mib_for_penalty=float(res.get("gpu_total_mib_for_penalty", 10240)),
         time_limit_s=float(res.get("time_limit_s", 3600)),
         source=source,
         container=container,

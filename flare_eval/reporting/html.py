@@ -83,14 +83,12 @@ def find_report_inputs(
 class _Page:
     out_dir: Path
     sections: list[str] = field(default_factory=list)
-    n_figures: int = 0
 
     def figure(self, name: str, figure: Figure, caption: str) -> str:
         folder = self.out_dir / "figures"
         folder.mkdir(parents=True, exist_ok=True)
         figure.savefig(folder / f"{name}.png", dpi=100)
         figure.savefig(folder / f"{name}.svg")
-        self.n_figures += 1
         return (f'<figure><img src="figures/{name}.png" alt="{html.escape(caption)}">'
                 f'<figcaption>{html.escape(caption)} (<a href="figures/{name}.svg">SVG</a>)</figcaption></figure>')
 
