@@ -37,6 +37,7 @@ lint: install
 bench: install  ## ours against the official-equivalent reference, side by side
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_ranking.py
+	$(BIN)/python benchmarks/bench_dask.py
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info
