@@ -121,3 +121,17 @@ def test_sampler_falls_back_to_device_memory_above_baseline():
     sampler._sample()
     assert sampler.gpu_mode == GPU_MODE_DEVICE
     assert sampler.gpu_mib == [2048.0, 4096.0]
+
+
+def test_idle_cgroups_left_by_killed_runs_are_removed(tmp_path):
+    from flare_eval.harness.sampler import remove_idle_cgroups
+
+    for hierarchy in ("cpuacct", "pids"):
+        (tmp_path / hierarchy / "flare-eval" / "dead1" / "container").mkdir(parents=True)
+        (tmp_path / hierarchy / "flare-eval" / "dead2").mkdir(parents=True)
+        busy = tmp_path / hierarchy / "flare-eval" / "busy"
+        busy.mkdir(parents=True)
+        (busy / "cgroup.procs").write_text("123\n")  # like a cgroup in use, it cannot be removed
+    assert remove_idle_cgroups(root=tmp_path) == 6
+    assert sorted(p.name for p in (tmp_path / "cpuacct" / "flare-eval").iterdir()) == ["busy"]
+    assert remove_idle_cgroups(root=tmp_path / "absent") == 0

@@ -44,7 +44,7 @@ from .docker import (
     run_container,
 )
 from .resources import cpu_percent, summarize_run
-from .sampler import GPU_MODE_NONE, GpuUnavailable, NvmlGpu, default_gpu_index
+from .sampler import GPU_MODE_NONE, GpuUnavailable, NvmlGpu, default_gpu_index, remove_idle_cgroups
 
 __all__ = [
     "Submission",
@@ -331,6 +331,7 @@ def run_containers(
     settings = _CaseSettings(interface, limits, str(runs_dir), protocol.gpu_allowance_mib, interval_s, max_output_bytes)
     engine = docker_client()
     stale = remove_stale_containers(engine, settings.runs_label)
+    remove_idle_cgroups()
     if stale:
         warnings.warn(f"removed {len(stale)} container(s) left by an interrupted run: {', '.join(stale)}",
                       HarnessWarning, stacklevel=2)
@@ -430,7 +431,8 @@ def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_
     worker = get_worker()
     engine = docker_client()
     alive = set(get_client().scheduler_info()["workers"])
-    remove_orphaned_containers(engine, settings.runs_label, alive)
+    if remove_orphaned_containers(engine, settings.runs_label, alive):
+        remove_idle_cgroups()
     kind = source[0]
     if kind == "image":
         image = source[1]

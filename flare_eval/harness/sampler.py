@@ -25,6 +25,7 @@ __all__ = [
     "GpuUnavailable",
     "default_gpu_index",
     "ResourceSampler",
+    "remove_idle_cgroups",
     "GPU_MODE_PER_PROCESS",
     "GPU_MODE_DEVICE",
     "GPU_MODE_NONE",
@@ -127,6 +128,30 @@ class CgroupCpu:
                         _rmdir_quietly(sub)
             for level in [directory, *directory.parents][: len(Path(self.relative_path).parts)]:
                 _rmdir_quietly(level)
+
+
+def remove_idle_cgroups(parent: str = "flare-eval", root: Path = CGROUP_ROOT) -> int:
+    """Remove the empty cgroups left under ``parent`` by harnesses that were killed; return how many.
+
+    Only cgroups without processes can be removed (the kernel refuses the
+    others), so those of runs in progress are untouched.
+    """
+    if not root.is_dir():
+        return 0
+    hierarchies = [root] if (root / "cgroup.controllers").exists() else [p for p in root.iterdir() if p.is_dir()]
+    removed = 0
+    for hierarchy in hierarchies:
+        folder = hierarchy / parent
+        if not folder.is_dir():
+            continue
+        for group in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+            if group.is_dir():
+                try:
+                    group.rmdir()
+                    removed += 1
+                except OSError:
+                    pass
+    return removed
 
 
 def _rmdir_quietly(path: Path) -> None:
