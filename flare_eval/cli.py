@@ -37,8 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes OUT/scores.csv (long), OUT/scores_official.csv (official wide layout, 4 decimals) "
         "and OUT/summary.csv, and prints the per-organ summary. An interrupted run resumes.",
     )
-    score.add_argument("pred", type=Path, help="folder of predictions (<case>.nii.gz or <case>_0000.nii.gz)")
-    score.add_argument("gt", type=Path, help="folder of ground-truth label maps (<case>.nii.gz)")
+    score.add_argument("pred", type=Path,
+                       help="folder of predictions (<case>.nii.gz or <case>_0000.nii.gz; also .nii, .mha, .mhd, .nrrd)")
+    score.add_argument("gt", type=Path, help="folder of ground-truth label maps (<case>.nii.gz, .nii, .mha, ...)")
     score.add_argument("--out", type=Path, required=True, help="output folder")
     _add_protocol_argument(score)
     score.add_argument(
@@ -225,7 +226,9 @@ def _add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_container_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--inputs", type=Path, required=True, help="folder of case images <case>_0000.nii.gz")
+    parser.add_argument("--inputs", type=Path, required=True,
+                        help="folder of case images <case>_0000.nii.gz (or .mha, ...; converted to the format the "
+                        "container expects)")
     parser.add_argument("--image", action="append", default=[], metavar="TEAM=IMAGE",
                         help="a team whose image is already loaded on the engine (repeatable)")
     parser.add_argument("--gpus", default="auto",

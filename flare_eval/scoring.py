@@ -473,8 +473,8 @@ def score_folder(
     Parameters
     ----------
     pred_dir, gt_dir : path
-        Folders of ``.nii.gz`` label maps; see :func:`flare_eval.io.pair_cases`
-        for how files are paired.
+        Folders of label maps (``.nii.gz``, ``.nii``, ``.mha``, ``.mhd``,
+        ``.nrrd``); see :func:`flare_eval.io.pair_cases` for how files are paired.
     protocol : str or Protocol
         Preset name, JSON path or `Protocol`.
     workers : int, optional

@@ -5,7 +5,7 @@ Layout of the runs folder (one sub-folder per team)::
     RUNS/<team>/resources.csv        one row per case, appended the moment the case ends
     RUNS/<team>/samples/<case>.csv   the 0.1 s samples: time_s, cpu_time_s, cpu_pct, gpu_mib
     RUNS/<team>/logs/<case>.log      the container's output, then what the harness dropped
-    RUNS/<team>/predictions/<case>.nii.gz
+    RUNS/<team>/predictions/<case>.nii.gz   (or the format of the protocol's container interface)
 
 A case is finished when its row is in ``resources.csv``; a rerun skips finished
 cases (unless ``force``), so a killed harness loses at most the case in flight.
