@@ -1,4 +1,4 @@
-"""Scoring predictions against ground truth: one case, one folder.
+"""Scoring predictions against ground truth: one case, one folder, many teams.
 
 The policy for edge cases, in one place (FLARE22 official behaviour unless noted):
 
@@ -12,8 +12,11 @@ slice-range organ (5, 6, 10)     on the cut arrays      on the cut arrays
 GT of such an organ on 1 slice   on that slice          on that slice (official
                                                         script crashes)
 prediction file missing          0, status ``missing``  0
-prediction grid differs          0, status              0
-                                 ``geometry_mismatch``
+prediction on the same physical  scored after exact     scored; status
+grid, other orientation          reorientation          ``reoriented``
+prediction on another grid       0, status              0 (with ``resample``:
+                                 ``geometry_mismatch``  nearest neighbour,
+                                                        ``resampled``)
 prediction unreadable/invalid    0, status              0
                                  ``invalid_prediction``
 label value not in protocol      treated as background, with a warning
