@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ._text import preview
+
 __all__ = [
     "CohortWarning",
     "MISSING_GROUP",
@@ -126,18 +128,18 @@ def attach_metadata(
     scored = set(per_case["case"].astype(str))
     unknown = sorted(set(metadata["case"]) - scored)
     if unknown:
-        warnings.warn(f"{len(unknown)} metadata case(s) have no scores: {_preview(unknown)}", CohortWarning,
+        warnings.warn(f"{len(unknown)} metadata case(s) have no scores: {preview(unknown)}", CohortWarning,
                       stacklevel=2)
     without = sorted(scored - set(metadata["case"]))
     if without:
         warnings.warn(f"{len(without)} scored case(s) have no metadata, grouped as {MISSING_GROUP}: "
-                      f"{_preview(without)}", CohortWarning, stacklevel=2)
+                      f"{preview(without)}", CohortWarning, stacklevel=2)
     columns = [c for c in metadata.columns if c != "case"]
     for column in columns:
         empty = metadata["case"][metadata[column].isna()].tolist()
         if empty:
             warnings.warn(f"metadata column {column!r} is empty for {len(empty)} case(s), grouped as "
-                          f"{MISSING_GROUP}: {_preview(empty)}", CohortWarning, stacklevel=2)
+                          f"{MISSING_GROUP}: {preview(empty)}", CohortWarning, stacklevel=2)
     for column, edges in (bins or {}).items():
         if column not in metadata:
             raise ValueError(f"cannot bin {column!r}: the metadata has no such column ({list(metadata.columns)})")
@@ -146,10 +148,6 @@ def attach_metadata(
     for column in columns:
         joined[column] = joined[column].astype(object).where(joined[column].notna(), MISSING_GROUP).astype(str)
     return joined
-
-
-def _preview(items: list[str], limit: int = 5) -> str:
-    return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "")
 
 
 def subgroup_table(joined: pd.DataFrame, column: str, metrics: Sequence[str] = ("DSC", "NSD")) -> pd.DataFrame:

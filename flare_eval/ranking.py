@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ._text import preview
 from .protocol import Protocol, RankingMetric, load_protocol
 
 __all__ = [
@@ -140,7 +141,7 @@ def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22")
     for team in teams:
         missing = [case for case, t in absent_rows if t == team]
         if missing:
-            warnings.warn(f"team {team!r} has no row for {len(missing)} case(s) ({_preview(missing)}); "
+            warnings.warn(f"team {team!r} has no row for {len(missing)} case(s) ({preview(missing)}); "
                           "they get the worst value of every metric", RankingWarning, stacklevel=3)
     present = np.ones(values.shape[1:], bool)
     present[[cases.index(c) for c, _ in absent_rows], [teams.index(t) for _, t in absent_rows]] = False
@@ -148,14 +149,10 @@ def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22")
         empty = ~observed[m] & present
         for t in np.flatnonzero(empty.any(axis=0)):
             which = [cases[c] for c in np.flatnonzero(empty[:, t])]
-            warnings.warn(f"team {teams[t]!r} has no {metric.name} for {len(which)} case(s) ({_preview(which)}); "
+            warnings.warn(f"team {teams[t]!r} has no {metric.name} for {len(which)} case(s) ({preview(which)}); "
                           f"they get the worst value {metric.worst:g}", RankingWarning, stacklevel=3)
         values[m][~observed[m]] = metric.worst
     return ResultsMatrix(teams, cases, metrics, values, observed)
-
-
-def _preview(items: list[str], limit: int = 5) -> str:
-    return ", ".join(items[:limit]) + (" ..." if len(items) > limit else "")
 
 
 def _check_columns(results: pd.DataFrame, names: list[str]) -> None:
