@@ -11,11 +11,21 @@ ground truth's grid by transposes and flips alone, exactly. Any other grid is
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GridMatch", "match_grid", "reorient", "resample_nearest", "superior_axis", "orientation_codes"]
+__all__ = [
+    "GridMatch",
+    "match_grid",
+    "reorient",
+    "resample_nearest",
+    "superior_axis",
+    "orientation_codes",
+    "affine_from_itk",
+    "itk_image",
+]
 
 _SPACING_RTOL = 1e-4
 _DIRECTION_ATOL = 1e-4
@@ -133,23 +143,38 @@ def reorient(array: np.ndarray, match: GridMatch) -> np.ndarray:
     return np.flip(out, axis=flipped) if flipped else out
 
 
+# ITK's world frame is LPS; NIfTI's and ours is RAS.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+def affine_from_itk(direction: Sequence[float], spacing: Sequence[float], origin: Sequence[float]) -> np.ndarray:
+    """RAS+ voxel-to-world affine of an ITK (LPS) geometry: direction (row-major 3x3), spacing, origin."""
+    affine = np.eye(4)
+    affine[:3, :3] = _LPS_TO_RAS @ np.asarray(direction, dtype=np.float64).reshape(3, 3) @ np.diag(spacing)
+    affine[:3, 3] = _LPS_TO_RAS @ np.asarray(origin, dtype=np.float64)
+    return affine
+
+
+def itk_image(array: np.ndarray, affine: np.ndarray):
+    """A SimpleITK image of an ``[i, j, k]`` array on the grid of a RAS+ affine (no shear)."""
+    import SimpleITK as sitk
+
+    matrix = np.asarray(affine, dtype=np.float64)
+    spacing = _spacing(matrix)
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array, (2, 1, 0))))
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple((_LPS_TO_RAS @ (matrix[:3, :3] / spacing)).ravel().tolist()))
+    image.SetOrigin(tuple((_LPS_TO_RAS @ matrix[:3, 3]).tolist()))
+    return image
+
+
 def resample_nearest(array: np.ndarray, affine: np.ndarray, target_shape: tuple[int, ...],
                      target_affine: np.ndarray) -> np.ndarray:
     """Resample labels onto another grid with nearest-neighbour interpolation (SimpleITK); outside is 0."""
     import SimpleITK as sitk
 
-    def image(data, matrix):
-        matrix = np.asarray(matrix, dtype=np.float64)
-        spacing = _spacing(matrix)
-        flip = np.diag([-1.0, -1.0, 1.0])
-        result = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(data, (2, 1, 0))))
-        result.SetSpacing(tuple(float(s) for s in spacing))
-        result.SetDirection(tuple((flip @ (matrix[:3, :3] / spacing)).ravel().tolist()))
-        result.SetOrigin(tuple((flip @ matrix[:3, 3]).tolist()))
-        return result
-
-    source = image(array, affine)
-    reference = image(np.zeros(target_shape, dtype=array.dtype), target_affine)
+    source = itk_image(array, affine)
+    reference = itk_image(np.zeros(target_shape, dtype=array.dtype), target_affine)
     resampled = sitk.Resample(source, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
                               source.GetPixelID())
     return sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)

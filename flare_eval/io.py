@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .geometry import affine_from_itk, itk_image
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -40,8 +42,6 @@ __all__ = [
 
 LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
-# ITK's world frame is LPS; NIfTI's and ours is RAS.
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 # nnU-Net names images <case>_0000.nii.gz; some teams keep that suffix on predictions.
 _CHANNEL_SUFFIX = "_0000"
 
@@ -171,15 +171,7 @@ def _read_itk(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     # ITK arrays come as [k, j, i]; the transpose is a view indexed like NIfTI's [i, j, k].
     data = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     spacing = tuple(float(s) for s in image.GetSpacing())
-    return data, spacing, _itk_affine(image.GetDirection(), spacing, image.GetOrigin())
-
-
-def _itk_affine(direction: tuple[float, ...], spacing: tuple[float, ...], origin: tuple[float, ...]) -> np.ndarray:
-    """RAS+ voxel-to-world affine of an ITK (LPS) geometry."""
-    affine = np.eye(4)
-    affine[:3, :3] = _LPS_TO_RAS @ np.asarray(direction, dtype=np.float64).reshape(3, 3) @ np.diag(spacing)
-    affine[:3, 3] = _LPS_TO_RAS @ np.asarray(origin, dtype=np.float64)
-    return affine
+    return data, spacing, affine_from_itk(image.GetDirection(), spacing, image.GetOrigin())
 
 
 def write_label_map(array: np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
@@ -200,13 +192,7 @@ def write_label_map(array: np.ndarray, affine: np.ndarray, path: str | Path) -> 
         return path
     import SimpleITK as sitk
 
-    linear = np.asarray(affine, dtype=np.float64)[:3, :3]
-    spacing = np.linalg.norm(linear, axis=0)
-    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
-    image.SetSpacing(tuple(float(s) for s in spacing))
-    image.SetDirection(tuple((_LPS_TO_RAS @ (linear / spacing)).ravel().tolist()))
-    image.SetOrigin(tuple((_LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)[:3, 3]).tolist()))
-    sitk.WriteImage(image, str(path), useCompression=True)
+    sitk.WriteImage(itk_image(np.asarray(array), affine), str(path), useCompression=True)
     return path
 
 
