@@ -23,7 +23,7 @@ The public API, re-exported here, covers each step of the data flow:
 from ._examples import ExamplePaths, example_paths
 from ._version import __version__
 from .harness import ContainerError, ContainerInterface, ContainerLimits, Submission, run_containers
-from .io import InvalidLabelMapError, LabelMap, pair_cases, read_label_map
+from .io import InvalidLabelMapError, LabelMap, pair_cases, read_label_map, read_scores
 from .metrics import SurfaceDistances, dice_coefficient, normalized_surface_dice, surface_distances
 from .pipeline import (
     CohortOutputs,
@@ -36,7 +36,6 @@ from .pipeline import (
     evaluate,
     quantify,
     rank_results,
-    read_scores,
     report,
     review,
 )

@@ -38,6 +38,7 @@ __all__ = [
     "write_table",
     "append_rows",
     "read_table",
+    "read_scores",
 ]
 
 LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
@@ -365,3 +366,37 @@ def read_table(path: str | Path, *, role: str = "table") -> pd.DataFrame:
         raise ValueError(f"{role} {path} is empty") from exc
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise ValueError(f"{role} {path} is not a readable CSV file ({exc})") from exc
+
+
+def read_scores(source: str | Path) -> pd.DataFrame:
+    """Long scores of several teams: a ``scores.csv`` with a ``team`` column, or a runs folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``source`` does not exist.
+    ValueError
+        If the table lacks the columns of long scores, or the folder holds no team scores.
+
+    A folder is read as ``<folder>/<team>/scores.csv`` (or ``<folder>/runs/<team>/scores.csv``),
+    the team taken from the folder name.
+    """
+    import pandas as pd
+
+    source = Path(source)
+    if source.is_file():
+        scores = read_table(source, role="scores table")
+        if "team" not in scores:
+            raise ValueError(f"scores table {source} has no 'team' column: score with --teams, or give a runs folder")
+        missing = [c for c in ("case", "label", "organ", "DSC", "NSD") if c not in scores]
+        if missing:
+            raise ValueError(f"scores table {source} has no {', '.join(repr(c) for c in missing)} column(s): "
+                             "it should be the long scores.csv of `score`, one row per case and organ")
+        return scores
+    if not source.is_dir():
+        raise FileNotFoundError(f"{source} does not exist: give a scores.csv or a runs folder")
+    files = sorted(source.glob("*/scores.csv")) or sorted(source.glob("runs/*/scores.csv"))
+    if not files:
+        raise ValueError(f"{source} holds no <team>/scores.csv")
+    return pd.concat([read_table(p, role="scores table").assign(team=p.parent.name) for p in files],
+                     ignore_index=True)

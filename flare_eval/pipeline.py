@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from ._version import __version__
-from .io import read_table, write_table
+from .io import read_scores, read_table, write_table
 from .protocol import Protocol, load_protocol
 from .ranking import (
     BootstrapResult,
@@ -37,7 +37,6 @@ __all__ = [
     "QuantifyOutputs",
     "quantify",
     "report",
-    "read_scores",
     "CohortOutputs",
     "cohorts",
     "compare",
@@ -309,31 +308,6 @@ def report(
     return build_report(inputs, out_dir, protocol, team=team, case=case)
 
 
-def read_scores(source: str | Path) -> pd.DataFrame:
-    """Long scores of several teams: a ``scores.csv`` with a ``team`` column, or a runs folder.
-
-    A folder is read as ``<folder>/<team>/scores.csv`` (or ``<folder>/runs/<team>/scores.csv``),
-    the team taken from the folder name.
-    """
-    source = Path(source)
-    if source.is_file():
-        scores = read_table(source, role="scores table")
-        if "team" not in scores:
-            raise ValueError(f"scores table {source} has no 'team' column: score with --teams, or give a runs folder")
-        missing = [c for c in ("case", "label", "organ", "DSC", "NSD") if c not in scores]
-        if missing:
-            raise ValueError(f"scores table {source} has no {', '.join(repr(c) for c in missing)} column(s): "
-                             "it should be the long scores.csv of `score`, one row per case and organ")
-        return scores
-    if not source.is_dir():
-        raise FileNotFoundError(f"{source} does not exist: give a scores.csv or a runs folder")
-    files = sorted(source.glob("*/scores.csv")) or sorted(source.glob("runs/*/scores.csv"))
-    if not files:
-        raise ValueError(f"{source} holds no <team>/scores.csv")
-    return pd.concat([read_table(p, role="scores table").assign(team=p.parent.name) for p in files],
-                     ignore_index=True)
-
-
 @dataclass(frozen=True)
 class CohortOutputs:
     """Tables of `cohorts`: per-case rows with metadata, and subgroup summaries overall and per organ."""
@@ -360,7 +334,7 @@ def cohorts(
     Parameters
     ----------
     scores_source : path
-        See `read_scores`.
+        See :func:`flare_eval.io.read_scores`.
     metadata_csv : path
         ``case`` plus metadata columns.
     columns : list of str, optional

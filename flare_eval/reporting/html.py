@@ -16,7 +16,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .._version import __version__
-from ..io import read_table
+from ..io import read_scores, read_table
 from ..protocol import Protocol, load_protocol
 from . import plots
 
@@ -207,9 +207,8 @@ def build_report(
                                                    "Number of cases at each rank"))
 
     # Per-organ accuracy
-    score_files = sorted(inputs.runs_dir.glob("*/scores.csv")) if inputs.runs_dir else []
-    if score_files:
-        scores = pd.concat([read_table(p, role="scores table").assign(team=p.parent.name) for p in score_files])
+    if inputs.runs_dir is not None and any(inputs.runs_dir.glob("*/scores.csv")):
+        scores = read_scores(inputs.runs_dir)
         order = [t for t in (team_order or []) if t in set(scores["team"])] or sorted(scores["team"].unique())
         page.section("Accuracy per organ", "".join(
             page.figure(f"organs_{metric}", plots.organ_scores_figure(scores, metric, order),
