@@ -8,7 +8,8 @@ The public API, re-exported here, covers each step of the data flow:
 * scoring: `score_case`, `score_folder`, `score_teams`, `score` (writes the output tables),
   locally or on a Dask cluster (``scheduler=``),
   `summarize_scores`, `official_table`;
-* ranking: `rank`, `bootstrap_stability`, `significance`, `best_versus_rest`,
+* ranking: `rank`, `bootstrap_stability`, `significance` (`paired_wilcoxon`, `holm_adjust`),
+  `best_versus_rest`, `ranking_methods` (challengeR's other methods, `ranking_methods_agreement`),
   `prepare_results`, and `rank_results` (reads ``results.csv``, writes the ranking tables);
 * containers: `run_containers` (with `ContainerLimits`, `ContainerInterface`),
   `collect_results` (scores + resources -> ``results.csv``, penalties applied),
@@ -49,8 +50,11 @@ from .ranking import (
     case_ranks,
     holm_adjust,
     kendall_tau_b,
+    paired_wilcoxon,
     prepare_results,
     rank,
+    ranking_methods,
+    ranking_methods_agreement,
     significance,
 )
 from .results import assemble_results
@@ -116,7 +120,10 @@ __all__ = [
     "bootstrap_stability",
     "holm_adjust",
     "kendall_tau_b",
+    "paired_wilcoxon",
     "prepare_results",
     "rank",
+    "ranking_methods",
+    "ranking_methods_agreement",
     "significance",
 ]

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._version import __version__
+from .ranking import DEFAULT_SEED
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -77,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     ranking.add_argument("--out", type=Path, required=True, help="output folder")
     _add_protocol_argument(ranking)
     ranking.add_argument("--samples", type=int, default=1000, help="bootstrap samples (default: 1000)")
-    ranking.add_argument("--seed", type=int, default=None,
-                         help="random seed of the bootstrap (default: random, recorded in settings.json)")
+    ranking.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                         help=f"random seed of the bootstrap (default: {DEFAULT_SEED}, recorded in settings.json)")
     ranking.add_argument("--adjust", choices=("holm", "none"), default="holm",
                          help="multiple-testing adjustment over the pairs of one metric (default: holm)")
     ranking.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
@@ -122,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--labels", type=Path, required=True, help="folder of ground-truth label maps")
     evaluate.add_argument("--out", type=Path, required=True, help="output folder")
     evaluate.add_argument("--samples", type=int, default=1000, help="bootstrap samples (default: 1000)")
-    evaluate.add_argument("--seed", type=int, default=None, help="random seed of the bootstrap")
+    evaluate.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                          help=f"random seed of the bootstrap (default: {DEFAULT_SEED})")
 
     report = commands.add_parser(
         "report",
@@ -374,8 +376,10 @@ def _rank(args: argparse.Namespace) -> int:
     if len(best):
         print(f"best {best.metric.iloc[0]} ({best.team_a.iloc[0]}) significantly better than "
               f"{int(best.significant.sum())} of {len(best)} other teams")
+    print("\nthe ranking under other methods (Kendall's tau to rank-then-aggregate):")
+    print(outputs.methods_agreement.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {outputs.folder}/ranking.csv, bootstrap.csv, rank_distribution.csv, bootstrap_ranks.csv, "
-          "significance.csv, best_vs_rest.csv, settings.json")
+          "significance.csv, best_vs_rest.csv, ranking_methods.csv, ranking_methods_tau.csv, settings.json")
     return EXIT_OK
 
 

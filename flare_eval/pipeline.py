@@ -18,12 +18,15 @@ from ._version import __version__
 from .io import read_scores, read_table, write_table
 from .protocol import Protocol, load_protocol
 from .ranking import (
+    DEFAULT_SEED,
     BootstrapResult,
     RankingWarning,
     best_versus_rest,
     bootstrap_stability,
     prepare_results,
     rank,
+    ranking_methods,
+    ranking_methods_agreement,
     significance,
 )
 from .results import assemble_results
@@ -52,6 +55,8 @@ class RankingOutputs:
     bootstrap: BootstrapResult
     significance: pd.DataFrame
     best_versus_rest: pd.DataFrame
+    methods: pd.DataFrame
+    methods_agreement: pd.DataFrame
     folder: Path
 
 
@@ -61,7 +66,7 @@ def rank_results(
     protocol: str | Protocol = "flare22",
     *,
     n_samples: int = 1000,
-    seed: int | None = None,
+    seed: int | None = DEFAULT_SEED,
     adjust: str = "holm",
     alpha: float = 0.05,
 ) -> RankingOutputs:
@@ -72,9 +77,12 @@ def rank_results(
     (every team's rank in every sample)
     (`flare_eval.ranking.bootstrap_stability`), ``significance.csv``
     (`flare_eval.ranking.significance`), ``best_vs_rest.csv``
-    (`flare_eval.ranking.best_versus_rest` on DSC) and ``settings.json``
+    (`flare_eval.ranking.best_versus_rest` on DSC), ``ranking_methods.csv``
+    and ``ranking_methods_tau.csv`` (`flare_eval.ranking.ranking_methods` and
+    its agreement with the official ranking) and ``settings.json``
     (protocol, seed, number of samples, adjustment, alpha, version) so that
-    the run can be reproduced.
+    the run can be reproduced. The seed defaults to the fixed
+    `flare_eval.ranking.DEFAULT_SEED` (None draws one, recorded either way).
 
     Warnings about filled-in values name the results file.
     """
@@ -91,12 +99,16 @@ def rank_results(
     bootstrap = bootstrap_stability(matrix, n_samples=n_samples, seed=seed)
     tests = significance(matrix, adjust=adjust, alpha=alpha)
     paper = best_versus_rest(matrix, metric=matrix.metrics[0].name, adjust=adjust, alpha=alpha)
+    methods = ranking_methods(matrix, alpha=alpha)
+    agreement = ranking_methods_agreement(methods)
     write_table(ranking, out_dir / "ranking.csv")
     write_table(bootstrap.samples, out_dir / "bootstrap.csv")
     write_table(bootstrap.rank_distribution, out_dir / "rank_distribution.csv")
     write_table(bootstrap.ranks_table(), out_dir / "bootstrap_ranks.csv")
     write_table(tests, out_dir / "significance.csv")
     write_table(paper, out_dir / "best_vs_rest.csv")
+    write_table(methods, out_dir / "ranking_methods.csv")
+    write_table(agreement, out_dir / "ranking_methods_tau.csv")
     settings = {
         "results": str(results_csv),
         "protocol": protocol.name,
@@ -110,7 +122,7 @@ def rank_results(
         "flare_eval_version": __version__,
     }
     (out_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
-    return RankingOutputs(ranking, bootstrap, tests, paper, out_dir)
+    return RankingOutputs(ranking, bootstrap, tests, paper, methods, agreement, out_dir)
 
 
 class CollectWarning(UserWarning):
@@ -192,7 +204,7 @@ def evaluate(
     force: bool = False,
     progress: bool | None = None,
     n_samples: int = 1000,
-    seed: int | None = None,
+    seed: int | None = DEFAULT_SEED,
     scheduler=None,
     ship: str = "auto",
 ) -> EvaluationOutputs:

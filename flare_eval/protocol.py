@@ -13,7 +13,8 @@ The schema (all lengths in millimetres)::
       "slice_range": {"labels": [5, 6, 10], "mode": "half_open"} or null,
       "both_empty_score": 1.0,
       "ranking": {"metrics": [{"name": "DSC", "higher_is_better": true,
-                               "weight": 1.0, "worst": 0.0}, ...],
+                               "weight": 1.0, "worst": 0.0,
+                               "minimum": 0.0, "maximum": 1.0}, ...],
                   "tie_method": "min"},
       "resources": {"gpu_allowance_mib": 2048, "time_limit_s": 3600},
       "container": {"input_mount": "/workspace/inputs", "output_mount": "/workspace/outputs",
@@ -105,12 +106,22 @@ class RankingMetric:
         Weight of the metric's ranks in the final score.
     worst : float
         Value given to a team that has no valid value for a case.
+    minimum, maximum : float or None
+        The metric's valid range, bounds included (None: unbounded). A value
+        outside it is an error, never ranked: DSC and NSD lie in [0, 1],
+        times and AUCs are at least 0.
     """
 
     name: str
     higher_is_better: bool
     weight: float
     worst: float
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def contains(self, value: float) -> bool:
+        """Whether ``value`` lies in the metric's valid range."""
+        return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
 
 
 @dataclass(frozen=True)
@@ -334,14 +345,18 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
     metrics = []
     for i, item in enumerate(ranking.get("metrics", [])):
         where = f"ranking.metrics[{i}]."
-        metrics.append(
-            RankingMetric(
-                name=str(_require(item, "name", source, where)),
-                higher_is_better=bool(_require(item, "higher_is_better", source, where)),
-                weight=float(item.get("weight", 1.0)),
-                worst=float(_require(item, "worst", source, where)),
-            )
+        metric = RankingMetric(
+            name=str(_require(item, "name", source, where)),
+            higher_is_better=bool(_require(item, "higher_is_better", source, where)),
+            weight=float(item.get("weight", 1.0)),
+            worst=float(_require(item, "worst", source, where)),
+            minimum=None if item.get("minimum") is None else float(item["minimum"]),
+            maximum=None if item.get("maximum") is None else float(item["maximum"]),
         )
+        if not metric.contains(metric.worst):
+            raise ValueError(f"protocol file {source}: {where}worst {metric.worst:g} lies outside the metric's "
+                             f"range [{metric.minimum}, {metric.maximum}]")
+        metrics.append(metric)
     tie_method = ranking.get("tie_method", "min")
     if tie_method not in TIE_METHODS:
         raise ValueError(f"protocol file {source}: ranking.tie_method must be one of {TIE_METHODS}, got {tie_method!r}")

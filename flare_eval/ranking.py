@@ -22,6 +22,7 @@ Holm's adjustment over all ordered pairs of one metric.
 from __future__ import annotations
 
 import difflib
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -44,10 +45,20 @@ __all__ = [
     "best_versus_rest",
     "kendall_tau_b",
     "holm_adjust",
+    "paired_wilcoxon",
+    "RANKING_METHODS",
+    "ranking_methods",
+    "ranking_methods_agreement",
     "ADJUST_METHODS",
+    "DEFAULT_SEED",
 ]
 
 ADJUST_METHODS = ("holm", "none")
+#: Seed of the bootstrap when none is given: a rerun gives bit-identical tables.
+DEFAULT_SEED = 2022
+#: Columns of `ranking_methods`: the official scheme first, then challengeR's alternatives.
+RANKING_METHODS = ("rank_then_aggregate", "aggregate_mean_then_rank", "aggregate_median_then_rank",
+                   "test_then_rank")
 #: Columns of results.csv that describe a row and are not ranked.
 ANNOTATION_COLUMNS = ("status",)
 
@@ -104,7 +115,9 @@ def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22")
     ------
     ResultsTableError
         For a missing column, a column that looks like a misspelt metric name,
-        duplicated (team, case) rows, non-numeric values, or fewer than two teams.
+        duplicated (team, case) rows, non-numeric values, values outside a
+        metric's valid range (e.g. a negative time or DSC = 7), or fewer than
+        two teams.
 
     Warns
     -----
@@ -126,8 +139,9 @@ def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22")
         pairs = sorted(set(zip(duplicated["team"], duplicated["case"])))
         shown = ", ".join(f"({t}, {c})" for t, c in pairs[:5])
         raise ResultsTableError(f"duplicated (team, case) rows: {shown}{' ...' if len(pairs) > 5 else ''}")
-    for name in names:
-        table[name] = _numeric_column(table, name)
+    for metric in metrics:
+        table[metric.name] = _numeric_column(table, metric.name)
+        _check_range(table, metric)
     teams = tuple(sorted(table["team"].unique()))
     if len(teams) < 2:
         raise ResultsTableError(f"ranking needs at least two teams, the table has {list(teams)}")
@@ -136,13 +150,16 @@ def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22")
     full = pd.MultiIndex.from_product([cases, teams], names=["case", "team"])
     grid = table.set_index(["case", "team"])[names].reindex(full)
     absent_rows = grid.index[grid.isna().all(axis=1)]
-    values = grid.to_numpy(dtype=np.float64).reshape(len(cases), len(teams), len(names)).transpose(2, 0, 1)
+    # A copy: with one metric, to_numpy() can be a read-only view of the table.
+    values = np.array(grid.to_numpy(dtype=np.float64).reshape(len(cases), len(teams), len(names)).transpose(2, 0, 1))
     observed = ~np.isnan(values)
+    team_cases = table.groupby("team")["case"].agg(list)
     for team in teams:
         missing = [case for case, t in absent_rows if t == team]
         if missing:
             warnings.warn(f"team {team!r} has no row for {len(missing)} case(s) ({preview(missing)}); "
-                          "they get the worst value of every metric", RankingWarning, stacklevel=3)
+                          f"they get the worst value of every metric{_case_id_hint(missing, team_cases[team])}",
+                          RankingWarning, stacklevel=3)
     present = np.ones(values.shape[1:], bool)
     present[[cases.index(c) for c, _ in absent_rows], [teams.index(t) for _, t in absent_rows]] = False
     for m, metric in enumerate(metrics):
@@ -187,6 +204,33 @@ def _numeric_column(table: pd.DataFrame, name: str) -> pd.Series:
     if infinite.any():
         raise ResultsTableError(f"column {name!r} has {int(infinite.sum())} infinite value(s)")
     return numbers
+
+
+def _check_range(table: pd.DataFrame, metric: RankingMetric) -> None:
+    values = table[metric.name]
+    outside = values.notna() & ~values.map(metric.contains)
+    if outside.any():
+        low = "-inf" if metric.minimum is None else f"{metric.minimum:g}"
+        high = "inf" if metric.maximum is None else f"{metric.maximum:g}"
+        rows = table.loc[outside, ["team", "case", metric.name]].head(3).itertuples(index=False)
+        examples = ", ".join(f"team {t!r} case {c!r}: {v:g}" for t, c, v in rows)
+        raise ResultsTableError(f"metric {metric.name!r} has {int(outside.sum())} value(s) outside its valid "
+                                f"range [{low}, {high}], e.g. {examples}")
+
+
+def _canonical_case_id(case: str) -> str:
+    """A case id without letter case or zero padding: ``Case_001`` and ``case_1`` become equal."""
+    return re.sub(r"\d+", lambda digits: str(int(digits.group())), case.strip().lower())
+
+
+def _case_id_hint(missing: list[str], own: list[str]) -> str:
+    """A hint when a team's own case ids look like the ones it lacks, spelt differently."""
+    own_by_form = {_canonical_case_id(c): c for c in own}
+    pairs = [(own_by_form[_canonical_case_id(c)], c) for c in missing if _canonical_case_id(c) in own_by_form]
+    if not pairs:
+        return ""
+    shown = preview([f"{theirs!r} looks like {expected!r}" for theirs, expected in pairs])
+    return f"; its case ids differ only in letter case or zero padding ({shown}): check the spelling"
 
 
 def _min_ranks(values: np.ndarray, higher_is_better: np.ndarray) -> np.ndarray:
@@ -458,16 +502,84 @@ def holm_adjust(p_values: np.ndarray) -> np.ndarray:
     return adjusted
 
 
-def _paired_wilcoxon(a: np.ndarray, b: np.ndarray, alternative: str) -> np.ndarray:
-    """One-sided paired Wilcoxon p-values row by row (NaN pairs dropped), R's exact=FALSE variant."""
-    from scipy import stats
+def paired_wilcoxon(a: np.ndarray, b: np.ndarray, alternative: str) -> np.ndarray:
+    """One-sided paired Wilcoxon signed-rank p-values, row by row, as R computes them.
 
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        # All-zero differences give 0/0: NaN, as R gives.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        result = stats.wilcoxon(a, b, axis=-1, alternative=alternative, zero_method="wilcox",
-                                correction=True, method="approx", nan_policy="omit")
-    return np.atleast_1d(np.asarray(result.pvalue, dtype=np.float64))
+    Each row of ``a`` is compared with the same row of ``b``; positions where
+    either is NaN are dropped (R's ``complete.cases``), then zero differences
+    (``zero.method = "wilcox"``). The statistic is the sum of the average ranks
+    of the positive differences; the p-value is R's
+    ``wilcox.test(a, b, paired = TRUE, exact = FALSE, correct = TRUE,
+    alternative = alternative)``: the normal approximation with the tie
+    correction of the variance and a continuity correction of 0.5.
+
+    Parameters
+    ----------
+    a, b : (n_pairs, n_cases) array_like
+        Paired values; NaN marks a value that is absent.
+    alternative : {"greater", "less"}
+        ``"greater"`` tests whether ``a`` tends to exceed ``b``.
+
+    Returns
+    -------
+    (n_pairs,) ndarray of float64
+        p-values. When every common difference is zero, R's statistic has
+        z = -inf and the p-value is exactly 1 (not NaN: only R's two-sided test
+        gives NaN there). When a row has no common (non-NaN) position, R stops
+        with "not enough (non-missing) 'x' observations"; the p-value is NaN.
+
+    Examples
+    --------
+    >>> paired_wilcoxon([[0.9, 0.8, 0.85]], [[0.9, 0.8, 0.85]], "greater").tolist()
+    [1.0]
+    """
+    from scipy.special import ndtr
+
+    if alternative not in ("greater", "less"):
+        raise ValueError(f"alternative must be 'greater' or 'less', got {alternative!r}")
+    a = np.atleast_2d(np.asarray(a, dtype=np.float64))
+    b = np.atleast_2d(np.asarray(b, dtype=np.float64))
+    difference = a - b
+    common = ~np.isnan(difference)
+    difference[difference == 0] = np.nan
+    size = np.abs(difference)
+    order = np.argsort(size, axis=1, kind="stable")  # NaN (absent or zero) sort last
+    ordered = np.take_along_axis(size, order, axis=1)
+    valid = ~np.isnan(ordered)
+    n = valid.sum(axis=1).astype(np.float64)
+    starts = np.ones(ordered.shape, bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    starts &= valid
+    group = np.cumsum(starts, axis=1) - 1  # tie group of each sorted value
+    rows = np.broadcast_to(np.arange(ordered.shape[0])[:, None], ordered.shape)
+    counts = np.zeros(ordered.shape)
+    np.add.at(counts, (rows[valid], group[valid]), 1.0)
+    first = np.zeros(ordered.shape)
+    first[rows[starts], group[starts]] = np.nonzero(starts)[1]
+    # Average rank of a tie group occupying 0-based positions first .. first + count - 1.
+    average = first + (counts + 1.0) / 2.0
+    sorted_ranks = np.where(valid, np.take_along_axis(average, np.maximum(group, 0), axis=1), 0.0)
+    ranks = np.empty_like(sorted_ranks)
+    np.put_along_axis(ranks, order, sorted_ranks, axis=1)
+    statistic = np.where(difference > 0, ranks, 0.0).sum(axis=1)
+    variance = n * (n + 1) * (2 * n + 1) / 24 - (counts**3 - counts).sum(axis=1) / 48
+    correction = 0.5 if alternative == "greater" else -0.5
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (statistic - n * (n + 1) / 4 - correction) / np.sqrt(variance)
+    p = ndtr(-z) if alternative == "greater" else ndtr(z)
+    p[~common.any(axis=1)] = np.nan
+    return p
+
+
+def _warn_no_common_cases(matrix: ResultsMatrix) -> None:
+    """Warn, per team, about the teams it shares no case with (their tests cannot be made)."""
+    present = matrix.observed.any(axis=0)  # (C, T): the team has some value for the case
+    shared = present.T.astype(int) @ present.astype(int)  # (T, T) cases in common
+    for t, team in enumerate(matrix.teams):
+        apart = [other for o, other in enumerate(matrix.teams) if o != t and shared[t, o] == 0]
+        if apart:
+            warnings.warn(f"team {team!r} has no case in common with {len(apart)} team(s) ({preview(apart)}): "
+                          "their significance tests have p = NaN", RankingWarning, stacklevel=3)
 
 
 def significance(
@@ -497,19 +609,28 @@ def significance(
     -------
     pandas.DataFrame
         ``metric, team_a, team_b, n_cases, p_value, p_adjusted, significant``.
-        ``p_value`` is NaN when the two teams never differ (as in R); such
-        pairs are not significant and not counted by the adjustment.
+        ``p_value`` comes from `paired_wilcoxon`: 1 when the two teams never
+        differ (as R gives), NaN when they have no case in common (R stops
+        there; a `RankingWarning` names the teams). NaN pairs are not
+        significant and not counted by the adjustment. ``significant`` is
+        ``p_adjusted <= alpha``, challengeR's decision rule.
+
+    Warns
+    -----
+    RankingWarning
+        For teams that share no case with some other team.
     """
     if adjust not in ADJUST_METHODS:
         raise ValueError(f"adjust must be one of {ADJUST_METHODS}, got {adjust!r}")
     matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
     n_teams = len(matrix.teams)
     first, second = np.nonzero(~np.eye(n_teams, dtype=bool))
+    _warn_no_common_cases(matrix)
     frames = []
     for m, metric in enumerate(matrix.metrics):
         values = np.where(matrix.observed[m], matrix.values[m], np.nan).T  # (T, C)
         a, b = values[first], values[second]
-        p = _paired_wilcoxon(a, b, "greater" if metric.higher_is_better else "less")
+        p = paired_wilcoxon(a, b, "greater" if metric.higher_is_better else "less")
         adjusted = holm_adjust(p) if adjust == "holm" else p.copy()
         frames.append(pd.DataFrame({
             "metric": metric.name,
@@ -518,7 +639,7 @@ def significance(
             "n_cases": (~np.isnan(a) & ~np.isnan(b)).sum(axis=1),
             "p_value": p,
             "p_adjusted": adjusted,
-            "significant": np.nan_to_num(adjusted, nan=1.0) < alpha,
+            "significant": _is_significant(adjusted, alpha),
         }))
     return pd.concat(frames, ignore_index=True)
 
@@ -556,7 +677,7 @@ def best_versus_rest(
     others = np.array([t for t in range(len(matrix.teams)) if t != best])
     a = np.repeat(values[best][None], len(others), axis=0)
     b = values[others]
-    p = _paired_wilcoxon(a, b, "greater" if spec.higher_is_better else "less")
+    p = paired_wilcoxon(a, b, "greater" if spec.higher_is_better else "less")
     adjusted = holm_adjust(p) if adjust == "holm" else p.copy()
     table = pd.DataFrame({
         "metric": metric,
@@ -567,6 +688,93 @@ def best_versus_rest(
         "n_cases": (~np.isnan(a) & ~np.isnan(b)).sum(axis=1),
         "p_value": p,
         "p_adjusted": adjusted,
-        "significant": np.nan_to_num(adjusted, nan=1.0) < alpha,
+        "significant": _is_significant(adjusted, alpha),
     })
     return table.sort_values(["p_value", "team_b"], ignore_index=True)
+
+
+def _is_significant(p_adjusted: np.ndarray, alpha: float) -> np.ndarray:
+    """challengeR's decision, ``p <= alpha``; NaN is never significant."""
+    return np.nan_to_num(p_adjusted, nan=np.inf) <= alpha
+
+
+def ranking_methods(
+    results: pd.DataFrame | ResultsMatrix,
+    protocol: str | Protocol = "flare22",
+    *,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """The teams' ranks under the official scheme and under challengeR's other ranking methods.
+
+    Each method ranks the teams per metric, then combines the metrics like
+    the official scheme: the weighted mean of the per-metric ranks with the
+    protocol's weights, ranked again (ties at the minimum).
+
+    * ``rank_then_aggregate``: the official ranking (`rank`).
+    * ``aggregate_mean_then_rank`` and ``aggregate_median_then_rank``: each
+      team's mean (median) over the cases, missing values filled with the
+      metric's worst value first, ranked in the metric's direction.
+    * ``test_then_rank``: the number of teams a team is significantly better
+      than (`paired_wilcoxon`, one-sided, unadjusted, ``p <= alpha``, on the
+      cases both teams have: challengeR's ``testThenRank`` defaults), ranked
+      with more wins first.
+
+    Parameters
+    ----------
+    results : pandas.DataFrame or ResultsMatrix
+    protocol : str or Protocol
+    alpha : float
+        Significance level of test-then-rank.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``team`` and one column of final ranks per method of
+        `RANKING_METHODS`, sorted by the official rank then team.
+    """
+    matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    directions = _directions(matrix.metrics)
+    per_metric = {
+        "rank_then_aggregate": _case_ranks(matrix).mean(axis=1),
+        "aggregate_mean_then_rank": _min_ranks(matrix.values.mean(axis=1), directions),
+        "aggregate_median_then_rank": _min_ranks(np.median(matrix.values, axis=1), directions),
+        "test_then_rank": _test_then_rank_per_metric(matrix, alpha),
+    }
+    weights = _weights(matrix.metrics)
+    table = pd.DataFrame({"team": matrix.teams})
+    for method, ranks in per_metric.items():  # ranks: (n_metrics, n_teams)
+        table[method] = _rank_scores(weights @ ranks).astype(int)
+    return table.sort_values(["rank_then_aggregate", "team"], ignore_index=True)
+
+
+def _test_then_rank_per_metric(matrix: ResultsMatrix, alpha: float) -> np.ndarray:
+    """(n_metrics, n_teams) ranks by the number of significant one-sided wins (more is better)."""
+    n_teams = len(matrix.teams)
+    first, second = np.nonzero(~np.eye(n_teams, dtype=bool))
+    wins = np.zeros((len(matrix.metrics), n_teams))
+    for m, metric in enumerate(matrix.metrics):
+        values = np.where(matrix.observed[m], matrix.values[m], np.nan).T  # (T, C)
+        p = paired_wilcoxon(values[first], values[second], "greater" if metric.higher_is_better else "less")
+        np.add.at(wins[m], first, _is_significant(p, alpha))
+    return _min_ranks(wins, np.ones(len(matrix.metrics), bool))
+
+
+def ranking_methods_agreement(methods: pd.DataFrame) -> pd.DataFrame:
+    """Kendall's tau-b between each method's ranking and the official one.
+
+    Parameters
+    ----------
+    methods : pandas.DataFrame
+        The table of `ranking_methods`.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``method, kendall_tau`` for every method of `RANKING_METHODS` (1 for
+        the official ranking itself; NaN when a ranking is constant).
+    """
+    official = methods["rank_then_aggregate"].to_numpy()
+    return pd.DataFrame({
+        "method": list(RANKING_METHODS),
+        "kendall_tau": [kendall_tau_b(official, methods[m].to_numpy()) for m in RANKING_METHODS],
+    })

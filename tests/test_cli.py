@@ -10,6 +10,7 @@ from conftest import write_nifti
 
 from flare_eval import __version__
 from flare_eval.cli import main
+from flare_eval.ranking import DEFAULT_SEED
 
 
 def test_version_and_help(capsys):
@@ -85,8 +86,12 @@ def test_rank_examples(examples, tmp_path, capsys):
     assert "warning: " in err and "results.csv: team 'teamL' has no row for 1 case" in err
     assert "teamA" in out and "kendall_tau" in out and "significantly better" in out
     expected = {"ranking.csv", "bootstrap.csv", "rank_distribution.csv", "bootstrap_ranks.csv", "significance.csv",
-                "best_vs_rest.csv", "settings.json"}
+                "best_vs_rest.csv", "ranking_methods.csv", "ranking_methods_tau.csv", "settings.json"}
     assert {p.name for p in tmp_path.iterdir()} == expected
+    assert "aggregate_median_then_rank" in out and "test_then_rank" in out
+    methods = pd.read_csv(tmp_path / "ranking_methods.csv")
+    assert list(methods.columns) == ["team", "rank_then_aggregate", "aggregate_mean_then_rank",
+                                     "aggregate_median_then_rank", "test_then_rank"]
     ranking = pd.read_csv(tmp_path / "ranking.csv")
     assert list(ranking.columns[:3]) == ["team", "rank", "score"] and ranking["rank"].is_monotonic_increasing
     assert len(pd.read_csv(tmp_path / "bootstrap.csv")) == 100
@@ -97,6 +102,15 @@ def test_rank_examples(examples, tmp_path, capsys):
     pd.testing.assert_frame_equal(first, pd.read_csv(tmp_path / "again" / "bootstrap.csv"))
 
 
+def test_rank_default_seed_is_fixed_and_recorded(examples, tmp_path):
+    for name in ("one", "two"):
+        main(["rank", str(examples.results), "--out", str(tmp_path / name), "--samples", "20"])
+    settings = __import__("json").loads((tmp_path / "one" / "settings.json").read_text())
+    assert settings["seed"] == DEFAULT_SEED
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "one" / "bootstrap.csv"),
+                                  pd.read_csv(tmp_path / "two" / "bootstrap.csv"))
+
+
 @pytest.mark.parametrize(
     ("content", "pattern"),
     [
@@ -105,6 +119,8 @@ def test_rank_examples(examples, tmp_path, capsys):
         ("team,case,DSC,NSD,Time,AUC_GPU,AUC_CPU\na,1,x,1,1,1,1\nb,1,1,1,1,1,1\n", "non-numeric"),
         ("team,case,DSC,NSD,Time,AUC_GPU,AUC_CPU\na,1,1,1,1,1,1\na,1,1,1,1,1,1\n", "duplicated"),
         ("", "is empty"),
+        ("team,case,DSC,NSD,Time,AUC_GPU,AUC_CPU\na,1,1,1,-100,1,1\nb,1,1,1,1,1,1\n",
+         "'Time' has 1 value(s) outside its valid range [0, inf], e.g. team 'a' case '1': -100"),
     ],
 )
 def test_rank_bad_tables_exit_2(tmp_path, capsys, content, pattern):

@@ -1,11 +1,15 @@
 """Ranking, bootstrap and significance against hand-worked tables and scipy."""
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats
 
+from flare_eval.protocol import load_protocol
 from flare_eval.ranking import (
+    RANKING_METHODS,
     RankingWarning,
     ResultsTableError,
     _min_ranks,
@@ -13,8 +17,11 @@ from flare_eval.ranking import (
     bootstrap_stability,
     holm_adjust,
     kendall_tau_b,
+    paired_wilcoxon,
     prepare_results,
     rank,
+    ranking_methods,
+    ranking_methods_agreement,
     significance,
 )
 
@@ -182,7 +189,8 @@ def r_wilcox_paired_p(x, y, alternative):
     sigma = np.sqrt(n * (n + 1) * (2 * n + 1) / 24 - np.sum(ties**3 - ties) / 48)
     z = v - n * (n + 1) / 4
     correction = 0.5 if alternative == "greater" else -0.5
-    z = (z - correction) / sigma
+    with np.errstate(divide="ignore"):  # no non-zero difference: sigma = 0 and z = -inf or inf, as in R
+        z = (z - correction) / sigma
     return stats.norm.sf(z) if alternative == "greater" else stats.norm.cdf(z)
 
 
@@ -205,10 +213,151 @@ def test_significance_matches_r_formula_and_scipy(example_results):
     assert len(tests) == 5 * 12 * 11
 
 
-def test_significance_identical_teams_give_nan_not_significant():
+def test_significance_identical_teams_give_one_as_r_does():
+    # R: wilcox.test(x, x, paired=TRUE, exact=FALSE, alternative="greater") has z = -Inf, p = 1.
     same = pd.concat([HAND[HAND.team == "a"], HAND[HAND.team == "a"].assign(team="a2")])
     tests = significance(same)
-    assert tests.p_value.isna().all() and not tests.significant.any()
+    assert (tests.p_value == 1.0).all() and not tests.significant.any()
+
+
+def test_never_differing_pair_counts_in_holm_as_in_r():
+    # The issue's minimal case; R 4.2.2 gives p(a>b) = 1 and Holm p(a>c) = 0.5207 (ties 0.2, 0.2).
+    rows = [(t, str(c), v, 0.5, 1, 0, 1) for t, values in (("a", (0.9, 0.8, 0.85)), ("b", (0.9, 0.8, 0.85)),
+                                                           ("c", (0.7, 0.6, 0.5)))
+            for c, v in enumerate(values)]
+    tests = significance(table_from(rows)).set_index(["metric", "team_a", "team_b"]).sort_index()
+    assert tests.loc[("DSC", "a", "b"), "p_value"] == 1.0
+    raw = r_wilcox_paired_p([0.9, 0.8, 0.85], [0.7, 0.6, 0.5], "greater")
+    assert tests.loc[("DSC", "a", "c"), "p_value"] == pytest.approx(raw, rel=1e-12)
+    assert tests.loc[("DSC", "a", "c"), "p_adjusted"] == pytest.approx(6 * raw, rel=1e-12)
+    assert tests.loc[("DSC", "a", "c"), "p_adjusted"] == pytest.approx(0.520704, abs=1e-6)
+    # Every team identical in NSD: every one-sided p is 1, never NaN.
+    assert (tests.loc["NSD", "p_value"] == 1.0).all()
+
+
+def test_paired_wilcoxon_matches_scipy_row_by_row_with_ties_zeros_and_gaps():
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 6, (40, 15)).astype(float) / 4
+    b = rng.integers(0, 6, (40, 15)).astype(float) / 4
+    a[rng.random(a.shape) < 0.1] = np.nan
+    for alternative in ("greater", "less"):
+        ours = paired_wilcoxon(a, b, alternative)
+        for row in range(40):
+            keep = ~np.isnan(a[row]) & ~np.isnan(b[row])
+            expected = r_wilcox_paired_p(a[row][keep], b[row][keep], alternative)
+            if np.all(a[row][keep] == b[row][keep]):
+                expected = 1.0
+            else:
+                reference = stats.wilcoxon(a[row][keep], b[row][keep], alternative=alternative,
+                                           zero_method="wilcox", correction=True, method="approx").pvalue
+                assert ours[row] == pytest.approx(reference, rel=1e-12)
+            assert ours[row] == pytest.approx(expected, rel=1e-12)
+
+
+def test_alpha_decision_includes_the_boundary_as_challenger():
+    rows = [(t, str(c), v, 0.5, 1, 0, 1) for t, values in (("a", (0.9, 0.8, 0.85)), ("c", (0.7, 0.6, 0.5)))
+            for c, v in enumerate(values)]
+    raw = r_wilcox_paired_p([0.9, 0.8, 0.85], [0.7, 0.6, 0.5], "greater")
+    tests = significance(table_from(rows), adjust="none", alpha=raw)
+    assert tests.set_index(["metric", "team_a"]).loc[("DSC", "a"), "significant"]
+
+
+def test_single_ranking_metric_protocol_ranks(tmp_path):
+    protocol = load_protocol("flare22")
+    only_dsc = dataclasses.replace(protocol, ranking_metrics=protocol.ranking_metrics[:1])
+    table = HAND[["team", "case", "DSC"]]
+    ranking = rank(table, only_dsc)
+    assert dict(zip(ranking.team, ranking["rank"])) == {"a": 2, "b": 1, "c": 2}
+    assert len(significance(table, only_dsc)) == 6
+
+
+def test_teams_without_common_cases_get_nan_and_a_spelling_hint():
+    renamed = HAND.assign(case=np.where(HAND.team == "c", "Case_0" + HAND.case, "case_" + HAND.case))
+    with pytest.warns(RankingWarning) as record:
+        tests = significance(renamed)
+    messages = " ".join(str(w.message) for w in record)
+    assert "team 'c' has no case in common with 2 team(s) (a, b)" in messages
+    assert "'Case_01' looks like 'case_1'" in messages
+    with_c = tests[(tests.team_a == "c") | (tests.team_b == "c")]
+    assert with_c.p_value.isna().all() and not with_c.significant.any()
+    assert with_c.n_cases.eq(0).all()
+    assert tests[(tests.team_a == "a") & (tests.team_b == "b")].p_value.notna().all()
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "pattern"),
+    [
+        ("Time", -100, r"'Time' has 1 value\(s\) outside its valid range \[0, inf\], e.g. team 'a' case '1': -100"),
+        ("DSC", 7, r"'DSC' has 1 value\(s\) outside its valid range \[0, 1\], e.g. team 'a' case '1': 7"),
+        ("NSD", -0.1, r"'NSD' has 1 value\(s\) outside"),
+        ("AUC_GPU", -1, r"'AUC_GPU' has 1 value\(s\) outside"),
+    ],
+)
+def test_impossible_values_are_errors(column, value, pattern):
+    table = HAND.copy()
+    table.loc[0, column] = value
+    with pytest.raises(ResultsTableError, match=pattern):
+        prepare_results(table)
+
+
+def test_protocol_worst_value_must_lie_in_range(tmp_path):
+    path = tmp_path / "p.json"
+    path.write_text('{"extends": "flare22", "ranking": {"metrics": [{"name": "DSC", "higher_is_better": true, '
+                    '"worst": -1, "minimum": 0, "maximum": 1}]}}')
+    with pytest.raises(ValueError, match="worst -1 lies outside"):
+        load_protocol(path)
+
+
+def independent_methods(table, alpha=0.05):
+    """challengeR's ranking methods written out with pandas and scipy, one metric at a time."""
+    protocol = load_protocol("flare22")
+    teams = sorted(table.team.unique())
+    combined = {method: pd.Series(0.0, index=teams) for method in RANKING_METHODS}
+    weights = 0.0
+    for metric in protocol.ranking_metrics:
+        wide = table.pivot(index="case", columns="team", values=metric.name)[teams]
+        sign = -1 if metric.higher_is_better else 1
+        case_ranks = (sign * wide).rank(axis=1, method="min")
+        per_method = {
+            "rank_then_aggregate": case_ranks.mean(),
+            "aggregate_mean_then_rank": (sign * wide.mean()).rank(method="min"),
+            "aggregate_median_then_rank": (sign * wide.median()).rank(method="min"),
+        }
+        wins = pd.Series(0, index=teams)
+        for x in teams:
+            for y in teams:
+                if x != y:
+                    p = r_wilcox_paired_p(wide[x], wide[y], "greater" if metric.higher_is_better else "less")
+                    p = 1.0 if np.isnan(p) else p  # R: p = 1 when the two never differ
+                    wins[x] += p <= alpha
+        per_method["test_then_rank"] = (-wins).rank(method="min")
+        for method, ranks in per_method.items():
+            combined[method] += metric.weight * ranks
+        weights += metric.weight
+    return pd.DataFrame({m: (s / weights).rank(method="min").astype(int) for m, s in combined.items()})
+
+
+def test_ranking_methods_equal_an_independent_computation_with_ties_and_a_constant_metric():
+    rng = np.random.default_rng(8)
+    rows = []
+    for team, shift in zip("pqrstu", (0.0, 0.05, 0.05, 0.1, 0.2, 0.3)):
+        for case in range(12):
+            dsc = np.round(0.9 - shift + rng.normal(0, 0.03), 2)
+            rows.append((team, f"c{case:02d}", dsc, np.round(dsc - 0.05, 1), rng.integers(10, 14), 0.0,
+                         rng.integers(1, 4) * 100))
+    table = table_from(rows)  # AUC_GPU is constant: every team within the allowance
+    methods = ranking_methods(table)
+    assert list(methods.columns) == ["team", *RANKING_METHODS]
+    expected = independent_methods(table).reindex(methods.team)
+    for method in RANKING_METHODS:
+        assert methods[method].tolist() == expected[method].tolist(), method
+    official = rank(table).set_index("team")["rank"].reindex(methods.team)
+    assert methods.rank_then_aggregate.tolist() == official.tolist()
+    assert methods.test_then_rank.nunique() > 1
+    agreement = ranking_methods_agreement(methods)
+    assert agreement.method.tolist() == list(RANKING_METHODS)
+    for method, tau in zip(agreement.method, agreement.kendall_tau):
+        assert tau == pytest.approx(stats.kendalltau(methods.rank_then_aggregate, methods[method]).statistic)
 
 
 def test_holm_hand_worked():
