@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench gpu-check clean
 
 install: $(STAMP)
 
@@ -38,6 +38,9 @@ bench: install  ## ours against the official-equivalent reference, side by side
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_ranking.py
 	$(BIN)/python benchmarks/bench_dask.py
+
+gpu-check: install  ## on the evaluation workstation: driver, NVML, the engine's NVIDIA runtime, and a CUDA workload measured on the host and in a container
+	$(BIN)/flare-eval gpu-check
 
 clean:
 	rm -rf $(VENV) demo_out build *.egg-info

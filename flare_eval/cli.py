@@ -1,12 +1,16 @@
 """The ``flare-eval`` command: parses arguments, calls the Python API, prints, exits.
 
 Exit codes: 0 success, 1 finished with problems worth attention (e.g. missing
-predictions), 2 bad input (unreadable ground truth, bad arguments, bad tables).
+predictions, invalid submissions), 2 bad input (unreadable ground truth, bad
+arguments, bad tables) or a full disk, 130 interrupted (Ctrl-C); the last two
+keep every finished case, and the same command resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -18,6 +22,8 @@ from .ranking import DEFAULT_SEED
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_BAD_INPUT = 2
+#: As a shell reports a command ended by Ctrl-C (128 + SIGINT).
+EXIT_INTERRUPTED = 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,6 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--seed", type=int, default=DEFAULT_SEED,
                           help=f"random seed of the bootstrap (default: {DEFAULT_SEED})")
 
+    gpu_check = commands.add_parser(
+        "gpu-check",
+        help="check GPU memory measurement on this machine with a CUDA workload of known use",
+        description="Check the NVIDIA driver (NVML), compile a CUDA workload that allocates known amounts of GPU "
+        "memory at known times (needs nvcc), run it on the host and in a container (needs the engine's NVIDIA "
+        "runtime), and print the measured max GPU MiB and AUC_GPU against the expected ones. Exit 0 when all "
+        "agree within 5%%, 1 when a check fails or there is no GPU.",
+    )
+    gpu_check.add_argument("--gpu", type=int, default=0, help="GPU index (default: 0)")
+    gpu_check.add_argument("--allowance", type=float, default=2048.0,
+                           help="GPU memory allowance in MiB for AUC_GPU (default: 2048, FLARE's)")
+
     report = commands.add_parser(
         "report",
         help="an HTML page with the ranking, stability, significance, per-organ and resource figures",
@@ -203,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("protocols", help="list the protocol presets")
     for name, handler in (("score", _score), ("rank", _rank), ("run-containers", _run_containers),
                           ("collect", _collect), ("evaluate", _evaluate), ("report", _report),
+                          ("gpu-check", _gpu_check),
                           ("quantify", _quantify), ("cohorts", _cohorts), ("compare", _compare),
                           ("review", _review), ("protocols", _protocols)):
         commands.choices[name].set_defaults(handler=handler)
@@ -238,9 +257,18 @@ def _add_container_arguments(parser: argparse.ArgumentParser) -> None:
                         "workers FLARE_EVAL_GPU in the worker's environment decides)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds before a case is killed (default: the protocol's time limit, 3600 for FLARE)")
-    parser.add_argument("--memory", default="28g", help="memory limit of a container (default: 28g)")
+    parser.add_argument("--memory", default=None,
+                        help="memory limit of a container, with a unit (e.g. 28g, 512m; default: 28g, or this "
+                        "machine's memory where it has less; more than it has is refused)")
     parser.add_argument("--shm-size", default="8g", help="size of /dev/shm in a container (default: 8g)")
     parser.add_argument("--pids-limit", type=int, default=4096, help="most processes in a container (default: 4096)")
+    parser.add_argument("--cpus", type=float, default=None,
+                        help="CPU share of a container, e.g. 8 (default: no cap; see also --cpuset-cpus)")
+    parser.add_argument("--cpuset-cpus", default=None, help="CPUs a container may use, e.g. 0-7 (default: all)")
+    parser.add_argument("--user", default=None,
+                        help="uid[:gid] the containers run as (default: the image's own user)")
+    parser.add_argument("--keep-images", action="store_true",
+                        help="keep the images loaded from archives on the engine (default: removed after each team)")
     parser.add_argument("--command", dest="container_command", default=None,
                         help="command run in the container (default: the protocol's; FLARE: "
                         "/bin/bash -c \"sh predict.sh\")")
@@ -258,6 +286,9 @@ def _container_settings(args: argparse.Namespace):
     from .harness.runner import Submission, find_submissions
     from .protocol import load_protocol
 
+    limits = ContainerLimits(memory=args.memory, shm_size=args.shm_size, pids_limit=args.pids_limit,
+                             timeout_s=args.timeout, cpus=args.cpus, cpuset_cpus=args.cpuset_cpus,
+                             user=args.user).checked()
     submissions = find_submissions(args.submissions) if args.submissions else []
     for item in args.image:
         team, sep, image = item.partition("=")
@@ -266,16 +297,11 @@ def _container_settings(args: argparse.Namespace):
         submissions.append(Submission(team=team, image=image))
     if not submissions:
         raise ValueError("give a submissions folder or at least one --image TEAM=IMAGE")
-    teams = [s.team for s in submissions]
-    if len(set(teams)) != len(teams):
-        raise ValueError(f"team names must be unique, got {sorted(teams)}")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout}")
     interface = load_protocol(args.protocol).container
     if args.container_command:
         interface = replace(interface, command=tuple(shlex.split(args.container_command)))
-    limits = ContainerLimits(memory=args.memory, shm_size=args.shm_size, pids_limit=args.pids_limit,
-                             timeout_s=args.timeout)
     if args.gpus in ("auto", "none"):
         gpus = None if args.gpus == "none" else "auto"
     elif args.gpus.isdigit():
@@ -295,6 +321,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.handler(args)
         except (ValueError, FileNotFoundError, _container_error()) as exc:
             print(f"flare-eval {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        except KeyboardInterrupt:
+            print(f"flare-eval {args.command}: interrupted; every finished case is kept: run the same command "
+                  "again to resume", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            where = os.path.dirname(exc.filename) if exc.filename else "the output folder"
+            print(f"flare-eval {args.command}: error: no space left on the disk of {where}; every finished case "
+                  "is kept: free some space and run the same command again to resume", file=sys.stderr)
             return EXIT_BAD_INPUT
 
 
@@ -389,7 +426,10 @@ def _print_resources(resources) -> int:
     failed = resources[resources["status"] != "ok"]
     for row in failed.itertuples():
         print(f"{row.team} {row.case}: {row.status} (exit code {row.exit_code})", file=sys.stderr)
-    return EXIT_PROBLEMS if len(failed) else EXIT_OK
+    rejected = resources.attrs.get("rejected_submissions", [])
+    for message in rejected:
+        print(f"not run: {message}", file=sys.stderr)
+    return EXIT_PROBLEMS if len(failed) or rejected else EXIT_OK
 
 
 def _run_containers(args: argparse.Namespace) -> int:
@@ -399,7 +439,7 @@ def _run_containers(args: argparse.Namespace) -> int:
     resources = run_containers(submissions, args.inputs, args.out, args.protocol, gpus=gpus, limits=limits,
                                interface=interface, force=args.force,
                                progress=False if args.no_progress else None, scheduler=args.scheduler,
-                               ship=args.ship)
+                               ship=args.ship, keep_images=args.keep_images)
     code = _print_resources(resources)
     print(f"wrote {args.out}/<team>/resources.csv, samples/, logs/, predictions/")
     return code
@@ -422,8 +462,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     submissions, interface, limits, gpus = _container_settings(args)
     outputs = evaluate(submissions, args.inputs, args.labels, args.out, args.protocol, gpus=gpus, limits=limits,
                        interface=interface, force=args.force, progress=False if args.no_progress else None,
-                       n_samples=args.samples, seed=args.seed, scheduler=args.scheduler, ship=args.ship)
+                       n_samples=args.samples, seed=args.seed, scheduler=args.scheduler, ship=args.ship,
+                       keep_images=args.keep_images)
     code = _print_resources(outputs.resources)
+    if outputs.cases_without_input:
+        code = EXIT_PROBLEMS
     if outputs.ranking is not None:
         print(outputs.ranking.ranking.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     else:
@@ -431,6 +474,18 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"wrote {outputs.folder}/runs, {outputs.folder}/results.csv" +
           (f", {outputs.folder}/ranking" if outputs.ranking is not None else ""))
     return code
+
+
+def _gpu_check(args: argparse.Namespace) -> int:
+    from .harness.gpu_check import GpuCheckError, run_gpu_check
+
+    try:
+        passed = run_gpu_check(args.gpu, allowance_mib=args.allowance)
+    except GpuCheckError as exc:
+        print(f"flare-eval gpu-check: {exc}", file=sys.stderr)
+        return EXIT_PROBLEMS
+    print("all GPU checks passed" if passed else "some GPU checks FAILED", file=sys.stdout)
+    return EXIT_OK if passed else EXIT_PROBLEMS
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures import as_completed as local_as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,7 @@ def run_tasks(
     retries: int = 0,
     resources: dict[str, float] | None = None,
     prepare: Callable[[tuple], tuple] | None = None,
+    on_failure: Callable[[tuple, str], Any] | None = None,
 ) -> Iterator[Any]:
     """Run ``function(*arguments)`` for each tuple and yield the results as they complete.
 
@@ -114,6 +116,10 @@ def run_tasks(
         Turns an argument tuple into the one submitted, just before submission
         (e.g. reading files into bytes), so that only ``in_flight`` payloads are
         held at once.
+    on_failure : callable, optional
+        In local processes, the result of a task whose worker process died:
+        ``on_failure(arguments, message)``; the other tasks go on. Without it,
+        a dead worker raises ``BrokenProcessPool``.
     """
     prepare = prepare or (lambda arguments: arguments)
     if client is not None:
@@ -122,15 +128,43 @@ def run_tasks(
         for arguments in argument_tuples:
             yield function(*prepare(arguments))
     else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            futures = [pool.submit(function, *prepare(arguments)) for arguments in argument_tuples]
+        yield from _run_in_pool(function, argument_tuples, workers, prepare, on_failure)
+
+
+def _run_in_pool(function, argument_tuples, workers, prepare, on_failure) -> Iterator[Any]:
+    """Local processes; a worker that dies (killed for memory, a crash in a library) breaks the pool.
+
+    The tasks the broken pool left unfinished then run again one at a time, each in
+    a fresh process, so that the one that kills its worker is found: its result is
+    ``on_failure(arguments, message)``, and every other task still completes.
+    """
+    tasks = list(argument_tuples)
+    finished: set[int] = set()
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {pool.submit(function, *prepare(arguments)): i for i, arguments in enumerate(tasks)}
+        try:
+            for future in local_as_completed(futures):
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    break
+                finished.add(futures[future])
+                yield result
+            else:
+                return
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    unfinished = [arguments for i, arguments in enumerate(tasks) if i not in finished]
+    if on_failure is None:
+        raise BrokenProcessPool("a worker process died while running tasks (killed for memory?)")
+    for arguments in unfinished:
+        with ProcessPoolExecutor(max_workers=1) as alone:
             try:
-                for future in local_as_completed(futures):
-                    yield future.result()
-            except BaseException:
-                for future in futures:
-                    future.cancel()
-                raise
+                yield alone.submit(function, *prepare(arguments)).result()
+            except BrokenProcessPool:
+                yield on_failure(arguments, "its worker process died (killed for memory, or a crash in a library)")
 
 
 def _run_on_cluster(function, argument_tuples, client, in_flight, retries, resources, prepare) -> Iterator[Any]:

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LabelMap",
+    "ImageHeader",
     "InvalidLabelMapError",
+    "read_header",
     "read_label_map",
     "write_label_map",
     "convert_image",
@@ -37,6 +39,7 @@ __all__ = [
     "LABEL_MAP_SUFFIXES",
     "write_table",
     "append_rows",
+    "drop_torn_tail",
     "read_table",
     "read_scores",
 ]
@@ -101,6 +104,85 @@ def case_id(path: Path) -> str | None:
         if path.name.endswith(suffix) and len(path.name) > len(suffix):
             return path.name[: -len(suffix)]
     return None
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image file's header claims, read without its voxel data.
+
+    Attributes
+    ----------
+    shape : tuple of int
+        Voxels along each axis (a trailing axis of length 1 is kept).
+    dtype : numpy.dtype
+        The stored voxel type (before any scaling the header asks for).
+    path : Path
+    """
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    path: Path
+
+    @property
+    def n_voxels(self) -> int:
+        """Voxels the data would hold."""
+        return int(np.prod(self.shape, dtype=np.int64)) if self.shape else 0
+
+    @property
+    def n_bytes(self) -> int:
+        """Bytes the data would take in memory once read (scaled data becomes float64)."""
+        return self.n_voxels * max(self.dtype.itemsize, 8)
+
+
+def read_header(path: str | Path) -> ImageHeader:
+    """Read an image's header only: shape and voxel type, never the data.
+
+    This is how untrusted files are checked before anything is allocated for
+    them: an 83-byte file can claim 2000 x 2000 x 2000 voxels.
+
+    Raises
+    ------
+    InvalidLabelMapError
+        If the file is missing, empty, of an unknown format, or its header
+        cannot be read or holds a voxel type that is not a real number.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidLabelMapError(f"{path}: file does not exist")
+    if path.stat().st_size == 0:
+        raise InvalidLabelMapError(f"{path}: file is empty")
+    if case_id(path) is None:
+        raise InvalidLabelMapError(f"{path}: not a label map; expected one of {LABEL_MAP_SUFFIXES}")
+    if path.name.endswith(_NIFTI_SUFFIXES):
+        _check_gzip_magic(path)
+        import nibabel as nib
+
+        try:
+            header = nib.load(str(path)).header
+            shape, dtype = tuple(int(n) for n in header.get_data_shape()), np.dtype(header.get_data_dtype())
+        except Exception as exc:  # nibabel raises many types for corrupt headers
+            raise InvalidLabelMapError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
+    else:
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
+            raise InvalidLabelMapError(f"{path}: cannot be read by SimpleITK ({first_line})") from exc
+        shape = tuple(int(n) for n in reader.GetSize())
+        if reader.GetNumberOfComponents() != 1:
+            raise InvalidLabelMapError(f"{path}: label maps hold one value per voxel, this file holds "
+                                       f"{reader.GetNumberOfComponents()}")
+        dtype = np.dtype(sitk.GetArrayViewFromImage(sitk.Image([1] * reader.GetDimension(),
+                                                               reader.GetPixelID())).dtype)
+    if dtype.kind not in "biuf":
+        raise InvalidLabelMapError(f"{path}: voxel type {dtype} cannot hold labels")
+    if any(n < 0 for n in shape):
+        raise InvalidLabelMapError(f"{path}: header claims a negative size {shape}")
+    return ImageHeader(shape=shape, dtype=dtype, path=path)
 
 
 def read_label_map(path: str | Path) -> LabelMap:
@@ -340,6 +422,42 @@ def append_rows(rows: pd.DataFrame, path: str | Path) -> None:
         rows.to_csv(handle, index=False, header=new_file)
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def drop_torn_tail(path: str | Path) -> bool:
+    """Cut an appended CSV back to its last complete line; return whether anything was cut.
+
+    `append_rows` writes whole lines; a kill -9 or a full disk during an
+    append can leave a last line without its newline, which would make every
+    later read fail. A warning names the file.
+    """
+    import warnings
+
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    with open(path, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return False
+        size = handle.seek(0, os.SEEK_END)
+        chunk = 1 << 16
+        end = size
+        keep = 0
+        while end > 0:
+            start = max(0, end - chunk)
+            handle.seek(start)
+            newline = handle.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+    warnings.warn(f"{path}: dropped an incomplete last line ({size - keep} bytes) left by an interrupted write; "
+                  "that case runs again", stacklevel=2)
+    return True
 
 
 def read_table(path: str | Path, *, role: str = "table") -> pd.DataFrame:

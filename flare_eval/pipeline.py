@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ._text import preview
 from ._version import __version__
 from .io import read_scores, read_table, write_table
 from .protocol import Protocol, load_protocol
@@ -183,12 +184,17 @@ def collect_results(
 
 @dataclass(frozen=True)
 class EvaluationOutputs:
-    """Everything `evaluate` produced; ``ranking`` is None with fewer than two teams."""
+    """Everything `evaluate` produced; ``ranking`` is None with fewer than two teams.
+
+    ``cases_without_input`` lists ground-truth cases that have no input image
+    (no team could run them; each team scores 0 there as ``missing``).
+    """
 
     resources: pd.DataFrame
     results: pd.DataFrame
     ranking: RankingOutputs | None
     folder: Path
+    cases_without_input: tuple[str, ...] = ()
 
 
 def evaluate(
@@ -207,6 +213,7 @@ def evaluate(
     seed: int | None = DEFAULT_SEED,
     scheduler=None,
     ship: str = "auto",
+    keep_images: bool = False,
 ) -> EvaluationOutputs:
     """The organizer's whole chain: run the containers, score, collect ``results.csv``, rank.
 
@@ -215,18 +222,25 @@ def evaluate(
     Rerunning resumes every step. With ``scheduler``, containers and scoring
     run on that Dask cluster (see :func:`flare_eval.run_containers`).
     """
-    from .harness.runner import run_containers
+    from .harness.runner import find_cases, run_containers
+    from .io import pair_cases
 
     protocol = load_protocol(protocol)
     out_dir = Path(out_dir)
+    inputs = find_cases(inputs_dir)
+    without_input = tuple(p.case for p in pair_cases(labels_dir, labels_dir).pairs if p.case not in inputs)
+    if without_input:
+        warnings.warn(f"{labels_dir}: {len(without_input)} ground-truth case(s) have no input image in {inputs_dir} "
+                      f"({preview(list(without_input))}); no team can be run on them", CollectWarning, stacklevel=2)
     resources = run_containers(submissions, inputs_dir, out_dir / "runs", protocol, gpus=gpus, limits=limits,
-                               interface=interface, force=force, progress=progress, scheduler=scheduler, ship=ship)
+                               interface=interface, force=force, progress=progress, scheduler=scheduler, ship=ship,
+                               keep_images=keep_images)
     results = collect_results(out_dir / "runs", labels_dir, out_dir / "results.csv", protocol, progress=progress,
                               scheduler=scheduler, ship=ship)
     ranking = None
     if results["team"].nunique() >= 2:
         ranking = rank_results(out_dir / "results.csv", out_dir / "ranking", protocol, n_samples=n_samples, seed=seed)
-    return EvaluationOutputs(resources, results, ranking, out_dir)
+    return EvaluationOutputs(resources, results, ranking, out_dir, without_input)
 
 
 @dataclass(frozen=True)

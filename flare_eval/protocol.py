@@ -16,7 +16,8 @@ The schema (all lengths in millimetres)::
                                "weight": 1.0, "worst": 0.0,
                                "minimum": 0.0, "maximum": 1.0}, ...],
                   "tie_method": "min"},
-      "resources": {"gpu_allowance_mib": 2048, "time_limit_s": 3600},
+      "resources": {"gpu_allowance_mib": 2048, "time_limit_s": 3600,
+                    "gpu_memory": "container"},
       "container": {"input_mount": "/workspace/inputs", "output_mount": "/workspace/outputs",
                     "command": ["/bin/bash", "-c", "sh predict.sh"],
                     "input_name": "{case}_0000.nii.gz", "output_name": "{case}.nii.gz"}
@@ -50,6 +51,9 @@ __all__ = [
 #: slice is cut away); ``inclusive`` keeps every ground-truth slice.
 SLICE_RANGE_MODES = ("half_open", "inclusive")
 TIE_METHODS = ("min",)
+#: ``resources.gpu_memory``: the container's own GPU memory (default), or the whole device's used memory
+#: with no baseline, as the official FLARE script read it (idle driver memory included).
+GPU_MEMORY_READINGS = ("container", "device_total")
 
 
 @dataclass(frozen=True)
@@ -177,6 +181,7 @@ class Protocol:
     time_limit_s: float
     source: str
     container: ContainerInterface = ContainerInterface()
+    gpu_memory: str = "container"
 
     @property
     def labels(self) -> tuple[int, ...]:
@@ -361,6 +366,10 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
     if tie_method not in TIE_METHODS:
         raise ValueError(f"protocol file {source}: ranking.tie_method must be one of {TIE_METHODS}, got {tie_method!r}")
     res = data.get("resources") or {}
+    gpu_memory = res.get("gpu_memory", "container")
+    if gpu_memory not in GPU_MEMORY_READINGS:
+        raise ValueError(f"protocol file {source}: resources.gpu_memory must be one of {GPU_MEMORY_READINGS}, "
+                         f"got {gpu_memory!r}")
     container = _container_from_dict(data.get("container") or {}, source)
     return Protocol(
         name=str(data.get("name", Path(source).stem)),
@@ -374,6 +383,7 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
         time_limit_s=float(res.get("time_limit_s", 3600)),
         source=source,
         container=container,
+        gpu_memory=gpu_memory,
     )
 
 

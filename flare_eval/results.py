@@ -1,9 +1,10 @@
 """Assembling ``results.csv`` (one row per team and case) from scores and resources. Pure, no I/O.
 
 This is the one place where penalties are applied: a case whose container
-timed out, crashed or left no prediction gets the protocol's worst value of
-every ranking metric (FLARE22: DSC=0, NSD=0, Time=3600, AUC_GPU=29491200,
-AUC_CPU=360000), whatever was measured.
+timed out, crashed, left no prediction or an invalid one, or whose submission
+could not be run at all, gets the protocol's worst value of every ranking
+metric (FLARE22: DSC=0, NSD=0, Time=3600, AUC_GPU=29491200, AUC_CPU=360000),
+whatever was measured.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from .protocol import Protocol, load_protocol
 __all__ = ["assemble_results", "PENALIZED_STATUSES", "RESULT_COLUMNS", "STATUS_NO_RUN"]
 
 #: Container statuses that get the worst value of every metric.
-PENALIZED_STATUSES = ("timeout", "crashed", "no_output")
+PENALIZED_STATUSES = ("timeout", "crashed", "no_output", "invalid_prediction", "invalid_submission")
 #: A case with a prediction but no container run recorded (e.g. scored from a folder).
 STATUS_NO_RUN = "no_run"
 RESULT_COLUMNS = ["team", "case", "DSC", "NSD", "Time", "AUC_GPU", "AUC_CPU", "status"]

@@ -19,6 +19,12 @@ prediction on another grid       0, status              0 (with ``resample``:
                                                         ``resampled``)
 prediction unreadable/invalid    0, status              0
                                  ``invalid_prediction``
+header claims another voxel      0, status              0; the data is never
+count than the GT (a bomb)       ``geometry_mismatch``  read (with ``resample``:
+                                                        read up to
+                                                        `MAX_RESAMPLE_BYTES`,
+                                                        else
+                                                        ``invalid_prediction``)
 label value not in protocol      treated as background, with a warning
 ===============================  =====================  ==========================
 """
@@ -40,8 +46,11 @@ from .io import (
     InvalidLabelMapError,
     LabelMap,
     append_rows,
+    drop_torn_tail,
     pair_cases,
+    read_header,
     read_label_map,
+    read_table,
     write_table,
 )
 from .protocol import Protocol, load_protocol
@@ -65,6 +74,7 @@ __all__ = [
     "STATUS_MISSING",
     "STATUS_GEOMETRY_MISMATCH",
     "STATUS_INVALID_PREDICTION",
+    "MAX_RESAMPLE_BYTES",
 ]
 
 STATUS_OK = "ok"
@@ -75,6 +85,9 @@ SCORED_STATUSES = (STATUS_OK, STATUS_REORIENTED, STATUS_RESAMPLED)
 STATUS_MISSING = "missing"
 STATUS_GEOMETRY_MISMATCH = "geometry_mismatch"
 STATUS_INVALID_PREDICTION = "invalid_prediction"
+
+#: Largest prediction (bytes once read) that ``resample`` reads when its grid differs from the ground truth's.
+MAX_RESAMPLE_BYTES = 2 * 1024**3
 
 SCORE_COLUMNS = ["case", "label", "organ", "DSC", "NSD", "status", "gt_voxels", "pred_voxels", "message"]
 
@@ -317,6 +330,16 @@ def _score_pair(
     if pred is None:
         return _failed_case(protocol, STATUS_MISSING, "no prediction file for this case")
     try:
+        refused = _refuse_by_header(pred, gt_map, options)
+    except InvalidLabelMapError as exc:
+        if options.strict:
+            raise
+        return _failed_case(protocol, STATUS_INVALID_PREDICTION, str(exc))
+    if refused is not None:
+        if options.strict:
+            raise ValueError(refused[1])
+        return _failed_case(protocol, *refused)
+    try:
         pred_map = _as_label_map(pred, spacing_mm if spacing_mm is not None else gt_map.spacing_mm, "pred")
     except InvalidLabelMapError as exc:
         if options.strict:
@@ -345,6 +368,30 @@ def _score_pair(
     if status != STATUS_OK:
         scores = [replace(s, status=status, message=note) for s in scores]
     return scores
+
+
+def _refuse_by_header(pred, gt_map: LabelMap, options: _Options) -> tuple[str, str] | None:
+    """``(status, message)`` when a prediction file's header alone rules it out, before any data is read.
+
+    A prediction on the ground truth's grid (in any orientation) has as many
+    voxels; reading one that claims more would allocate what an untrusted header
+    asks for.
+    """
+    if not isinstance(pred, (str, Path)):
+        return None
+    header = read_header(pred)
+    expected = int(gt_map.array.size)
+    if header.n_voxels == expected:
+        return None
+    problem = (f"prediction {header.path} is not on the grid of ground truth {gt_map.path}: shape "
+               f"{header.shape} != {gt_map.array.shape} (from its header; the data was not read)")
+    if not options.resample:
+        return STATUS_GEOMETRY_MISMATCH, problem + " (--resample to resample it)"
+    if header.n_bytes > MAX_RESAMPLE_BYTES:
+        return (STATUS_INVALID_PREDICTION, f"{problem}; its {header.n_voxels} voxels of {header.dtype} would take "
+                f"{header.n_bytes / 2**30:.1f} GiB, more than the {MAX_RESAMPLE_BYTES / 2**30:g} GiB that "
+                "--resample reads")
+    return None
 
 
 def _score_case_task(team: str | None, pair: CasePair, protocol: Protocol, options: _Options):
@@ -388,6 +435,14 @@ def _score_case_from_bytes(team: str | None, pair: CasePair, gt_bytes: bytes, pr
     for row in rows:
         row["message"] = original(row["message"])
     return team, rows, [original(m) for m in messages]
+
+
+def _worker_died(arguments: tuple, reason: str):
+    """The result of a case whose scoring process died: 0 for every organ, with a message naming the files."""
+    team, pair, protocol, _ = arguments
+    message = f"scoring {pair.pred_path} against {pair.gt_path} failed: {reason}"
+    rows = [{"case": pair.case, **asdict(s)} for s in _failed_case(protocol, STATUS_INVALID_PREDICTION, message)]
+    return team, rows, [f"case {pair.case}: {message}"]
 
 
 def _with_bytes(arguments: tuple) -> tuple:
@@ -437,7 +492,7 @@ def _score_many(
     bar = tqdm(total=len(jobs), desc="scoring", unit="case", disable=None if progress is None else not progress)
     try:
         for team, rows, messages in run_tasks(task, arguments, workers=local_workers, client=client,
-                                              prepare=prepare):
+                                              prepare=prepare, on_failure=_worker_died):
             for message in messages:
                 warnings.warn(message, FlareEvalWarning, stacklevel=4)
             frame = pd.DataFrame(rows, columns=SCORE_COLUMNS)
@@ -696,7 +751,12 @@ def score(
         if force:
             partial.unlink()
         else:
-            done = pd.read_csv(partial, keep_default_na=False, dtype={"team": str, "case": str, "message": str})
+            drop_torn_tail(partial)
+            done = read_table(partial, role="partial scores")
+            done["message"] = done["message"].astype(object).fillna("")
+            # A torn append can leave a case with some of its organs: score it again.
+            complete = done.groupby(keys[:-1] + ["case"])["label"].transform("size") == len(protocol.organs)
+            done = done[complete]
     common = dict(workers=workers, strict=strict, progress=progress, scheduler=scheduler, ship=ship,
                   resample=resample, on_case=lambda rows: append_rows(rows, partial))
     if teams:

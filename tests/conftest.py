@@ -12,6 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
+#: Python expression for this process's peak resident memory in KiB. VmHWM starts afresh at exec, unlike
+#: ru_maxrss, which a child inherits from the process that forked it.
+PEAK_RSS_KIB = "int(next(line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM')))"
+
+
 def write_nifti(path, array, spacing_mm=(1.0, 1.0, 1.0), dtype=None, affine=None):
     """Write a label map with the given spacing (RAS diagonal affine unless ``affine`` is given)."""
     path = Path(path)

@@ -47,7 +47,34 @@ GRAND_CHALLENGE_TEAMS = {
         'cp "/answers/$c.mha" "/output/images/abdominal-organ-segmentation/result-$c.mha"; done\n'
     ),
 }
-APPLETS = ["sh", "cat", "cp", "ls", "sleep", "mkdir", "true", "echo", "ln", "rm", "basename", "wget", "touch", "date"]
+# Hostile or careless submissions, one per defence of the harness (tests/test_hostile.py).
+HOSTILE_TEAMS = {
+    # 83 bytes of gzip whose NIfTI header claims 2000 x 2000 x 2000 voxels.
+    "bomb": 'for f in /workspace/inputs/*_0000.nii.gz; do c=$(basename "$f" _0000.nii.gz); '
+            'cp /answers/bomb.nii.gz "/workspace/outputs/$c.nii.gz"; done\n',
+    # A sparse file of 1.5 GB under the expected name: never read, never copied.
+    "sparse": 'for f in /workspace/inputs/*_0000.nii.gz; do c=$(basename "$f" _0000.nii.gz); '
+              'truncate -s 1500M "/workspace/outputs/$c.nii.gz"; done\n',
+    # Thousands of junk names: the log lists a bounded number.
+    "junk": "i=0; while [ $i -lt 3000 ]; do : > /workspace/outputs/junk$i; i=$((i+1)); done\n" + COPY_ANSWERS,
+    # A root-owned folder of mode 000 holding a file: scratch cleanup must still succeed.
+    "lockdir": "mkdir -p /workspace/outputs/locked/deeper && echo x > /workspace/outputs/locked/deeper/f && "
+               "chmod 000 /workspace/outputs/locked/deeper /workspace/outputs/locked\n" + COPY_ANSWERS,
+    # What the container may do: capabilities, device nodes, setuid bits, open files.
+    "probe": "grep CapEff /proc/self/status\n"
+             "if mknod /workspace/outputs/dev b 8 0 2>/dev/null; then echo MKNOD-ALLOWED; else echo MKNOD-DENIED; fi\n"
+             "echo NOFILE=$(ulimit -n) FSIZE=$(ulimit -f)\n"
+             "echo PID1=$(cat /proc/1/cmdline | tr '\\0' ' ')\n" + COPY_ANSWERS,
+    # 30 MB of output: the engine keeps a tail of it and the harness fetches only that.
+    "flood": "yes 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef | head -c 30000000\n"
+             "echo FLOOD-END\n" + COPY_ANSWERS,
+    # Two teams whose archives carry the same tag, and one that claims the organizer's tag.
+    "twin1": "echo I-AM-TWIN1\n" + COPY_ANSWERS,
+    "twin2": "echo I-AM-TWIN2\n" + COPY_ANSWERS,
+    "thief": "echo I-AM-THIEF\n" + COPY_ANSWERS,
+}
+APPLETS = ["sh", "cat", "cp", "ls", "sleep", "mkdir", "true", "echo", "ln", "rm", "basename", "wget", "touch", "date",
+           "truncate", "chmod", "grep", "mknod", "yes", "head", "tr"]
 
 
 def busybox_path() -> Path:
@@ -74,6 +101,34 @@ def make_cases(folder: Path, n_cases: int = 2) -> tuple[Path, Path, dict[str, np
         answer[2, 2:8, 1:6] = 0  # a realistic, imperfect prediction
         answers[case] = answer
     return images, labels, answers
+
+
+def bomb_bytes() -> bytes:
+    """A gzip NIfTI of a few dozen bytes whose header claims 2000 x 2000 x 2000 voxels of uint8."""
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((2000, 2000, 2000))
+    header.set_data_dtype(np.uint8)
+    header["vox_offset"] = 352
+    return gzip.compress(header.binaryblock + b"\0" * 4)
+
+
+def build_archive(client, predict_sh: str, answers_dir: Path, target: Path, tag: str,
+                  changes=("WORKDIR /workspace",)) -> str:
+    """Build one busybox image running ``predict_sh``, save it as ``target`` carrying ``tag``; return its ID.
+
+    The image is removed from the engine afterwards (the harness must load it from the archive).
+    """
+    repository, _, name = tag.rpartition(":")
+    client.api.import_image_from_data(_root_tar(predict_sh, answers_dir), repository=repository, tag=name,
+                                      changes=list(changes))
+    image = client.images.get(tag)
+    data = b"".join(image.save(named=tag))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(gzip.compress(data, compresslevel=1) if target.name.endswith(".gz") else data)
+    client.images.remove(image.id, force=True)
+    return image.id
 
 
 def _root_tar(predict_sh: str, answers_dir: Path, answer_suffix: str = ".nii.gz") -> bytes:
@@ -103,6 +158,7 @@ def _root_tar(predict_sh: str, answers_dir: Path, answer_suffix: str = ".nii.gz"
         add_file("workspace/predict.sh", predict_sh.encode(), 0o644)
         for answer in sorted(answers_dir.glob(f"*{answer_suffix}")):
             add_file(f"answers/{answer.name}", answer.read_bytes(), 0o644)
+        add_file("answers/bomb.nii.gz", bomb_bytes(), 0o644)
     return buffer.getvalue()
 
 

@@ -133,3 +133,18 @@ def test_rank_bad_tables_exit_2(tmp_path, capsys, content, pattern):
 def test_rank_missing_file_exits_2(tmp_path, capsys):
     assert main(["rank", str(tmp_path / "nope.csv"), "--out", str(tmp_path)]) == 2
     assert "nope.csv does not exist" in capsys.readouterr().err
+
+
+def test_disk_full_is_one_line_naming_the_folder(examples, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import flare_eval.pipeline as pipeline
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "ranking.csv"))
+
+    monkeypatch.setattr(pipeline, "rank_results", full)
+    code = main(["rank", str(examples.results), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert f"no space left on the disk of {tmp_path / 'out'}" in err and "Traceback" not in err

@@ -145,8 +145,9 @@ def team_archives(engine, tmp_path):
 
 
 def overlapping(rows: pd.DataFrame) -> bool:
+    # The engine's own start and lifetime of each container's process.
     rows = rows.assign(start=pd.to_datetime(rows.started_at)).sort_values("start")
-    ends = rows.start + pd.to_timedelta(rows.time_s, unit="s")
+    ends = rows.start + pd.to_timedelta(rows.engine_time_s, unit="s")
     return bool((rows.start.iloc[1:].to_numpy() < ends.iloc[:-1].to_numpy()).any())
 
 

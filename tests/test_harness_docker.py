@@ -41,7 +41,7 @@ def all_teams(workspace):
 
 
 def flare_containers(engine):
-    return engine.containers.list(all=True, filters={"label": "flare-eval"})
+    return engine.containers.list(all=True, sparse=True, filters={"label": "flare-eval"})
 
 
 def test_statuses(all_teams):
@@ -222,7 +222,8 @@ def test_bad_archive_and_missing_engine_errors(tmp_path, capsys, monkeypatch):
     (tmp_path / "in" / "c_0000.nii.gz").write_bytes(b"x")
     code = main(["run-containers", str(tmp_path / "subs"), "--inputs", str(tmp_path / "in"), "--out",
                  str(tmp_path / "runs"), "--gpus", "none", "--no-progress"])
-    assert code == 2 and "broken.tar: cannot be loaded as a Docker image archive" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 1 and "broken.tar: not a readable image archive" in err and "broken c: invalid_submission" in err
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent.sock")
     code = main(["run-containers", str(tmp_path / "subs"), "--inputs", str(tmp_path / "in"), "--out",
                  str(tmp_path / "runs"), "--gpus", "none", "--no-progress"])
@@ -274,3 +275,20 @@ def test_protocol_time_limit_is_the_default_timeout(workspace, tmp_path):
 def test_all_team_behaviours_are_exercised():
     assert set(TEAMS) == {"good", "burner", "forker", "sleeper", "hanger", "crasher", "silent", "linker",
                           "networker"}
+
+
+def test_time_is_the_wall_clock_of_the_whole_run_and_samples_end_within_it(workspace, tmp_path):
+    from dataclasses import replace
+
+    from flare_eval import load_protocol
+
+    folder, images, labels, submissions = workspace
+    sleeper = [fe.Submission("sleep3", archive=p) for p in submissions.iterdir() if p.name.startswith("sleeper.")]
+    interface = replace(load_protocol("flare22").container, command=("sh", "-c", "sleep 3"))
+    resources = run_containers(sleeper, images, tmp_path / "runs", gpus=None, interface=interface, progress=False)
+    for row in resources.itertuples():
+        assert 3.0 <= row.time_s < 5.0 + 10.0  # create, start, run and exit; generous on a busy machine
+        assert 3.0 <= row.engine_time_s <= row.time_s
+        samples = pd.read_csv(tmp_path / "runs" / "sleep3" / "samples" / f"{row.case}.csv")
+        assert samples.time_s.iloc[-1] <= row.time_s
+        assert samples.time_s.iloc[-1] >= 3.0 - 0.2

@@ -123,6 +123,29 @@ def test_sampler_falls_back_to_device_memory_above_baseline():
     assert sampler.gpu_mib == [2048.0, 4096.0]
 
 
+def test_official_device_total_reading_has_no_baseline():
+    # The official script read the whole device: idle driver memory and other processes count.
+    gpu = FakeGpu([500.0, 2548.0], [100.0, 100.0])
+    sampler = ResourceSampler(cpu=FakeCpu(), gpu=gpu, interval_s=100, gpu_memory="device_total")
+    sampler.start()
+    sampler.stop()
+    sampler._sample()
+    assert sampler.gpu_mode == "device_total"
+    assert sampler.gpu_mib == [500.0, 2548.0]
+
+
+def test_protocol_chooses_the_gpu_memory_reading(tmp_path):
+    from flare_eval import load_protocol
+
+    assert load_protocol("flare22").gpu_memory == "container"
+    path = tmp_path / "official.json"
+    path.write_text('{"extends": "flare22", "resources": {"gpu_memory": "device_total"}}')
+    assert load_protocol(path).gpu_memory == "device_total"
+    path.write_text('{"extends": "flare22", "resources": {"gpu_memory": "all"}}')
+    with pytest.raises(ValueError, match="resources.gpu_memory must be one of"):
+        load_protocol(path)
+
+
 def test_idle_cgroups_left_by_killed_runs_are_removed(tmp_path):
     from flare_eval.harness.sampler import remove_idle_cgroups
 

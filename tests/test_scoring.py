@@ -187,6 +187,58 @@ def test_score_writes_tables_and_resumes(examples, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(resumed[["case", "label", "DSC", "NSD"]], first[["case", "label", "DSC", "NSD"]])
 
 
+def test_torn_partial_scores_drop_the_torn_case_and_rescore_it(examples, tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    first, _ = score(examples.predictions / "teamB", examples.labels, out, workers=1, progress=False)
+    done = first[first.case.isin(["case_0001", "case_0002"])]
+    text = done.to_csv(index=False)
+    lines = text.splitlines(keepends=True)
+    # A kill -9 mid-append: case_0002 has five complete rows, then half a row.
+    torn = "".join(lines[: 1 + 13 + 5]) + lines[1 + 13 + 5][:20]
+    (out / "scores.partial.csv").write_text(torn)
+    scored = []
+    import flare_eval.scoring as scoring
+
+    original = scoring._score_case_task
+    monkeypatch.setattr(scoring, "_score_case_task",
+                        lambda team, pair, *a: scored.append(pair.case) or original(team, pair, *a))
+    with pytest.warns(UserWarning, match=r"scores.partial.csv: dropped an incomplete last line"):
+        resumed, _ = score(examples.predictions / "teamB", examples.labels, out, workers=1, progress=False)
+    assert scored == ["case_0002", "case_0003"]
+    pd.testing.assert_frame_equal(resumed[["case", "label", "DSC", "NSD"]], first[["case", "label", "DSC", "NSD"]])
+
+
+def test_a_decompression_bomb_with_the_right_header_reads_only_what_the_header_claims(tmp_path):
+    """A gzip stream far longer than its header's shape: only shape x itemsize bytes are ever inflated."""
+    import gzip
+    import subprocess
+    import sys
+
+    import nibabel as nib
+    from conftest import PEAK_RSS_KIB
+
+    gt = np.zeros((64, 64, 32), np.uint8)
+    gt[10:30, 10:30, 5:20] = 1
+    write_nifti(tmp_path / "gt" / "c.nii.gz", gt)
+    header = nib.Nifti1Header()
+    header.set_data_shape(gt.shape)
+    header.set_data_dtype(np.uint8)
+    header.set_qform(np.eye(4), code=1)
+    header.set_sform(np.eye(4), code=1)
+    header["vox_offset"] = 352
+    stream = gzip.compress(header.binaryblock + b"\0" * 4 + gt.tobytes(order="F") + bytes(300 * 2**20), 1)
+    (tmp_path / "pred").mkdir()
+    (tmp_path / "pred" / "c.nii.gz").write_bytes(stream)
+    assert len(stream) < 2 * 2**20  # 300 MB of zeros inflate from under 2 MB
+    del stream
+    script = ("import flare_eval as fe; "
+              f"s = fe.score_case({str(tmp_path / 'pred' / 'c.nii.gz')!r}, {str(tmp_path / 'gt' / 'c.nii.gz')!r}); "
+              f"print(round(float(s.DSC.iloc[0]), 6), {PEAK_RSS_KIB})")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert float(out[0]) == 1.0
+    assert int(out[1]) < 250 * 1024  # KiB, well under the 300 MB the stream would inflate to
+
+
 def test_unreadable_ground_truth_stops_the_run(tmp_path):
     (tmp_path / "gt").mkdir()
     (tmp_path / "gt" / "bad.nii.gz").write_bytes(b"nope")

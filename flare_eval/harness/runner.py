@@ -7,14 +7,24 @@ Layout of the runs folder (one sub-folder per team)::
     RUNS/<team>/logs/<case>.log      the container's output, then what the harness dropped
     RUNS/<team>/predictions/<case>.nii.gz   (or the format of the protocol's container interface)
 
+    RUNS/.scratch/                   each case's staged input and the container's output folder while it
+                                     runs; emptied after each case and at the next start
+
 A case is finished when its row is in ``resources.csv``; a rerun skips finished
 cases (unless ``force``), so a killed harness loses at most the case in flight.
+Each row records the ID (sha256) of the image that was measured; a team whose
+archive now holds another image is run again, its old rows kept aside.
+
+Every submission is checked before any runs (team name, archive, manifest);
+one that fails gets status ``invalid_submission`` on every case and the run
+goes on with the others.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,15 +40,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..io import append_rows, case_id, convert_image, write_table
+from ..io import (
+    InvalidLabelMapError,
+    append_rows,
+    case_id,
+    convert_image,
+    drop_torn_tail,
+    read_header,
+    read_table,
+    write_table,
+)
 from ..protocol import ContainerInterface, Protocol, load_protocol
 from .docker import (
-    ContainerError,
+    ArchiveInfo,
     ContainerLimits,
     ContainerRun,
+    InvalidSubmissionError,
     docker_client,
     image_exists,
+    inspect_archive,
     load_image_archive,
+    remove_image,
     remove_orphaned_containers,
     remove_stale_containers,
     run_container,
@@ -62,20 +84,34 @@ __all__ = [
     "STATUS_TIMEOUT",
     "STATUS_CRASHED",
     "STATUS_NO_OUTPUT",
+    "STATUS_INVALID_PREDICTION",
+    "STATUS_INVALID_SUBMISSION",
+    "TEAM_NAME_PATTERN",
+    "check_team_name",
 ]
 
 STATUS_OK = "ok"
 STATUS_TIMEOUT = "timeout"
 STATUS_CRASHED = "crashed"
 STATUS_NO_OUTPUT = "no_output"
+STATUS_INVALID_PREDICTION = "invalid_prediction"
+STATUS_INVALID_SUBMISSION = "invalid_submission"
 RESOURCE_COLUMNS = [
-    "team", "case", "time_s", "auc_gpu_mib_s", "auc_cpu_pct_s", "max_gpu_mib", "max_cpu_pct",
-    "gpu_measured", "gpu_mode", "exit_code", "status", "n_samples", "image", "host", "worker", "n_cpus",
+    "team", "case", "time_s", "engine_time_s", "auc_gpu_mib_s", "auc_cpu_pct_s", "max_gpu_mib", "max_cpu_pct",
+    "gpu_measured", "gpu_mode", "exit_code", "status", "n_samples", "image", "image_id", "host", "worker", "n_cpus",
     "gpu_name", "gpu_driver", "started_at",
 ]
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
+#: Team names become folder names: a letter or digit first, then letters, digits, ``_``, ``.``, ``-``.
+TEAM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _CHANNEL = "_0000"
 DEFAULT_MAX_OUTPUT_BYTES = 2 * 1024**3
+#: A prediction may take at most this many bytes per voxel of the case's image (float64 is 8), plus a header.
+_OUTPUT_BYTES_PER_VOXEL = 8
+_OUTPUT_HEADER_BYTES = 1024**2
+#: Most dropped output entries listed one by one in a case's log.
+_DROPPED_LISTED = 50
+_SCRATCH = ".scratch"
 
 
 class HarnessWarning(UserWarning):
@@ -84,15 +120,38 @@ class HarnessWarning(UserWarning):
 
 @dataclass(frozen=True)
 class Submission:
-    """One team's algorithm: an image archive to load, or an image the engine already has."""
+    """One team's algorithm: an image archive to load, or an image the engine already has.
+
+    ``image_id`` (``sha256:...``) is filled in by `run_containers` from the
+    archive's manifest or the engine; containers run by it, never by a tag.
+    """
 
     team: str
     archive: Path | None = None
     image: str | None = None
+    image_id: str | None = None
+
+
+def check_team_name(team: str) -> None:
+    """Raise ValueError unless ``team`` matches `TEAM_NAME_PATTERN` (it names folders under the runs folder).
+
+    Examples
+    --------
+    >>> check_team_name("team-A_2.1")
+    >>> check_team_name("..")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: team name '..' is not allowed: use letters, digits, ...
+    """
+    if not TEAM_NAME_PATTERN.match(team):
+        raise ValueError(f"team name {team!r} is not allowed: use letters, digits, '_', '.' and '-', starting with "
+                         "a letter or digit (at most 100 characters)")
 
 
 def find_submissions(folder: str | Path) -> list[Submission]:
     """One `Submission` per image archive (``<team>.tar.gz``, ``.tgz`` or ``.tar``) in ``folder``.
+
+    Team names come from the file names and are checked by `run_containers`
+    (see `check_team_name`), so a badly named archive is reported, not lost.
 
     Raises
     ------
@@ -136,14 +195,17 @@ def find_cases(inputs_dir: str | Path) -> dict[str, Path]:
 
 def keep_outputs(
     output_dir: Path, expected: str, predictions_dir: Path, kept_name: str, *,
-    max_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
-) -> tuple[Path | None, list[str]]:
+    max_bytes: int = DEFAULT_MAX_OUTPUT_BYTES, max_voxels: int | None = None,
+) -> tuple[Path | None, list[str], bool]:
     """Move the expected prediction out of a container's output folder; report everything else.
 
     Only a regular, non-empty file of at most ``max_bytes`` whose name is
     ``expected`` (or matches it, when it is a pattern such as ``*.mha``; then
-    exactly one file may match) is kept, as ``predictions_dir/kept_name``.
-    Links, folders and other names are not.
+    exactly one file may match) and whose header claims at most
+    ``max_voxels`` voxels is kept, as ``predictions_dir/kept_name``. Links,
+    folders, device nodes and other names are not. Nothing is read but the
+    kept file's header, and the folder listing itself is bounded: after
+    `_DROPPED_LISTED` dropped entries only a count follows.
 
     Returns
     -------
@@ -151,44 +213,90 @@ def keep_outputs(
         Where the prediction now lies.
     dropped : list of str
         One line per entry that was not kept, with the reason.
+    refused : bool
+        Whether the expected file was there, a regular file, but not kept
+        (empty, too large, or a header that rules it out).
     """
-    entries = sorted(output_dir.iterdir())
-    matching = [e for e in entries if fnmatch.fnmatchcase(e.name, expected)]
-    kept, dropped = None, []
-    for entry in entries:
-        info = entry.lstat()
-        if stat.S_ISLNK(info.st_mode):
-            dropped.append(f"{entry.name}: a symbolic link, not a file")
-        elif not stat.S_ISREG(info.st_mode):
-            dropped.append(f"{entry.name}: not a regular file")
-        elif entry not in matching:
-            dropped.append(f"{entry.name}: unexpected name (expected {expected})")
-        elif len(matching) > 1:
-            dropped.append(f"{entry.name}: one of {len(matching)} files matching {expected}, expected one")
-        elif info.st_size == 0:
-            dropped.append(f"{entry.name}: empty file")
-        elif info.st_size > max_bytes:
-            dropped.append(f"{entry.name}: {info.st_size} bytes, more than the limit of {max_bytes}")
+    matching: list[os.DirEntry] = []
+    dropped: list[str] = []
+    n_unlisted = 0
+
+    def drop(line: str) -> None:
+        nonlocal n_unlisted
+        if len(dropped) < _DROPPED_LISTED:
+            dropped.append(line)
         else:
+            n_unlisted += 1
+
+    with os.scandir(output_dir) as entries:
+        for entry in entries:
+            mode = entry.stat(follow_symlinks=False).st_mode
+            if stat.S_ISLNK(mode):
+                drop(f"{entry.name}: a symbolic link, not a file")
+            elif not stat.S_ISREG(mode):
+                drop(f"{entry.name}: not a regular file")
+            elif not fnmatch.fnmatchcase(entry.name, expected):
+                drop(f"{entry.name}: unexpected name (expected {expected})")
+            elif len(matching) < 2:
+                matching.append(entry)
+            else:
+                drop(f"{entry.name}: one of several files matching {expected}, expected one")
+    kept, refused = None, False
+    for entry in sorted(matching, key=lambda e: e.name):
+        info = entry.stat(follow_symlinks=False)
+        refused = True
+        if len(matching) > 1:
+            drop(f"{entry.name}: one of several files matching {expected}, expected one")
+        elif info.st_size == 0:
+            drop(f"{entry.name}: empty file")
+        elif info.st_size > max_bytes:
+            drop(f"{entry.name}: {info.st_size} bytes, more than the limit of {max_bytes} for this case")
+        else:
+            problem = _header_problem(Path(entry.path), max_voxels)
+            if problem:
+                drop(f"{entry.name}: {problem}")
+                continue
             predictions_dir.mkdir(parents=True, exist_ok=True)
-            kept = predictions_dir / kept_name
-            shutil.move(str(entry), str(kept))
-    return kept, dropped
+            kept, refused = predictions_dir / kept_name, False
+            shutil.move(entry.path, str(kept))
+    if n_unlisted:
+        dropped.append(f"... and {n_unlisted} more entries")
+    return kept, dropped, refused
 
 
-def case_status(run: ContainerRun, has_prediction: bool) -> str:
-    """``timeout``, ``crashed`` (non-zero exit or killed for memory), ``no_output`` or ``ok``."""
+def _header_problem(path: Path, max_voxels: int | None) -> str:
+    """Why a prediction's header rules it out ('' when it does not): unreadable, or claiming too many voxels."""
+    try:
+        header = read_header(path)
+    except InvalidLabelMapError as exc:
+        return str(exc).replace(f"{path}: ", "", 1)
+    if max_voxels is not None and header.n_voxels > max_voxels:
+        return (f"its header claims {'x'.join(map(str, header.shape))} voxels, more than the "
+                f"{max_voxels} of the case's image; not kept")
+    return ""
+
+
+def case_status(run: ContainerRun, has_prediction: bool, prediction_refused: bool = False) -> str:
+    """``timeout``, ``crashed`` (non-zero exit or killed for memory), ``invalid_prediction``, ``no_output`` or ``ok``.
+
+    ``prediction_refused``: the expected file was there but not kept (too large,
+    or a header that is unreadable or claims too many voxels).
+    """
     if run.timed_out:
         return STATUS_TIMEOUT
     if run.exit_code != 0 or run.oom_killed:
         return STATUS_CRASHED
-    return STATUS_OK if has_prediction else STATUS_NO_OUTPUT
+    if has_prediction:
+        return STATUS_OK
+    return STATUS_INVALID_PREDICTION if prediction_refused else STATUS_NO_OUTPUT
 
 
-def _finished_cases(resources_csv: Path) -> set[str]:
+def _previous_rows(resources_csv: Path) -> pd.DataFrame | None:
+    """The rows of an earlier run (a torn last line dropped first), or None when there are none."""
+    drop_torn_tail(resources_csv)
     if not resources_csv.exists() or resources_csv.stat().st_size == 0:
-        return set()
-    return set(pd.read_csv(resources_csv, dtype={"case": str}, usecols=["case"])["case"])
+        return None
+    return read_table(resources_csv, role="resources table")
 
 
 def _select_gpu(gpus: str | int | None) -> NvmlGpu | None:
@@ -225,7 +333,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def _stage_input(image_path: Path, target: Path) -> None:
-    """Put the case's image where the container expects it, converting the format if it differs."""
+    """Put the case's image where the container expects it, as a regular file, converting the format if it differs.
+
+    A symbolic link is resolved first: linking the link itself would hand the
+    container a link that points nowhere inside it.
+    """
+    image_path = image_path.resolve(strict=True)
     source_extension = image_path.name[len(case_id(image_path) or ""):]
     target_extension = target.name[len(case_id(target) or ""):]
     if source_extension != target_extension:
@@ -263,6 +376,7 @@ def run_containers(
     max_output_bytes: int = DEFAULT_MAX_OUTPUT_BYTES,
     scheduler=None,
     ship: str = "auto",
+    keep_images: bool = False,
 ) -> pd.DataFrame:
     """Run each submission on each case, one container at a time, sampling resources every ``interval_s``.
 
@@ -292,7 +406,8 @@ def run_containers(
     interval_s : float
         Sampling period.
     max_output_bytes : int
-        Largest prediction file kept.
+        Largest prediction file kept; each case's limit is also at most 8
+        bytes per voxel of its image plus 1 MiB.
     scheduler : str or distributed.Client, optional
         Run the (team, case) tasks on this Dask cluster. Each task holds one
         ``GPU`` resource, so start each worker with ``--resources GPU=1`` and
@@ -304,41 +419,67 @@ def run_containers(
     ship : {"auto", "paths", "bytes"}
         How inputs and image archives reach the workers (see
         :func:`flare_eval.score_folder`).
+    keep_images : bool
+        Keep the images loaded from archives on the engine after each team
+        (default: remove them, unless the engine had them before).
 
     Returns
     -------
     pandas.DataFrame
         All rows of every team's ``resources.csv`` (earlier runs included).
+        A submission that cannot run (a bad archive, an image the engine does
+        not have) has status ``invalid_submission`` on every case; a team
+        name that cannot name a folder is left out with a `HarnessWarning`.
 
     Raises
     ------
     ContainerError
-        If no engine answers or an image cannot be loaded.
+        If no engine answers.
+    ValueError
+        If the limits do not fit this machine (e.g. more memory than it has).
     """
     from tqdm import tqdm
 
     protocol = load_protocol(protocol)
-    limits = limits or ContainerLimits()
+    limits = (limits or ContainerLimits()).checked()
     if limits.timeout_s is None:
         # A stuck container must not stall the evaluation: the protocol's time limit (FLARE: 3600 s) applies.
         limits = replace(limits, timeout_s=protocol.time_limit_s)
     interface = interface or protocol.container
     if isinstance(submissions, (str, Path)):
         submissions = find_submissions(submissions)
+    submissions, rejected = _named_submissions(submissions)
     cases = find_cases(inputs_dir)
     runs_dir = Path(runs_dir).resolve()
     runs_dir.mkdir(parents=True, exist_ok=True)
-    settings = _CaseSettings(interface, limits, str(runs_dir), protocol.gpu_allowance_mib, interval_s, max_output_bytes)
+    _write_run_settings(runs_dir / "settings.json", protocol, limits, interface, gpus, keep_images, max_output_bytes)
+    settings = _CaseSettings(interface, limits, str(runs_dir), protocol.gpu_allowance_mib, interval_s, max_output_bytes,
+                             protocol.gpu_memory)
     engine = docker_client()
     stale = remove_stale_containers(engine, settings.runs_label)
     remove_idle_cgroups()
     if stale:
         warnings.warn(f"removed {len(stale)} container(s) left by an interrupted run: {', '.join(stale)}",
                       HarnessWarning, stacklevel=2)
+    _empty_scratch(runs_dir / _SCRATCH)
     todo = []
     for submission in submissions:
-        done = set() if force else _finished_cases(runs_dir / submission.team / "resources.csv")
-        todo.extend((submission, case) for case in cases if case not in done)
+        identity = _identify(engine, submission)
+        team_dir = runs_dir / submission.team
+        previous = None if force else _previous_rows(team_dir / "resources.csv")
+        if previous is not None and not _measured_with(previous, identity):
+            _set_aside(team_dir / "resources.csv", previous, identity)
+            previous = None
+        done = set() if previous is None else set(previous["case"])
+        remaining = [case for case in cases if case not in done]
+        if isinstance(identity, InvalidSubmissionError):
+            for case in remaining:
+                record_case(_invalid_submission(submission, case, str(identity)), team_dir,
+                            interface.prediction_name(case))
+            warnings.warn(f"team {submission.team}: invalid submission, not run: {identity}", HarnessWarning,
+                          stacklevel=2)
+            continue
+        todo.extend((replace(submission, image_id=identity.image_id), case) for case in remaining)
     bar = tqdm(total=len(todo), unit="case", disable=None if progress is None else not progress)
 
     def record(outcome: CaseOutcome) -> None:
@@ -351,7 +492,7 @@ def run_containers(
     try:
         with _sigterm_as_interrupt():
             if scheduler is None:
-                _run_here(engine, todo, cases, settings, gpus, record)
+                _run_here(engine, todo, cases, settings, gpus, record, keep_images)
             else:
                 _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record)
     finally:
@@ -359,25 +500,191 @@ def run_containers(
         if scheduler is not None:
             # Containers of workers lost mid-case, where they share this engine.
             remove_stale_containers(engine, settings.runs_label)
-    frames = [pd.read_csv(p, dtype={"case": str, "team": str}) for p in sorted(runs_dir.glob("*/resources.csv"))]
+        _empty_scratch(runs_dir / _SCRATCH)
+    frames = [read_table(p, role="resources table")
+              for p in sorted(runs_dir.glob("*/resources.csv")) if p.parent.name != _SCRATCH]
     resources = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESOURCE_COLUMNS)
+    resources.attrs["rejected_submissions"] = rejected
     _warn_if_machines_differ(resources)
     return resources
 
 
-def _run_here(engine, todo, cases, settings, gpus, record) -> None:
+def _named_submissions(submissions: list[Submission]) -> tuple[list[Submission], list[str]]:
+    """The submissions whose team names can name a folder, and a message for each of the others."""
+    kept, rejected, seen = [], [], set()
+    for submission in submissions:
+        source = submission.archive or submission.image
+        try:
+            check_team_name(submission.team)
+        except ValueError as exc:
+            rejected.append(f"{source}: {exc}")
+            continue
+        if submission.team in seen:
+            rejected.append(f"{source}: team {submission.team!r} appears twice")
+            continue
+        seen.add(submission.team)
+        kept.append(submission)
+    for message in rejected:
+        warnings.warn(f"{message}; this submission is not run", HarnessWarning, stacklevel=3)
+    return kept, rejected
+
+
+def _write_run_settings(path: Path, protocol: Protocol, limits: ContainerLimits, interface: ContainerInterface,
+                        gpus, keep_images: bool, max_output_bytes: int) -> None:
+    """Record the limits and relaxations in force, and the machine, beside the runs (atomically)."""
+    import json
+    import platform
+    from dataclasses import asdict
+
+    from .._version import __version__
+    from .docker import host_memory_bytes
+
+    cpu_model = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            cpu_model = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), "")
+    except OSError:
+        pass
+    settings = {
+        "protocol": protocol.name,
+        "limits": asdict(limits),
+        "container": asdict(interface),
+        "gpus": gpus,
+        "keep_images": keep_images,
+        "max_output_bytes": max_output_bytes,
+        "machine": {"host": socket.gethostname(), "platform": platform.platform(), "cpu_model": cpu_model,
+                    "n_cpus": os.cpu_count(), "memory_bytes": host_memory_bytes()},
+        "flare_eval_version": __version__,
+    }
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """The image a submission runs: its ID, and what its archive's manifest says."""
+
+    image_id: str
+    archive: ArchiveInfo | None = None
+
+
+def _identify(engine, submission: Submission) -> _Identity | InvalidSubmissionError:
+    """The submission's image ID, from its archive's manifest (nothing loaded yet) or from the engine."""
+    import docker
+
+    if submission.archive is not None:
+        try:
+            info = inspect_archive(submission.archive)
+        except InvalidSubmissionError as exc:
+            return exc
+        return _Identity(info.image_id, info)
+    try:
+        return _Identity(engine.images.get(submission.image).id)
+    except docker.errors.ImageNotFound:
+        return InvalidSubmissionError(f"image {submission.image!r} is not loaded on the engine")
+    except docker.errors.APIError as exc:
+        return InvalidSubmissionError(f"image {submission.image!r}: {exc}")
+
+
+def _measured_with(previous: pd.DataFrame, identity: _Identity | InvalidSubmissionError) -> bool:
+    """Whether earlier rows were measured with the image the submission holds now."""
+    ids = set(previous["image_id"].fillna("")) if "image_id" in previous else {""}
+    if isinstance(identity, InvalidSubmissionError):
+        return ids == {""} and set(previous["status"]) == {STATUS_INVALID_SUBMISSION}
+    return ids == {identity.image_id}
+
+
+def _set_aside(resources_csv: Path, previous: pd.DataFrame, identity) -> None:
+    """Keep the rows of another image beside the team's folder, and say so."""
+    old = sorted(set(previous["image_id"].fillna("unknown"))) if "image_id" in previous else ["unknown"]
+    label = (old[0].removeprefix("sha256:")[:12] or "unknown") if len(old) == 1 else "mixed"
+    target = resources_csv.with_name(f"resources.superseded-{label}.csv")
+    os.replace(resources_csv, target)
+    now = "an invalid submission" if isinstance(identity, InvalidSubmissionError) else identity.image_id
+    warnings.warn(f"team {resources_csv.parent.name}: its rows were measured with image {', '.join(old)}, the "
+                  f"submission is now {now}; every case runs again (old rows kept in {target})",
+                  HarnessWarning, stacklevel=3)
+
+
+def _invalid_submission(submission: Submission, case: str, message: str) -> CaseOutcome:
+    row = {column: np.nan for column in RESOURCE_COLUMNS}
+    row.update(team=submission.team, case=case, status=STATUS_INVALID_SUBMISSION, gpu_measured=False,
+               n_samples=0, image=str(submission.archive or submission.image), image_id="",
+               host=socket.gethostname(), worker="", gpu_mode=GPU_MODE_NONE, gpu_name="", gpu_driver="",
+               started_at="")
+    return CaseOutcome(row=row, samples=pd.DataFrame(columns=["time_s", "cpu_time_s", "cpu_pct", "gpu_mib"]),
+                       log=f"[flare-eval] invalid submission, not run: {message}\n", prediction=None)
+
+
+def _empty_scratch(scratch: Path) -> None:
+    """Remove what earlier cases left in the scratch folder, permissions notwithstanding."""
+    if scratch.exists():
+        _remove_tree(scratch)
+
+
+def _remove_tree(path: Path) -> bool:
+    """Remove a folder a container wrote into, also entries it made read-only or mode 000; warn if that fails.
+
+    Write permission is given back, folder by folder, before each removal. What
+    still cannot be removed (a root-owned folder when the harness is not root)
+    is reported and tried again at the next start; it never fails the run.
+    """
+    def make_writable_and_retry(function, name, _):
+        parent = os.path.dirname(name)
+        try:
+            os.chmod(parent, 0o700)
+            if os.path.isdir(name) and not os.path.islink(name):
+                os.chmod(name, 0o700)
+                shutil.rmtree(name, ignore_errors=True)
+            else:
+                function(name)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=make_writable_and_retry)
+    if path.exists():
+        warnings.warn(f"could not remove {path} (files a container made that this user may not delete); "
+                      "remove it as root, it is tried again at the next start", HarnessWarning, stacklevel=3)
+        return False
+    return True
+
+
+def _run_here(engine, todo, cases, settings, gpus, record, keep_images: bool = False) -> None:
     gpu = _select_gpu(gpus)
     host = socket.gethostname()
-    images: dict[str, str] = {}
+    loaded: dict[str, str | InvalidSubmissionError] = {}
+    had_before: dict[str, bool] = {}
+    last_case = {submission.team: case for submission, case in todo}
     try:
         for submission, case in todo:
-            if submission.team not in images:
-                images[submission.team] = _resolve_image(engine, submission)
-            record(execute_case(engine, images[submission.team], submission.team, case, cases[case], settings,
-                                gpu, host))
+            team = submission.team
+            if team not in loaded:
+                had_before[team] = image_exists(engine, submission.image_id)
+                loaded[team] = _load_submission(engine, submission)
+            image = loaded[team]
+            if isinstance(image, InvalidSubmissionError):
+                record(_invalid_submission(submission, case, str(image)))
+            else:
+                record(execute_case(engine, image, team, case, cases[case], settings, gpu, host,
+                                    reference=str(submission.archive or submission.image)))
+            if case == last_case[team] and not keep_images and submission.archive is not None \
+                    and not had_before[team]:
+                remove_image(engine, submission.image_id)
     finally:
         if gpu is not None:
             gpu.close()
+
+
+def _load_submission(engine, submission: Submission) -> str | InvalidSubmissionError:
+    """The image ID to run; an archive is loaded now (its tags are never trusted, see `load_image_archive`)."""
+    if submission.archive is None:
+        return submission.image_id
+    try:
+        return load_image_archive(engine, submission.archive)
+    except InvalidSubmissionError as exc:
+        warnings.warn(f"team {submission.team}: invalid submission, not run: {exc}", HarnessWarning, stacklevel=3)
+        return exc
 
 
 def _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record) -> None:
@@ -396,12 +703,12 @@ def _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record) -> Non
             if submission.team in sources:
                 continue
             if submission.archive is None:
-                sources[submission.team] = ("image", submission.image)
+                sources[submission.team] = ("image", submission.image_id, submission.image)
             elif ship == "paths":
-                sources[submission.team] = ("archive_path", str(submission.archive.resolve()))
+                sources[submission.team] = ("archive_path", submission.image_id, str(submission.archive.resolve()))
             else:
                 data = client.scatter(submission.archive.read_bytes(), broadcast=True)
-                sources[submission.team] = ("archive_bytes", data, submission.archive.name)
+                sources[submission.team] = ("archive_bytes", submission.image_id, submission.archive.name, data)
         arguments = [(submission.team, sources[submission.team], case, cases[case].name,
                       str(cases[case].resolve()) if ship == "paths" else None, settings, gpus)
                      for submission, case in todo]
@@ -420,7 +727,8 @@ def _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record) -> Non
             client.close()
 
 
-_LOADED_IMAGES: dict[str, str] = {}
+#: Image IDs this worker process loaded from archives (IDs, never tags: two teams' tags cannot collide).
+_LOADED_IMAGES: set[str] = set()
 
 
 def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_data: str | bytes,
@@ -433,20 +741,23 @@ def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_
     alive = set(get_client().scheduler_info()["workers"])
     if remove_orphaned_containers(engine, settings.runs_label, alive):
         remove_idle_cgroups()
-    kind = source[0]
-    if kind == "image":
-        image = source[1]
-    else:
-        key = f"{team}:{source[1] if kind == 'archive_path' else source[2]}"
-        if key not in _LOADED_IMAGES or not image_exists(engine, _LOADED_IMAGES[key]):
+    kind, image = source[0], source[1]
+    reference = source[2]
+    if kind != "image" and (image not in _LOADED_IMAGES or not image_exists(engine, image)):
+        try:
             if kind == "archive_path":
-                _LOADED_IMAGES[key] = load_image_archive(engine, Path(source[1]))
+                loaded = load_image_archive(engine, Path(source[2]))
             else:
                 with tempfile.TemporaryDirectory(prefix="flare-eval-") as scratch:
                     archive = Path(scratch) / source[2]
-                    archive.write_bytes(source[1])
-                    _LOADED_IMAGES[key] = load_image_archive(engine, archive)
-        image = _LOADED_IMAGES[key]
+                    archive.write_bytes(source[3])
+                    loaded = load_image_archive(engine, archive)
+        except InvalidSubmissionError as exc:
+            return _invalid_submission(Submission(team, image=reference), case, str(exc))
+        if loaded != image:
+            return _invalid_submission(Submission(team, image=reference), case,
+                                       f"the archive now holds image {loaded}, not {image}")
+        _LOADED_IMAGES.add(image)
     gpu = _select_gpu(os.environ.get("FLARE_EVAL_GPU", gpus if gpus is not None else "none"))
     try:
         if isinstance(input_data, bytes):
@@ -454,9 +765,9 @@ def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_
                 staged = Path(scratch) / input_name
                 staged.write_bytes(input_data)
                 return execute_case(engine, image, team, case, staged, settings, gpu, socket.gethostname(),
-                                    worker.address)
+                                    worker.address, reference=reference)
         return execute_case(engine, image, team, case, Path(input_data), settings, gpu, socket.gethostname(),
-                            worker.address)
+                            worker.address, reference=reference)
     finally:
         if gpu is not None:
             gpu.close()
@@ -472,14 +783,6 @@ def _warn_if_machines_differ(resources: pd.DataFrame) -> None:
         described = "; ".join(", ".join(f"{c}={v}" for c, v in row.items()) for _, row in distinct.iterrows())
         warnings.warn(f"cases ran on different machines ({described}): times and AUCs may not be comparable",
                       HarnessWarning, stacklevel=3)
-
-
-def _resolve_image(client, submission: Submission) -> str:
-    if submission.archive is not None:
-        return load_image_archive(client, submission.archive)
-    if submission.image and image_exists(client, submission.image):
-        return submission.image
-    raise ContainerError(f"team {submission.team}: image {submission.image!r} is not loaded on the engine")
 
 
 @dataclass
@@ -502,26 +805,42 @@ class _CaseSettings:
     allowance_mib: float
     interval_s: float
     max_output_bytes: int
+    gpu_memory: str = "container"
 
 
 def execute_case(client, image: str, team: str, case: str, image_path: Path, settings: _CaseSettings,
-                 gpu: NvmlGpu | None, host: str, worker: str = "") -> CaseOutcome:
-    """Run one case in a container on this machine's engine and gather what it produced."""
+                 gpu: NvmlGpu | None, host: str, worker: str = "", *, reference: str = "") -> CaseOutcome:
+    """Run one case in a container on this machine's engine and gather what it produced.
+
+    ``image`` is the image ID the container runs; ``reference`` (the archive
+    or tag the team gave) is recorded beside it.
+    """
     interface, limits = settings.interface, settings.limits
     n_cpus = os.cpu_count() or 1
-    with tempfile.TemporaryDirectory(prefix="flare-eval-") as scratch:
-        input_dir, output_dir, kept_dir = (Path(scratch) / name for name in ("inputs", "outputs", "kept"))
+    runs_dir = Path(settings.runs_label)
+    scratch_root = runs_dir / _SCRATCH if runs_dir.is_dir() else None  # a Dask worker may not see the runs folder
+    if scratch_root is not None:
+        scratch_root.mkdir(exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f"{team}-{case}-", dir=scratch_root))
+    try:
+        input_dir, output_dir, kept_dir = (scratch / name for name in ("inputs", "outputs", "kept"))
         input_dir.mkdir()
         output_dir.mkdir()
         # Containers may run as any user; they must be able to write their outputs.
         output_dir.chmod(0o777)
-        _stage_input(image_path, input_dir / interface.input_name.format(case=case))
+        staged = input_dir / interface.input_name.format(case=case)
+        _stage_input(image_path, staged)
+        n_voxels = read_header(staged).n_voxels
+        max_bytes = min(settings.max_output_bytes, _OUTPUT_BYTES_PER_VOXEL * n_voxels + _OUTPUT_HEADER_BYTES)
         run = run_container(client, image, team=team, case=case, input_dir=input_dir, output_dir=output_dir,
                             interface=interface, limits=limits, gpu=gpu, runs_label=settings.runs_label,
-                            interval_s=settings.interval_s, worker=worker)
-        kept, dropped = keep_outputs(output_dir, interface.output_name.replace("{case}", case), kept_dir,
-                                     interface.prediction_name(case), max_bytes=settings.max_output_bytes)
+                            interval_s=settings.interval_s, worker=worker, gpu_memory=settings.gpu_memory)
+        kept, dropped, refused = keep_outputs(output_dir, interface.output_name.replace("{case}", case), kept_dir,
+                                              interface.prediction_name(case), max_bytes=max_bytes,
+                                              max_voxels=n_voxels)
         prediction = kept.read_bytes() if kept is not None else None
+    finally:
+        _remove_tree(scratch)
     summary = summarize_run(run.times_s, run.cpu_time_s, run.gpu_mib, time_s=run.time_s,
                             total_cpu_s=run.total_cpu_s, n_cpus=n_cpus, allowance_mib=settings.allowance_mib)
     log = run.logs
@@ -530,12 +849,14 @@ def execute_case(client, image: str, team: str, case: str, image_path: Path, set
     if run.timed_out:
         log += f"\n[flare-eval] killed after the {limits.timeout_s} s timeout\n"
     row = {
-        "team": team, "case": case, "time_s": summary.time_s, "auc_gpu_mib_s": summary.auc_gpu_mib_s,
+        "team": team, "case": case, "time_s": summary.time_s, "engine_time_s": run.engine_time_s,
+        "auc_gpu_mib_s": summary.auc_gpu_mib_s,
         "auc_cpu_pct_s": summary.auc_cpu_pct_s, "max_gpu_mib": summary.max_gpu_mib,
         "max_cpu_pct": summary.max_cpu_pct, "gpu_measured": gpu is not None, "gpu_mode": run.gpu_mode or GPU_MODE_NONE,
-        "exit_code": run.exit_code, "status": case_status(run, prediction is not None),
-        "n_samples": summary.n_samples, "image": image, "host": host, "worker": worker, "n_cpus": n_cpus,
-        "gpu_name": gpu.name if gpu else "", "gpu_driver": gpu.driver if gpu else "", "started_at": run.started_at,
+        "exit_code": run.exit_code, "status": case_status(run, prediction is not None, refused),
+        "n_samples": summary.n_samples, "image": reference or image, "image_id": image, "host": host,
+        "worker": worker, "n_cpus": n_cpus, "gpu_name": gpu.name if gpu else "",
+        "gpu_driver": gpu.driver if gpu else "", "started_at": run.started_at,
     }
     return CaseOutcome(row=row, samples=_samples_table(run, n_cpus), log=log, prediction=prediction)
 

@@ -9,7 +9,10 @@ be read after the container has exited.
 
 GPU memory comes from NVML (``nvidia-ml-py``): the memory of the container's
 processes where the driver reports per-process use, otherwise the device's
-used memory above a baseline taken just before the container starts.
+used memory above a baseline taken just before the container starts. The
+protocol setting ``gpu_memory: device_total`` reads instead, as the official
+FLARE script did, the whole device's used memory with no baseline (idle driver
+memory and other processes on the GPU included).
 """
 
 from __future__ import annotations
@@ -28,12 +31,14 @@ __all__ = [
     "remove_idle_cgroups",
     "GPU_MODE_PER_PROCESS",
     "GPU_MODE_DEVICE",
+    "GPU_MODE_DEVICE_TOTAL",
     "GPU_MODE_NONE",
 ]
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 GPU_MODE_PER_PROCESS = "per_process"
 GPU_MODE_DEVICE = "device_minus_baseline"
+GPU_MODE_DEVICE_TOTAL = "device_total"
 GPU_MODE_NONE = "none"
 _MIB = 1024 * 1024
 
@@ -241,6 +246,7 @@ class ResourceSampler:
     cpu: CgroupCpu
     gpu: NvmlGpu | None = None
     interval_s: float = 0.1
+    gpu_memory: str = "container"
     times_s: list[float] = field(default_factory=list)
     cpu_time_s: list[float] = field(default_factory=list)
     gpu_mib: list[float] = field(default_factory=list)
@@ -252,7 +258,9 @@ class ResourceSampler:
 
     def start(self) -> float:
         """Take the GPU baseline, start sampling; returns the start time (monotonic s)."""
-        if self.gpu is not None:
+        if self.gpu is not None and self.gpu_memory == "device_total":
+            self.gpu_mode = GPU_MODE_DEVICE_TOTAL
+        elif self.gpu is not None:
             self._baseline_mib = self.gpu.used_mib()
             self.gpu_mode = GPU_MODE_PER_PROCESS
         self._start = time.monotonic()
@@ -288,6 +296,8 @@ class ResourceSampler:
             self.gpu_mib.append(self._gpu_sample())
 
     def _gpu_sample(self) -> float:
+        if self.gpu_mode == GPU_MODE_DEVICE_TOTAL:
+            return self.gpu.used_mib()
         if self.gpu_mode == GPU_MODE_PER_PROCESS:
             used = self.gpu.processes_mib(self.cpu.pids())
             if used is not None:
