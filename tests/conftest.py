@@ -52,4 +52,10 @@ def engine():
         if os.environ.get("FLARE_EVAL_REQUIRE_DOCKER") == "1":
             pytest.fail(f"FLARE_EVAL_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
         pytest.skip(f"no Docker engine: {exc}")
-    return client
+    yield client
+    # Remove every image the suite built (all carry the label of tests/teams.py), tagged or not.
+    for image in client.images.list(all=True, filters={"label": "flare-eval-test=1"}):
+        try:
+            client.images.remove(image.id, force=True)
+        except docker.errors.APIError:
+            pass

@@ -73,6 +73,9 @@ HOSTILE_TEAMS = {
     "twin2": "echo I-AM-TWIN2\n" + COPY_ANSWERS,
     "thief": "echo I-AM-THIEF\n" + COPY_ANSWERS,
 }
+#: Every test image carries TEST_IMAGE_LABEL, so the suite removes all it built (tests/conftest.py).
+TEST_IMAGE_LABEL = "flare-eval-test"
+IMAGE_CHANGES = ("WORKDIR /workspace", f"LABEL {TEST_IMAGE_LABEL}=1")
 APPLETS = ["sh", "cat", "cp", "ls", "sleep", "mkdir", "true", "echo", "ln", "rm", "basename", "wget", "touch", "date",
            "truncate", "chmod", "grep", "mknod", "yes", "head", "tr"]
 
@@ -115,14 +118,14 @@ def bomb_bytes() -> bytes:
 
 
 def build_archive(client, predict_sh: str, answers_dir: Path, target: Path, tag: str,
-                  changes=("WORKDIR /workspace",)) -> str:
+                  changes=None) -> str:
     """Build one busybox image running ``predict_sh``, save it as ``target`` carrying ``tag``; return its ID.
 
     The image is removed from the engine afterwards (the harness must load it from the archive).
     """
     repository, _, name = tag.rpartition(":")
     client.api.import_image_from_data(_root_tar(predict_sh, answers_dir), repository=repository, tag=name,
-                                      changes=list(changes))
+                                      changes=list(changes or IMAGE_CHANGES))
     image = client.images.get(tag)
     data = b"".join(image.save(named=tag))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -175,7 +178,7 @@ def build_team_archives(client, folder: Path, answers: dict[str, np.ndarray], te
     for case, answer in answers.items():
         write_label_map(answer, np.diag([0.8, 0.8, 2.5, 1.0]), answers_dir / f"{case}{suffix}")
     scripts = GRAND_CHALLENGE_TEAMS if grand_challenge else TEAMS
-    changes = ["WORKDIR /workspace"] + (['CMD ["sh", "/workspace/predict.sh"]'] if grand_challenge else [])
+    changes = [*IMAGE_CHANGES] + (['CMD ["sh", "/workspace/predict.sh"]'] if grand_challenge else [])
     submissions = folder / ("submissions_gc" if grand_challenge else "submissions")
     submissions.mkdir(parents=True, exist_ok=True)
     for index, team in enumerate(teams or scripts):

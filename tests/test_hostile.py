@@ -217,10 +217,13 @@ def test_interrupt_exits_130_with_one_line_and_watchdog_removes_orphans(hostile,
     started(process, tmp_path / "runs2")
     process.kill()
     process.wait()
+    def ours():
+        return engine.containers.list(all=True, sparse=True, filters={"label": "flare-eval"})
+
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and engine.containers.list(all=True, sparse=True, filters={"label": "flare-eval"}):
+    while time.monotonic() < deadline and ours():
         time.sleep(0.5)
-    assert engine.containers.list(all=True, sparse=True, filters={"label": "flare-eval"}) == []
+    assert ours() == []
     engine.images.remove("flare-eval-test/hang:latest", force=True)
 
 

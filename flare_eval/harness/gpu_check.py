@@ -117,7 +117,7 @@ def expected_measurement(events: list[tuple[str, float, float]], context_mib: fl
     return Measurement(float(curve.max()), float(np.sum(above * np.diff(times))))
 
 
-def workload_image(client, binary: Path, tag: str) -> str:
+def workload_image(client, binary: Path, tag: str, changes: tuple[str, ...] = ()) -> str:
     """Import a minimal image holding the workload and the shared libraries it needs; return its ID."""
     libraries = []
     for line in subprocess.run(["ldd", str(binary)], capture_output=True, text=True, check=True).stdout.splitlines():
@@ -131,7 +131,7 @@ def workload_image(client, binary: Path, tag: str) -> str:
         for library in libraries:
             tar.add(library.resolve(), arcname=str(library).lstrip("/"))
     repository, _, name = tag.rpartition(":")
-    client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag=name)
+    client.api.import_image_from_data(buffer.getvalue(), repository=repository, tag=name, changes=list(changes))
     return client.images.get(tag).id
 
 
