@@ -3,16 +3,23 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+TEST_STAMP := $(VENV)/.installed-test-stamp
 
-.PHONY: install demo test lint bench gpu-check clean
+.PHONY: install install-test demo test lint bench gpu-check clean
 
-install: $(STAMP)
+install: $(STAMP)  ## flare-eval and what it needs to run, nothing more
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
+
+install-test: $(TEST_STAMP)  ## also the test, benchmark and lint tools (pytest, ruff, dask, nbclient)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
 demo: install  ## score, rank, quantify, cohorts, compare, review and report on the bundled example data (see demo_out/report/index.html)
 	$(BIN)/flare-eval score examples/data/predictions/teamA examples/data/labels --out demo_out/runs/teamA
@@ -26,15 +33,15 @@ demo: install  ## score, rank, quantify, cohorts, compare, review and report on 
 	$(BIN)/flare-eval report examples/data/results.csv --ranking demo_out/ranking --runs demo_out/runs \
 	    --quantify demo_out/quantify --cohorts demo_out/cohorts --compare demo_out/compare --out demo_out/report
 
-test: install  ## the whole test suite (installs Docker, busybox-static and Chromium where missing), then the linter
+test: install-test  ## the whole test suite (installs Docker, busybox-static and Chromium where missing), then the linter
 	scripts/ensure-test-tools.sh
 	$(BIN)/python -m pytest
 	$(BIN)/ruff check .
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check .
 
-bench: install  ## ours against the official-equivalent reference, side by side
+bench: install-test  ## ours against the official-equivalent reference, side by side
 	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_ranking.py
 	$(BIN)/python benchmarks/bench_dask.py

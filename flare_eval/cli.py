@@ -26,6 +26,31 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
+def _non_negative_int(text: str) -> int:
+    """An argparse type; argparse names the option in the message."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type; argparse names the option in the message."""
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _note_replacing(folder: Path | None, *names: str) -> None:
+    """Say in one line when a command is about to replace outputs of an earlier run."""
+    if folder is not None and any((Path(folder) / name).exists() for name in names):
+        print(f"note: replacing the earlier outputs in {folder}", file=sys.stderr)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``flare-eval`` and its subcommands."""
     parser = argparse.ArgumentParser(
@@ -58,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--teams", action="store_true",
                        help="PRED holds one folder of predictions per team; all are scored as one batch")
-    score.add_argument("--workers", type=int, default=None, help="parallel processes (default: all cores)")
+    score.add_argument("--workers", type=_positive_int, default=None, help="parallel processes (default: all cores)")
     _add_scheduler_arguments(score)
     score.add_argument(
         "--strict", action="store_true", help="stop at an unreadable or mismatched prediction instead of scoring 0"
@@ -83,8 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     ranking.add_argument("results", type=Path, help="results.csv: one row per team and case")
     ranking.add_argument("--out", type=Path, required=True, help="output folder")
     _add_protocol_argument(ranking)
-    ranking.add_argument("--samples", type=int, default=1000, help="bootstrap samples (default: 1000)")
-    ranking.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    ranking.add_argument("--samples", type=_positive_int, default=1000, help="bootstrap samples (default: 1000)")
+    ranking.add_argument("--seed", type=_non_negative_int, default=DEFAULT_SEED,
                          help=f"random seed of the bootstrap (default: {DEFAULT_SEED}, recorded in settings.json)")
     ranking.add_argument("--adjust", choices=("holm", "none"), default="holm",
                          help="multiple-testing adjustment over the pairs of one metric (default: holm)")
@@ -107,16 +132,18 @@ def build_parser() -> argparse.ArgumentParser:
         "collect",
         help="score every team's predictions and gather results.csv for ranking",
         description="Score RUNS/<team>/predictions against LABELS for each team (writing the team's "
-        "scores.csv), join RUNS/<team>/resources.csv and apply the penalties: timed-out, crashed and "
-        "output-less cases get the protocol's worst value of every metric.",
+        "scores.csv), join RUNS/<team>/resources.csv and apply the penalties: timed-out, crashed, output-less "
+        "and invalid cases and invalid submissions get the protocol's worst value of every metric. Prints one "
+        "line per team.",
     )
     collect.add_argument("runs", type=Path, help="runs folder written by run-containers")
     collect.add_argument("--labels", type=Path, required=True, help="folder of ground-truth label maps")
     collect.add_argument("--out", type=Path, default=None, help="results file (default: RUNS/results.csv)")
     _add_protocol_argument(collect)
-    collect.add_argument("--workers", type=int, default=None, help="parallel scoring processes")
+    collect.add_argument("--workers", type=_positive_int, default=None, help="parallel scoring processes")
     _add_scheduler_arguments(collect)
     collect.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    collect.add_argument("--quiet", action="store_true", help="print nothing on stdout")
 
     evaluate = commands.add_parser(
         "evaluate",
@@ -128,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_container_arguments(evaluate)
     evaluate.add_argument("--labels", type=Path, required=True, help="folder of ground-truth label maps")
     evaluate.add_argument("--out", type=Path, required=True, help="output folder")
-    evaluate.add_argument("--samples", type=int, default=1000, help="bootstrap samples (default: 1000)")
-    evaluate.add_argument("--seed", type=int, default=DEFAULT_SEED,
+    evaluate.add_argument("--samples", type=_positive_int, default=1000, help="bootstrap samples (default: 1000)")
+    evaluate.add_argument("--seed", type=_non_negative_int, default=DEFAULT_SEED,
                           help=f"random seed of the bootstrap (default: {DEFAULT_SEED})")
 
     gpu_check = commands.add_parser(
@@ -203,8 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("team_b")
     comparison.add_argument("--out", type=Path, required=True, help="output folder")
     comparison.add_argument("--metric", choices=("DSC", "NSD"), default="DSC")
-    comparison.add_argument("--samples", type=int, default=2000, help="bootstrap samples (default: 2000)")
-    comparison.add_argument("--seed", type=int, default=None, help="random seed (recorded in comparison.csv)")
+    comparison.add_argument("--samples", type=_positive_int, default=2000, help="bootstrap samples (default: 2000)")
+    comparison.add_argument("--seed", type=_non_negative_int, default=None,
+                            help="random seed (recorded in comparison.csv)")
 
     review = commands.add_parser(
         "review",
@@ -261,7 +289,8 @@ def _add_container_arguments(parser: argparse.ArgumentParser) -> None:
                         help="memory limit of a container, with a unit (e.g. 28g, 512m; default: 28g, or this "
                         "machine's memory where it has less; more than it has is refused)")
     parser.add_argument("--shm-size", default="8g", help="size of /dev/shm in a container (default: 8g)")
-    parser.add_argument("--pids-limit", type=int, default=4096, help="most processes in a container (default: 4096)")
+    parser.add_argument("--pids-limit", type=_positive_int, default=4096,
+                        help="most processes in a container (default: 4096)")
     parser.add_argument("--cpus", type=float, default=None,
                         help="CPU share of a container, e.g. 8 (default: no cap; see also --cpuset-cpus)")
     parser.add_argument("--cpuset-cpus", default=None, help="CPUs a container may use, e.g. 0-7 (default: all)")
@@ -274,6 +303,8 @@ def _add_container_arguments(parser: argparse.ArgumentParser) -> None:
                         "/bin/bash -c \"sh predict.sh\")")
     parser.add_argument("--force", action="store_true", help="run cases again that already have results")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    parser.add_argument("--quiet", action="store_true",
+                        help="print nothing on stdout (problems still go to stderr, one line each)")
     _add_protocol_argument(parser)
     _add_scheduler_arguments(parser)
 
@@ -360,11 +391,10 @@ def _score(args: argparse.Namespace) -> int:
     from .protocol import load_protocol
     from .scoring import SCORED_STATUSES, STATUS_OK, score, summarize_scores
 
+    _note_replacing(args.out, "scores.csv")
     protocol = load_protocol(args.protocol)
     if args.slice_range:
         protocol = protocol.with_slice_range_mode(args.slice_range)
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be at least 1, got {args.workers}")
     scores, files = score(
         args.pred,
         args.gt,
@@ -396,8 +426,7 @@ def _score(args: argparse.Namespace) -> int:
 def _rank(args: argparse.Namespace) -> int:
     from .pipeline import rank_results
 
-    if args.samples < 1:
-        raise ValueError(f"--samples must be at least 1, got {args.samples}")
+    _note_replacing(args.out, "ranking.csv")
     if not 0 < args.alpha < 1:
         raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
     outputs = rank_results(args.results, args.out, args.protocol, n_samples=args.samples, seed=args.seed,
@@ -420,12 +449,19 @@ def _rank(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _print_resources(resources) -> int:
-    columns = ["team", "case", "status", "time_s", "auc_gpu_mib_s", "auc_cpu_pct_s", "max_cpu_pct", "exit_code"]
-    print(resources[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
-    failed = resources[resources["status"] != "ok"]
+def _print_resources(resources, runs_dir: Path, quiet: bool = False) -> int:
+    """A line per team on stdout; a line per case that did not end ok on stderr, with its log."""
+    import pandas as pd
+
+    from .harness.runner import team_summary
+
+    if not quiet:
+        print(team_summary(resources).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
+    failed = resources[resources["status"] != "ok"].drop_duplicates(["team", "case"], keep="last")
     for row in failed.itertuples():
-        print(f"{row.team} {row.case}: {row.status} (exit code {row.exit_code})", file=sys.stderr)
+        exit_code = "" if pd.isna(row.exit_code) else f", exit code {int(row.exit_code)}"
+        log = runs_dir / row.team / "logs" / f"{row.case}.log"
+        print(f"{row.team} {row.case}: {row.status}{exit_code}; log: {log}", file=sys.stderr)
     rejected = resources.attrs.get("rejected_submissions", [])
     for message in rejected:
         print(f"not run: {message}", file=sys.stderr)
@@ -440,33 +476,45 @@ def _run_containers(args: argparse.Namespace) -> int:
                                interface=interface, force=args.force,
                                progress=False if args.no_progress else None, scheduler=args.scheduler,
                                ship=args.ship, keep_images=args.keep_images)
-    code = _print_resources(resources)
-    print(f"wrote {args.out}/<team>/resources.csv, samples/, logs/, predictions/")
+    code = _print_resources(resources, args.out, args.quiet)
+    if not args.quiet:
+        print(f"wrote {args.out}/<team>/resources.csv, samples/, logs/, predictions/")
     return code
 
 
 def _collect(args: argparse.Namespace) -> int:
     from .pipeline import collect_results
 
+    results_csv = args.out or args.runs / "results.csv"
+    _note_replacing(results_csv.parent, results_csv.name)
     results = collect_results(args.runs, args.labels, args.out, args.protocol, workers=args.workers,
                               progress=False if args.no_progress else None, scheduler=args.scheduler,
                               ship=args.ship)
-    print(results.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
-    print(f"wrote {args.out or args.runs / 'results.csv'}")
+    if not args.quiet:
+        metrics = [c for c in results.columns if c not in ("team", "case", "status")]
+        per_team = results.groupby("team")[metrics].mean().add_prefix("mean_")
+        per_team.insert(0, "cases", results.groupby("team").size())
+        per_team.insert(1, "not_ok", results[results["status"] != "ok"].groupby("team").size())
+        per_team["not_ok"] = per_team["not_ok"].fillna(0).astype(int)
+        print(per_team.reset_index().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"wrote {args.out or args.runs / 'results.csv'}")
     return EXIT_OK
 
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .pipeline import evaluate
 
+    _note_replacing(args.out, "results.csv")
     submissions, interface, limits, gpus = _container_settings(args)
     outputs = evaluate(submissions, args.inputs, args.labels, args.out, args.protocol, gpus=gpus, limits=limits,
                        interface=interface, force=args.force, progress=False if args.no_progress else None,
                        n_samples=args.samples, seed=args.seed, scheduler=args.scheduler, ship=args.ship,
                        keep_images=args.keep_images)
-    code = _print_resources(outputs.resources)
+    code = _print_resources(outputs.resources, args.out / "runs", args.quiet)
     if outputs.cases_without_input:
         code = EXIT_PROBLEMS
+    if args.quiet:
+        return code
     if outputs.ranking is not None:
         print(outputs.ranking.ranking.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     else:
@@ -491,6 +539,7 @@ def _gpu_check(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .pipeline import report
 
+    _note_replacing(args.out, "index.html")
     index = report(args.source, args.out, args.protocol, ranking_dir=args.ranking, runs_dir=args.runs,
                    quantify_dir=args.quantify, cohorts_dir=args.cohorts, compare_dir=args.compare,
                    team=args.team, case=args.case)
@@ -501,7 +550,8 @@ def _report(args: argparse.Namespace) -> int:
 def _quantify(args: argparse.Namespace) -> int:
     from .pipeline import quantify
 
-    outputs = quantify(args.pred, args.out, args.gt, args.protocol, progress=False if args.no_progress else None)
+    _note_replacing(args.out, "volumes.csv")
+    outputs = quantify(args.pred, args.gt, args.out, args.protocol, progress=False if args.no_progress else None)
     if outputs.agreement is not None:
         print(outputs.agreement.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     else:
@@ -515,6 +565,7 @@ def _quantify(args: argparse.Namespace) -> int:
 def _cohorts(args: argparse.Namespace) -> int:
     from .pipeline import cohorts
 
+    _note_replacing(args.out, "subgroups.csv")
     bins = {}
     for item in args.bins:
         column, sep, edges = item.partition("=")
@@ -535,8 +586,7 @@ def _cohorts(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from .pipeline import compare
 
-    if args.samples < 1:
-        raise ValueError(f"--samples must be at least 1, got {args.samples}")
+    _note_replacing(args.out, "comparison.csv")
     comparison = compare(args.scores, args.team_a, args.team_b, args.out, metric=args.metric,
                          n_samples=args.samples, seed=args.seed)
     print(comparison.summary.drop(columns=["metric", "team_a", "team_b"])

@@ -140,6 +140,7 @@ def collect_results(
     progress: bool | None = None,
     scheduler=None,
     ship: str = "auto",
+    warn_unmeasured: bool = True,
 ) -> pd.DataFrame:
     """Score every team's predictions and gather ``results.csv`` for ranking.
 
@@ -149,7 +150,9 @@ def collect_results(
     then joins the team's ``resources.csv`` and applies the penalties (see
     :mod:`flare_eval.results`). Writes ``out_csv`` (default
     ``runs_dir/results.csv``). ``scheduler`` and ``ship`` score on a Dask
-    cluster (see :func:`flare_eval.score_folder`).
+    cluster (see :func:`flare_eval.score_folder`). One `CollectWarning` says
+    which teams' cases ran without GPU measurement (``warn_unmeasured=False``
+    when that was asked for, as with ``--gpus none``).
     """
     from .scoring import FlareEvalWarning, score
 
@@ -172,14 +175,22 @@ def collect_results(
         if (team_dir / "resources.csv").exists():
             team_resources = read_table(team_dir / "resources.csv", role="resources table")
             resources.append(team_resources.assign(team=team_dir.name))
-            unmeasured = team_resources["gpu_measured"].astype(str).str.lower() != "true"
-            if unmeasured.any():
-                warnings.warn(f"{team_dir.name}: GPU memory was not measured for {int(unmeasured.sum())} case(s) "
-                              "(no GPU); their AUC_GPU is 0", CollectWarning, stacklevel=2)
+    if resources and warn_unmeasured:
+        _warn_unmeasured_gpu(pd.concat(resources, ignore_index=True))
     results = assemble_results(pd.concat(scores, ignore_index=True),
                                pd.concat(resources, ignore_index=True) if resources else None, protocol)
     write_table(results, Path(out_csv) if out_csv else runs_dir / "results.csv")
     return results
+
+
+def _warn_unmeasured_gpu(resources: pd.DataFrame) -> None:
+    """One warning for all the cases that ran without GPU measurement (cases that never ran do not count)."""
+    ran = resources[resources["status"] != "invalid_submission"]
+    unmeasured = ran[ran["gpu_measured"].astype(str).str.lower() != "true"]
+    if len(unmeasured):
+        teams = sorted(unmeasured["team"].unique())
+        warnings.warn(f"GPU memory was not measured (no GPU) for {len(unmeasured)} case(s) of {len(teams)} team(s) "
+                      f"({preview(teams)}); their AUC_GPU is 0", CollectWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)
@@ -236,7 +247,7 @@ def evaluate(
                                interface=interface, force=force, progress=progress, scheduler=scheduler, ship=ship,
                                keep_images=keep_images)
     results = collect_results(out_dir / "runs", labels_dir, out_dir / "results.csv", protocol, progress=progress,
-                              scheduler=scheduler, ship=ship)
+                              scheduler=scheduler, ship=ship, warn_unmeasured=gpus not in (None, "none"))
     ranking = None
     if results["team"].nunique() >= 2:
         ranking = rank_results(out_dir / "results.csv", out_dir / "ranking", protocol, n_samples=n_samples, seed=seed)
@@ -255,13 +266,16 @@ class QuantifyOutputs:
 
 def quantify(
     pred_dir: str | Path,
+    gt_dir: str | Path | None,
     out_dir: str | Path,
-    gt_dir: str | Path | None = None,
     protocol: str | Protocol = "flare22",
     *,
     progress: bool | None = None,
 ) -> QuantifyOutputs:
     """Organ volumes (and tubular organ diameters) of every label map, against ground truth if given.
+
+    The arguments come in the order of `flare_eval.score` and of the CLI:
+    predictions, ground truth (None for volumes alone), output folder.
 
     Writes ``out_dir/volumes.csv`` (``case, label, organ, source, volume_ml,
     diameter_mm``; ``source`` is ``prediction`` or ``ground_truth``),
@@ -378,6 +392,12 @@ def cohorts(
     bins = dict(bins or {})
     if "age" in metadata and "age" not in bins and pd.api.types.is_numeric_dtype(metadata["age"]):
         bins["age"] = list(DEFAULT_AGE_BINS)
+    if "case" not in metadata:
+        raise ValueError(f"metadata {metadata_csv} has no 'case' column; columns: {list(metadata.columns)}")
+    score_cases, metadata_cases = set(scores["case"].astype(str)), set(metadata["case"].astype(str))
+    if not score_cases & metadata_cases:
+        raise ValueError(f"metadata {metadata_csv} matches no case of the scores: its case ids look like "
+                         f"{preview(sorted(metadata_cases), 3)}, the scores' like {preview(sorted(score_cases), 3)}")
     columns = columns or [c for c in metadata.columns if c != "case"]
     missing = [c for c in columns if c not in metadata]
     if missing:

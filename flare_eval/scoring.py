@@ -41,11 +41,13 @@ import numpy as np
 import pandas as pd
 
 from . import metrics
+from ._text import preview
 from .io import (
     CasePair,
     InvalidLabelMapError,
     LabelMap,
     append_rows,
+    case_id,
     drop_torn_tail,
     pair_cases,
     read_header,
@@ -451,6 +453,17 @@ def _with_bytes(arguments: tuple) -> tuple:
     return team, pair, pair.gt_path.read_bytes(), pred_bytes, protocol, options
 
 
+def _refuse_folder_of_teams(pred_dir: Path) -> None:
+    """A predictions folder that holds no label maps, only folders that do, is a folder of teams."""
+    if not pred_dir.is_dir() or any(case_id(p) is not None for p in pred_dir.iterdir() if p.is_file()):
+        return
+    teams = sorted(p.name for p in pred_dir.iterdir()
+                   if p.is_dir() and any(case_id(f) is not None for f in p.iterdir() if f.is_file()))
+    if teams:
+        raise ValueError(f"predictions folder {pred_dir} holds no label maps, but {len(teams)} folder(s) of them "
+                         f"({preview(teams)}): did you mean --teams (one folder of predictions per team)?")
+
+
 def _team_pairs(pred_dir: Path, gt_dir: Path, team: str | None) -> list[CasePair]:
     pairing = pair_cases(pred_dir, gt_dir)
     if pairing.extra_predictions:
@@ -582,6 +595,7 @@ def score_folder(
     """
     protocol = load_protocol(protocol)
     skip = set(skip_cases)
+    _refuse_folder_of_teams(Path(pred_dir))
     jobs = [(None, pair) for pair in _team_pairs(Path(pred_dir), Path(gt_dir), None) if pair.case not in skip]
     return _score_many(jobs, protocol, workers=workers, options=_Options(strict, resample), progress=progress,
                        on_case=on_case, scheduler=scheduler, ship=ship)

@@ -56,7 +56,9 @@ def test_bad_protocol_and_workers_exit_2(examples, tmp_path, capsys):
     base = ["score", str(examples.predictions / "teamA"), str(examples.labels), "--out", str(tmp_path)]
     assert main([*base, "--protocol", "flare99"]) == 2
     assert "unknown protocol 'flare99'" in capsys.readouterr().err
-    assert main([*base, "--workers", "0"]) == 2
+    with pytest.raises(SystemExit) as info:
+        main([*base, "--workers", "0"])
+    assert info.value.code == 2
 
 
 def test_inclusive_slice_range_flag_changes_tubular_organs_only(examples, tmp_path):
@@ -148,3 +150,53 @@ def test_disk_full_is_one_line_naming_the_folder(examples, tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"no space left on the disk of {tmp_path / 'out'}" in err and "Traceback" not in err
+
+
+def test_python_dash_m_works_like_the_command():
+    result = subprocess.run([sys.executable, "-m", "flare_eval", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and __version__ in result.stdout
+
+
+def test_option_errors_name_the_option(examples, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["rank", str(examples.results), "--out", str(tmp_path), "--seed", "-1"])
+    assert info.value.code == 2 and "argument --seed: must be 0 or more, got -1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["score", "a", "b", "--out", str(tmp_path), "--workers", "0"])
+    assert "argument --workers: must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_score_on_a_folder_of_teams_hints_at_teams(examples, tmp_path, capsys):
+    code = main(["score", str(examples.predictions), str(examples.labels), "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "did you mean --teams" in err and "teamA" in err
+
+
+def test_replacing_earlier_outputs_is_noted(examples, tmp_path, capsys):
+    args = ["rank", str(examples.results), "--out", str(tmp_path), "--samples", "10"]
+    main(args)
+    assert "replacing" not in capsys.readouterr().err
+    main(args)
+    assert f"note: replacing the earlier outputs in {tmp_path}" in capsys.readouterr().err
+
+
+def test_report_with_an_unknown_team_exits_2_naming_the_teams(examples, tmp_path, capsys):
+    code = main(["report", str(examples.results), "--out", str(tmp_path), "--team", "nobody"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--team 'nobody' is not a team" in err and "teamA" in err
+
+
+def test_cohorts_whose_metadata_matches_no_case_exit_2(examples, tmp_path, capsys):
+    metadata = tmp_path / "meta.csv"
+    metadata.write_text("case,sex\nX1,F\nX2,M\n")
+    code = main(["cohorts", str(examples.cohort_scores), "--metadata", str(metadata), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "matches no case of the scores" in err and "X1" in err
+
+
+def test_quantify_takes_predictions_ground_truth_then_output(examples, tmp_path):
+    from flare_eval import quantify
+
+    outputs = quantify(examples.predictions / "teamA", examples.labels, tmp_path / "q", progress=False)
+    assert (tmp_path / "q" / "volumes.csv").is_file() and outputs.agreement is not None
+    assert not (examples.labels / "volumes.csv").exists()

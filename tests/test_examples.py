@@ -10,3 +10,19 @@ def test_score_example_runs(capsys):
     out = capsys.readouterr().out
     assert "teamA: mean DSC" in out and "teamC" in out and "missing: 1" in out
     assert "Liver" in out
+
+
+def test_readme_python_example_runs_when_pasted(tmp_path, monkeypatch):
+    import re
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    block = re.search(r"### Python API\n\n```python\n(.*?)```", readme, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the example table lacks a case for one team, on purpose
+        exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "quantify" / "agreement.csv").is_file()

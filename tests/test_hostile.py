@@ -250,6 +250,7 @@ def test_a_ground_truth_case_without_input_exits_1(hostile, engine, tmp_path, ca
     subs = tmp_path / "subs"
     build_archive(engine, COPY_ANSWERS, hostile["answers_dir"], subs / "team.tar", "flare-eval-test/lost:latest")
     code = main(["evaluate", str(subs), "--inputs", str(hostile["images"]), "--labels", str(labels), "--out",
-                 str(tmp_path / "out"), "--gpus", "none", "--no-progress"])
+                 str(tmp_path / "out"), "--gpus", "none"])
     err = capsys.readouterr().err
     assert code == 1 and "1 ground-truth case(s) have no input image" in err and "(lost)" in err
+    assert "[1/1] team case0: ok" in err  # without a terminal, a line per finished case

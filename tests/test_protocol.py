@@ -94,3 +94,7 @@ def test_non_editable_install_ships_presets_and_examples(tmp_path):
     assert "['flare21', 'flare22', 'flare22-grand-challenge', 'flare23']" in result.stdout
     assert "7.0" in result.stdout
     assert "case_0001.nii.gz" in result.stdout
+    licences = list(target.glob("flare_eval-*.dist-info/**/LICENSE"))
+    assert licences and "Apache License" in licences[0].read_text()
+    assert (target / "flare_eval" / "harness" / "cuda" / "alloc_steps.cu").is_file()
+    assert (target / "flare_eval" / "harness" / "_watchdog.py").is_file()

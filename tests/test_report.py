@@ -34,7 +34,7 @@ def evaluation(tmp_path_factory):
     times = np.arange(1, 31) * 0.1
     pd.DataFrame({"time_s": times, "cpu_time_s": np.cumsum(np.full(30, 0.04)), "cpu_pct": 40.0,
                   "gpu_mib": 1000 + 100 * times}).to_csv(samples / "case_0001.csv", index=False)
-    fe.quantify(paths.predictions / "teamA", folder / "quantify", paths.labels, progress=False)
+    fe.quantify(paths.predictions / "teamA", paths.labels, folder / "quantify", progress=False)
     with pytest.warns(UserWarning):
         fe.cohorts(paths.cohort_scores, paths.metadata, folder / "cohorts")
     fe.compare(paths.cohort_scores, "teamA", "teamA-nounlabeled", folder / "compare", seed=1)

@@ -29,8 +29,10 @@ import shutil
 import signal
 import socket
 import stat
+import sys
 import tempfile
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -88,6 +90,7 @@ __all__ = [
     "STATUS_INVALID_SUBMISSION",
     "TEAM_NAME_PATTERN",
     "check_team_name",
+    "team_summary",
 ]
 
 STATUS_OK = "ok"
@@ -462,6 +465,9 @@ def run_containers(
         warnings.warn(f"removed {len(stale)} container(s) left by an interrupted run: {', '.join(stale)}",
                       HarnessWarning, stacklevel=2)
     _empty_scratch(runs_dir / _SCRATCH)
+    if gpus is None or gpus == "none":
+        warnings.warn("GPU memory is not measured (no GPU asked for): AUC_GPU is 0 for every case",
+                      HarnessWarning, stacklevel=2)
     todo = []
     for submission in submissions:
         identity = _identify(engine, submission)
@@ -480,19 +486,29 @@ def run_containers(
                           stacklevel=2)
             continue
         todo.extend((replace(submission, image_id=identity.image_id), case) for case in remaining)
-    bar = tqdm(total=len(todo), unit="case", disable=None if progress is None else not progress)
+    # A terminal gets a bar naming the case running now; a log file gets a line per finished case.
+    interactive = progress if progress is not None else sys.stderr.isatty()
+    lines = progress is None and not sys.stderr.isatty()
+    bar = tqdm(total=len(todo), unit="case", disable=not interactive)
+    finished = [0]
+
+    def starting(team: str, case: str) -> None:
+        bar.set_description(f"running {team} {case} since {time.strftime('%H:%M:%S')}")
 
     def record(outcome: CaseOutcome) -> None:
         team, case = outcome.row["team"], outcome.row["case"]
         record_case(outcome, runs_dir / team, interface.prediction_name(case))
-        bar.set_description(f"{team} {case}")
-        bar.set_postfix(last=f"{outcome.row['status']} {outcome.row['time_s']:.1f}s")
+        finished[0] += 1
+        bar.set_postfix(last=f"{team} {case} {outcome.row['status']} {outcome.row['time_s']:.1f}s")
         bar.update(1)
+        if lines:
+            print(f"[{finished[0]}/{len(todo)}] {team} {case}: {outcome.row['status']}, "
+                  f"{outcome.row['time_s']:.1f} s", file=sys.stderr, flush=True)
 
     try:
         with _sigterm_as_interrupt():
             if scheduler is None:
-                _run_here(engine, todo, cases, settings, gpus, record, keep_images)
+                _run_here(engine, todo, cases, settings, gpus, record, keep_images, starting)
             else:
                 _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record)
     finally:
@@ -507,6 +523,25 @@ def run_containers(
     resources.attrs["rejected_submissions"] = rejected
     _warn_if_machines_differ(resources)
     return resources
+
+
+def team_summary(resources: pd.DataFrame) -> pd.DataFrame:
+    """One line per team: ``team, cases, ok``, a count per other status, median ``time_s`` and AUC_CPU.
+
+    What a person reads after a run of 48 teams x 200 cases, instead of 9,600 rows.
+    """
+    if resources.empty:
+        return pd.DataFrame(columns=["team", "cases", "ok", "median_time_s", "median_auc_cpu_pct_s"])
+    latest = resources.drop_duplicates(["team", "case"], keep="last")
+    counts = pd.crosstab(latest["team"], latest["status"])
+    summary = pd.DataFrame({"cases": counts.sum(axis=1)})
+    summary["ok"] = counts[STATUS_OK] if STATUS_OK in counts else 0
+    for status in sorted(set(counts.columns) - {STATUS_OK}):
+        summary[status] = counts[status]
+    grouped = latest.groupby("team")
+    summary["median_time_s"] = grouped["time_s"].median()
+    summary["median_auc_cpu_pct_s"] = grouped["auc_cpu_pct_s"].median()
+    return summary.rename_axis("team").reset_index()
 
 
 def _named_submissions(submissions: list[Submission]) -> tuple[list[Submission], list[str]]:
@@ -650,7 +685,7 @@ def _remove_tree(path: Path) -> bool:
     return True
 
 
-def _run_here(engine, todo, cases, settings, gpus, record, keep_images: bool = False) -> None:
+def _run_here(engine, todo, cases, settings, gpus, record, keep_images: bool = False, starting=None) -> None:
     gpu = _select_gpu(gpus)
     host = socket.gethostname()
     loaded: dict[str, str | InvalidSubmissionError] = {}
@@ -663,6 +698,8 @@ def _run_here(engine, todo, cases, settings, gpus, record, keep_images: bool = F
                 had_before[team] = image_exists(engine, submission.image_id)
                 loaded[team] = _load_submission(engine, submission)
             image = loaded[team]
+            if starting is not None:
+                starting(team, case)
             if isinstance(image, InvalidSubmissionError):
                 record(_invalid_submission(submission, case, str(image)))
             else:

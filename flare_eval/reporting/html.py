@@ -143,6 +143,9 @@ def build_report(
             warnings.simplefilter("ignore")
             ranking = rank(results, protocol)
     team_order = ranking["team"].tolist() if ranking is not None else None
+    known = set(results["team"]) if results is not None else set(team_order or [])
+    if team is not None and known and team not in known:
+        raise ValueError(f"--team {team!r} is not a team of this evaluation; teams: {', '.join(sorted(known))}")
 
     # Leaderboard
     if ranking is not None:

@@ -1,0 +1,8 @@
+"""``python -m flare_eval`` works like the ``flare-eval`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
