@@ -1,21 +1,28 @@
-"""Scoring speed: flare-eval's CLI against the official-equivalent reference, side by side.
+"""Scoring speed: flare-eval's CLI against the official-equivalent reference, side by side, on several sets.
 
-Builds CT-sized cases (512x512x100 voxels, 0.8x0.8x2.5 mm, 13 organs) from the
-real label maps in ``examples/data`` (nearest-neighbour upsampling of the
-3 mm ground truth and of an independent segmentation of the same CT), then in
-one run:
+Builds CT-sized cases (512x512x100 voxels, 0.8x0.8x2.5 mm, 13 organs) from the real label maps in
+``examples/data`` (nearest-neighbour upsampling of the 3 mm ground truth and of an independent
+segmentation of the same CT), in sets of different difficulty:
 
-* scores them with ``flare-eval score --workers 1`` (one process, one thread,
-  wall clock of the whole command, Python start-up included);
-* scores them with ``official_reference.py`` (nibabel float64 loading and
-  DeepMind surface-distance per organ, as the official FLARE22 script);
-* checks that every DSC and NSD agree to 1e-9 and prints per-case times and
-  their ratio.
+* ``gentle``: the independent segmentation shifted by at most one voxel in-plane (the original set);
+* ``hard``: shifted by up to 3 voxels along every axis including z, dilated or eroded per case, with
+  spurious blobs far from the organs;
+* ``perfect``, ``empty`` (no prediction at all: every organ missing), ``scattered`` (the ground truth
+  plus thousands of isolated false-positive voxels);
+* ``third``: the hard predictions in a volume three times as tall, organs in its middle third (a larger
+  scan where the per-volume costs dominate).
 
-Usage: ``python benchmarks/bench_scoring.py [--cases N]``.
+For each set, in one run: ``flare-eval score --workers 1`` (one process, wall clock of the whole command,
+Python start-up included) and ``official_reference.py`` (nibabel float64 loading and DeepMind
+surface-distance per organ, as the official FLARE22 script); every DSC and NSD must agree to 1e-12. It
+prints per set: reference s/case, flare-eval s/case, their ratio, the floor (bare gzip decompression of
+both volumes) and flare-eval's peak memory.
+
+Usage: ``python benchmarks/bench_scoring.py [--cases N] [--sets gentle,hard,...]``.
 """
 
 import argparse
+import gzip
 import os
 import subprocess
 import sys
@@ -37,6 +44,7 @@ from official_reference import official_scores  # noqa: E402
 
 SHAPE = (512, 512, 100)
 SPACING_MM = (0.8, 0.8, 2.5)
+SETS = ("gentle", "hard", "perfect", "empty", "scattered", "third")
 
 
 def upsample(path: Path) -> np.ndarray:
@@ -44,48 +52,121 @@ def upsample(path: Path) -> np.ndarray:
     return ndimage.zoom(labels, [n / s for n, s in zip(SHAPE, labels.shape)], order=0)
 
 
-def build_cases(folder: Path, n_cases: int) -> tuple[Path, Path]:
-    examples = HERE.parent / "examples" / "data"
-    gt_dir, pred_dir = folder / "gt", folder / "pred"
-    gt_dir.mkdir(parents=True, exist_ok=True)
-    pred_dir.mkdir(parents=True, exist_ok=True)
-    truth = upsample(examples / "labels" / "case_0001.nii.gz")
-    other = upsample(examples / "predictions" / "teamA" / "case_0001.nii.gz")
+def morph(labels: np.ndarray, grow: bool) -> np.ndarray:
+    """Every organ dilated (or eroded) by one voxel, as a coarser or finer model would draw it."""
+    out = labels.copy()
+    for label in range(1, 14):
+        mask = labels == label
+        changed = ndimage.binary_dilation(mask) if grow else ndimage.binary_erosion(mask)
+        out[mask & ~changed] = 0
+        out[changed & (labels == 0)] = label
+    return out
+
+
+def hard_prediction(other: np.ndarray, i: int) -> np.ndarray:
+    rng = np.random.default_rng(i)
+    shift = tuple(int(s) for s in rng.integers(-3, 4, 3))
+    prediction = morph(np.roll(other, shift=shift, axis=(0, 1, 2)), grow=bool(i % 2))
+    for _ in range(6):  # spurious blobs of random organs away from the body
+        centre = rng.integers([20, 20, 5], [100, 490, 95])
+        prediction[centre[0] - 4: centre[0] + 4, centre[1] - 4: centre[1] + 4, centre[2] - 2: centre[2] + 2] = \
+            rng.integers(1, 14)
+    return prediction
+
+
+def build_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: np.ndarray) -> tuple[Path, Path]:
+    gt_dir, pred_dir = folder / name / "gt", folder / name / "pred"
+    gt_dir.mkdir(parents=True)
+    pred_dir.mkdir(parents=True)
     affine = np.diag([*SPACING_MM, 1.0])
     for i in range(n_cases):
-        # Different but realistic disagreements per case: shifts of the independent segmentation.
-        prediction = np.roll(other, shift=(i % 3 - 1, i // 3, 0), axis=(0, 1, 2))
-        nib.save(nib.Nifti1Image(truth, affine), str(gt_dir / f"case_{i:04d}.nii.gz"))
-        nib.save(nib.Nifti1Image(prediction, affine), str(pred_dir / f"case_{i:04d}.nii.gz"))
+        gt = truth
+        if name == "gentle":
+            prediction = np.roll(other, shift=(i % 3 - 1, i // 3, 0), axis=(0, 1, 2))
+        elif name in ("hard", "third"):
+            prediction = hard_prediction(other, i)
+        elif name == "perfect":
+            prediction = truth
+        elif name == "scattered":
+            prediction = truth.copy()
+            flat = np.random.default_rng(i).choice(truth.size, 5000, replace=False)
+            prediction.reshape(-1)[flat] = np.random.default_rng(i + 1).integers(1, 14, flat.size)
+        else:  # empty: no file
+            prediction = None
+        if name == "third":
+            tall = np.zeros(SHAPE[:2] + (3 * SHAPE[2],), np.uint8)
+            tall[:, :, SHAPE[2]: 2 * SHAPE[2]] = gt
+            gt = tall
+            tall = np.zeros_like(gt)
+            tall[:, :, SHAPE[2]: 2 * SHAPE[2]] = prediction
+            prediction = tall
+        nib.save(nib.Nifti1Image(gt, affine), str(gt_dir / f"case_{i:04d}.nii.gz"))
+        if prediction is not None:
+            nib.save(nib.Nifti1Image(prediction, affine), str(pred_dir / f"case_{i:04d}.nii.gz"))
     return gt_dir, pred_dir
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", type=int, default=4)
-    args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        gt_dir, pred_dir = build_cases(Path(tmp), args.cases)
-        cli = Path(sys.executable).parent / "flare-eval"
-        start = time.perf_counter()
-        subprocess.run([str(cli), "score", str(pred_dir), str(gt_dir), "--out", f"{tmp}/out", "--workers", "1",
-                        "--no-progress"], check=True, stdout=subprocess.DEVNULL)
-        ours_s = (time.perf_counter() - start) / args.cases
-        ours = pd.read_csv(f"{tmp}/out/scores.csv")
+def floor_s(gt_dir: Path, pred_dir: Path) -> float:
+    """Seconds per case to decompress both volumes and nothing else."""
+    files = sorted(gt_dir.glob("*.nii.gz")) + sorted(pred_dir.glob("*.nii.gz"))
+    start = time.perf_counter()
+    for path in files:
+        gzip.decompress(path.read_bytes())
+    return (time.perf_counter() - start) / len(list(gt_dir.glob("*.nii.gz")))
 
-        start = time.perf_counter()
-        reference = {p.name[:-7]: official_scores(p, pred_dir / p.name) for p in sorted(gt_dir.glob("*.nii.gz"))}
-        reference_s = (time.perf_counter() - start) / args.cases
+
+def run_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: np.ndarray) -> dict:
+    gt_dir, pred_dir = build_set(name, folder, n_cases, truth, other)
+    out = folder / name / "out"
+    peak_file = folder / name / "peak_kib"
+    # The CLI's own main, and its process's peak memory (VmHWM) written at exit.
+    command = ("import atexit, sys; from flare_eval.cli import main; "
+               "atexit.register(lambda: open(sys.argv[1], 'w').write(next(line.split()[1] for line in "
+               "open('/proc/self/status') if line.startswith('VmHWM')))); "
+               "sys.exit(main(sys.argv[2:]))")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", command, str(peak_file), "score", str(pred_dir), str(gt_dir), "--out",
+                    str(out), "--workers", "1", "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ours_s = (time.perf_counter() - start) / n_cases
+    peak_mib = int(peak_file.read_text()) / 1024
+    ours = pd.read_csv(out / "scores.csv", dtype={"case": str})
+
+    start = time.perf_counter()
+    reference = {}
+    for gt_path in sorted(gt_dir.glob("*.nii.gz")):
+        pred_path = pred_dir / gt_path.name
+        if pred_path.exists():
+            reference[gt_path.name[:-7]] = official_scores(gt_path, pred_path)
+        else:  # the official script scores a missing prediction 0 for every organ
+            reference[gt_path.name[:-7]] = {label: (0.0, 0.0) for label in range(1, 14)}
+    reference_s = (time.perf_counter() - start) / n_cases
 
     worst = 0.0
     for row in ours.itertuples():
         dsc, nsd = reference[row.case][row.label]
         worst = max(worst, abs(row.DSC - dsc), abs(row.NSD - nsd))
-    print(f"cases: {args.cases} x {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} voxels, spacing {SPACING_MM} mm, 13 organs")
-    print(f"reference (nibabel float64 + DeepMind surface-distance): {reference_s:7.3f} s per case")
-    print(f"flare-eval score --workers 1 (whole command):           {ours_s:7.3f} s per case")
-    print(f"speed-up: {reference_s / ours_s:.1f}x; largest |difference| in DSC or NSD: {worst:.2e}")
-    if worst > 1e-9:
+    return {"set": name, "reference_s": reference_s, "flare_eval_s": ours_s, "ratio": reference_s / ours_s,
+            "floor_s": floor_s(gt_dir, pred_dir), "peak_mib": peak_mib, "worst_difference": worst}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
+    args = parser.parse_args()
+    examples = HERE.parent / "examples" / "data"
+    truth = upsample(examples / "labels" / "case_0001.nii.gz")
+    other = upsample(examples / "predictions" / "teamA" / "case_0001.nii.gz")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.sets.split(","):
+            rows.append(run_set(name, Path(tmp), args.cases, truth, other))
+            print(f"{name}: done", file=sys.stderr)
+    table = pd.DataFrame(rows)
+    print(f"{args.cases} cases per set, {SHAPE[0]}x{SHAPE[1]}x{SHAPE[2]} voxels ('third': x3 slices), "
+          f"spacing {SPACING_MM} mm, 13 organs; times in s per case, whole command for flare-eval")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if (table.worst_difference > 1e-12).any():
         sys.exit("values differ from the reference")
 
 

@@ -21,53 +21,92 @@ The public API, re-exported here, covers each step of the data flow:
 * example data: `example_paths`.
 """
 
-from ._examples import ExamplePaths, example_paths
+import importlib
+from typing import TYPE_CHECKING
+
 from ._version import __version__
-from .harness import ContainerError, ContainerInterface, ContainerLimits, Submission, run_containers
-from .io import InvalidLabelMapError, LabelMap, pair_cases, read_label_map, read_scores
-from .metrics import SurfaceDistances, dice_coefficient, normalized_surface_dice, surface_distances
-from .pipeline import (
-    CohortOutputs,
-    EvaluationOutputs,
-    QuantifyOutputs,
-    RankingOutputs,
-    cohorts,
-    collect_results,
-    compare,
-    evaluate,
-    quantify,
-    rank_results,
-    report,
-    review,
-)
-from .protocol import Organ, Protocol, available_protocols, load_protocol
-from .ranking import (
-    BootstrapResult,
-    RankingWarning,
-    ResultsTableError,
-    best_versus_rest,
-    bootstrap_stability,
-    case_ranks,
-    holm_adjust,
-    kendall_tau_b,
-    paired_wilcoxon,
-    prepare_results,
-    rank,
-    ranking_methods,
-    ranking_methods_agreement,
-    significance,
-)
-from .results import assemble_results
-from .scoring import (
-    FlareEvalWarning,
-    OrganScore,
-    official_table,
-    score,
-    score_case,
-    score_folder,
-    score_teams,
-    summarize_scores,
-)
+
+# The public API is imported on first use (PEP 562), so that `flare-eval score` loads neither the Docker SDK
+# nor the report's plotting code; static tools and IDEs read the imports below.
+if TYPE_CHECKING:
+    from ._examples import ExamplePaths, example_paths
+    from .harness import ContainerError, ContainerInterface, ContainerLimits, Submission, run_containers
+    from .io import InvalidLabelMapError, LabelMap, pair_cases, read_label_map, read_scores
+    from .metrics import SurfaceDistances, dice_coefficient, normalized_surface_dice, surface_distances
+    from .pipeline import (
+        CohortOutputs,
+        EvaluationOutputs,
+        QuantifyOutputs,
+        RankingOutputs,
+        cohorts,
+        collect_results,
+        compare,
+        evaluate,
+        quantify,
+        rank_results,
+        report,
+        review,
+    )
+    from .protocol import Organ, Protocol, available_protocols, load_protocol
+    from .ranking import (
+        BootstrapResult,
+        RankingWarning,
+        ResultsTableError,
+        best_versus_rest,
+        bootstrap_stability,
+        case_ranks,
+        holm_adjust,
+        kendall_tau_b,
+        paired_wilcoxon,
+        prepare_results,
+        rank,
+        ranking_methods,
+        ranking_methods_agreement,
+        significance,
+    )
+    from .results import assemble_results
+    from .scoring import (
+        FlareEvalWarning,
+        OrganScore,
+        official_table,
+        score,
+        score_case,
+        score_folder,
+        score_teams,
+        summarize_scores,
+    )
+
+#: Where each public name lives; ``flare_eval.<name>`` imports its module on first use.
+_SOURCES = {
+    "._examples": ("ExamplePaths", "example_paths"),
+    ".harness": ("ContainerError", "ContainerInterface", "ContainerLimits", "Submission", "run_containers"),
+    ".io": ("InvalidLabelMapError", "LabelMap", "pair_cases", "read_label_map", "read_scores"),
+    ".metrics": ("SurfaceDistances", "dice_coefficient", "normalized_surface_dice", "surface_distances"),
+    ".pipeline": ("CohortOutputs", "EvaluationOutputs", "QuantifyOutputs", "RankingOutputs", "cohorts",
+                  "collect_results", "compare", "evaluate", "quantify", "rank_results", "report", "review"),
+    ".protocol": ("Organ", "Protocol", "available_protocols", "load_protocol"),
+    ".ranking": ("BootstrapResult", "RankingWarning", "ResultsTableError", "best_versus_rest",
+                 "bootstrap_stability", "case_ranks", "holm_adjust", "kendall_tau_b", "paired_wilcoxon",
+                 "prepare_results", "rank", "ranking_methods", "ranking_methods_agreement", "significance"),
+    ".results": ("assemble_results",),
+    ".scoring": ("FlareEvalWarning", "OrganScore", "official_table", "score", "score_case", "score_folder",
+                 "score_teams", "summarize_scores"),
+}
+_MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __all__ = [
     "__version__",

@@ -168,8 +168,44 @@ def score_label_maps(
             )
     if superior[0] not in (0, 1, 2) or superior[1] not in (1, -1):
         raise ValueError(f"superior must be (axis in 0..2, +1 or -1), got {superior}")
-    return [_score_organ(gt, pred, organ.label, organ.code, organ.tolerance_mm, spacing, protocol, superior)
+    # One pass over each volume finds every organ's bounding box; all later work is on crops.
+    gt_boxes, pred_boxes = _label_boxes(gt, protocol.labels), _label_boxes(pred, protocol.labels)
+    return [_score_organ(gt, pred, organ.label, organ.code, organ.tolerance_mm, spacing, protocol, superior,
+                         gt_boxes[organ.label], pred_boxes[organ.label])
             for organ in protocol.organs]
+
+
+def _label_boxes(labels: np.ndarray, wanted: Sequence[int]) -> dict[int, tuple[slice, ...] | None]:
+    """Bounding box of each wanted label (None where absent), from one pass over the array.
+
+    Values above the largest wanted label, or below 1, are ignored, so a
+    stray huge value allocates nothing.
+    """
+    from scipy import ndimage
+
+    if labels.dtype.kind not in "iu" or labels.dtype.itemsize > 8:
+        labels = labels.astype(np.int64)
+    if labels.dtype == np.uint64:
+        # find_objects works on signed integers; values beyond int64 are not labels anyway.
+        labels = np.where(labels > np.iinfo(np.int64).max, 0, labels).astype(np.int64)
+    found = ndimage.find_objects(labels, max_label=max(wanted))
+    return {label: found[label - 1] for label in wanted}
+
+
+def _restrict_box(labels: np.ndarray, box: tuple[slice, ...] | None, axis: int, cut: slice,
+                  label: int) -> tuple[slice, ...] | None:
+    """The bounding box of ``label`` within ``box`` once indices along ``axis`` are limited to ``cut``."""
+    if box is None:
+        return None
+    start, stop = max(box[axis].start, cut.start), min(box[axis].stop, cut.stop)
+    if start >= stop:
+        return None
+    limited = list(box)
+    limited[axis] = slice(start, stop)
+    inner = metrics._mask_box(labels[tuple(limited)] == label)
+    if inner is None:
+        return None
+    return tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(limited, inner))
 
 
 def _unknown_labels(labels: np.ndarray, known: Sequence[int]) -> list[int]:
@@ -198,9 +234,9 @@ def _score_organ(
     spacing: np.ndarray,
     protocol: Protocol,
     superior: tuple[int, int],
+    gt_box: tuple[slice, ...] | None,
+    pred_box: tuple[slice, ...] | None,
 ) -> OrganScore:
-    gt_box = metrics._mask_box(gt == label)
-    pred_box = metrics._mask_box(pred == label)
     if gt_box is None:
         score = protocol.both_empty_score if pred_box is None else 0.0
         pred_vx = 0 if pred_box is None else int(np.count_nonzero(pred[pred_box] == label))
@@ -215,11 +251,8 @@ def _score_organ(
                 stop -= 1
             else:
                 first += 1
-        region = [slice(None)] * 3
-        region[axis] = slice(first, stop)
-        gt, pred = gt[tuple(region)], pred[tuple(region)]
-        gt_box = metrics._mask_box(gt == label)
-        pred_box = metrics._mask_box(pred == label)
+        gt_box = _restrict_box(gt, gt_box, axis, slice(first, stop), label)
+        pred_box = _restrict_box(pred, pred_box, axis, slice(first, stop), label)
 
     box = _union(gt_box, pred_box)
     gt_mask = gt[box] == label

@@ -200,3 +200,14 @@ def test_quantify_takes_predictions_ground_truth_then_output(examples, tmp_path)
     outputs = quantify(examples.predictions / "teamA", examples.labels, tmp_path / "q", progress=False)
     assert (tmp_path / "q" / "volumes.csv").is_file() and outputs.agreement is not None
     assert not (examples.labels / "volumes.csv").exists()
+
+
+def test_score_loads_neither_docker_nor_plotting_code(examples, tmp_path):
+    code = (
+        "import sys; from flare_eval.cli import main; "
+        f"main(['score', {str(examples.predictions / 'teamA')!r}, {str(examples.labels)!r}, '--out', "
+        f"{str(tmp_path)!r}, '--workers', '1', '--no-progress']); "
+        "print(sorted(m for m in ('docker', 'matplotlib', 'distributed', 'requests') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -19,6 +19,9 @@ from flare_eval import ContainerLimits, collect_results, run_containers
 from flare_eval.cli import main
 from flare_eval.harness.runner import HarnessWarning
 
+# Most runs here ask for no GPU on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:GPU memory is not measured:UserWarning")
+
 TIMEOUT_S = 4.0
 
 

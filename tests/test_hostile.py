@@ -23,6 +23,9 @@ from flare_eval.cli import main
 from flare_eval.harness.runner import HarnessWarning
 from flare_eval.io import write_label_map
 
+# Most runs here ask for no GPU on purpose.
+pytestmark = pytest.mark.filterwarnings("ignore:GPU memory is not measured:UserWarning")
+
 ORGANIZER_TAG = "flare-eval-test/organizer:latest"
 
 
