@@ -137,7 +137,8 @@ def run_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: np.
         pred_path = pred_dir / gt_path.name
         if pred_path.exists():
             reference[gt_path.name[:-7]] = official_scores(gt_path, pred_path)
-        else:  # the official script scores a missing prediction 0 for every organ
+        else:  # the official script loads the ground truth, then scores a missing prediction 0 everywhere
+            np.uint8(nib.load(str(gt_path)).get_fdata())
             reference[gt_path.name[:-7]] = {label: (0.0, 0.0) for label in range(1, 14)}
     reference_s = (time.perf_counter() - start) / n_cases
 

@@ -407,8 +407,9 @@ def _scan_offsets(
     strides = np.array([grid.shape[1] * grid.shape[2], grid.shape[2], 1])
     flat_offsets = offsets @ strides
     budget = _SCAN_TO_TRANSFORM_COST * is_feature.size
-    unsettled = np.arange(query.size)
-    position = query
+    # Corners with no feature anywhere near would test every offset in vain: they stay inf at once.
+    unsettled = np.flatnonzero(_near_features(query, features, grid, max_distance_mm))
+    position = query[unsettled]
     for step, (offset, length) in enumerate(zip(flat_offsets.tolist(), lengths.tolist())):
         hit = is_feature[position + offset]
         if hit.any():
@@ -421,6 +422,23 @@ def _scan_offsets(
         if unsettled.size * (len(flat_offsets) - step) > budget:
             return unsettled
     return np.zeros(0, dtype=np.intp)
+
+
+def _near_features(query: np.ndarray, features: np.ndarray, grid: _CornerGrid, max_distance_mm: float) -> np.ndarray:
+    """Whether a feature may lie within ``max_distance_mm`` of each query corner (False: certainly none).
+
+    The grid is cut into blocks as long as the reach of the ball along each
+    axis; a feature within reach lies in the query's block or in one of its 26
+    neighbours, so a query whose 27 blocks hold no feature is farther away.
+    The test costs one pass over the corners, not over the offsets.
+    """
+    reach = np.asarray(_margin_vx(grid.spacing, max_distance_mm))
+    shape = np.asarray(grid.shape)
+    blocks = shape // reach + 3  # one empty block on each side
+    occupied = np.zeros(tuple(blocks), dtype=bool)
+    occupied[tuple(np.asarray(np.unravel_index(features, grid.shape)) // reach[:, None] + 1)] = True
+    near = ndimage.maximum_filter(occupied, size=3, mode="constant")
+    return near[tuple(np.asarray(np.unravel_index(query, grid.shape)) // reach[:, None] + 1)]
 
 
 def _feature_transform_distances(query: np.ndarray, features: np.ndarray, grid: _CornerGrid) -> np.ndarray:
