@@ -187,6 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--compare", type=Path, default=None, help="compare folder (default: SOURCE/compare)")
     report.add_argument("--team", default=None, help="team whose resources over time are shown (default: the best)")
     report.add_argument("--case", default=None, help="case whose resources over time are shown (default: the first)")
+    report.add_argument("--pdf", action="store_true",
+                        help="also write OUT/report.pdf, the page printed by headless Chromium (no LaTeX)")
     _add_protocol_argument(report)
 
     quantify = commands.add_parser(
@@ -542,8 +544,8 @@ def _report(args: argparse.Namespace) -> int:
     _note_replacing(args.out, "index.html")
     index = report(args.source, args.out, args.protocol, ranking_dir=args.ranking, runs_dir=args.runs,
                    quantify_dir=args.quantify, cohorts_dir=args.cohorts, compare_dir=args.compare,
-                   team=args.team, case=args.case)
-    print(f"wrote {index}")
+                   team=args.team, case=args.case, pdf=args.pdf)
+    print(f"wrote {index}" + (f" and {index.parent / 'report.pdf'}" if args.pdf else ""))
     return EXIT_OK
 
 

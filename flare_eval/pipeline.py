@@ -336,16 +336,22 @@ def report(
     compare_dir: str | Path | None = None,
     team: str | None = None,
     case: str | None = None,
+    pdf: bool = False,
 ) -> Path:
     """Build the HTML report of ``source`` (a results.csv or an ``evaluate`` folder) in ``out_dir``.
 
-    See :func:`flare_eval.reporting.build_report`; returns the path of ``index.html``.
+    See :func:`flare_eval.reporting.build_report`; returns the path of ``index.html``. With ``pdf``,
+    also ``out_dir/report.pdf``, the page printed by headless Chromium.
     """
     from .reporting import build_report, find_report_inputs
+    from .reporting.html import print_pdf
 
     inputs = find_report_inputs(source, ranking_dir=ranking_dir, runs_dir=runs_dir, quantify_dir=quantify_dir,
                                 cohorts_dir=cohorts_dir, compare_dir=compare_dir)
-    return build_report(inputs, out_dir, protocol, team=team, case=case)
+    index = build_report(inputs, out_dir, protocol, team=team, case=case)
+    if pdf:
+        print_pdf(index, Path(out_dir) / "report.pdf")
+    return index
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,19 @@ def evaluation(tmp_path_factory):
     fe.rank_results(folder / "results.csv", folder / "ranking", n_samples=100, seed=4)
     for team in ("teamA", "teamB", "teamC"):
         fe.score(paths.predictions / team, paths.labels, folder / "runs" / team, workers=1, progress=False)
-    samples = folder / "runs" / "teamA" / "samples"
-    samples.mkdir()
     times = np.arange(1, 31) * 0.1
-    pd.DataFrame({"time_s": times, "cpu_time_s": np.cumsum(np.full(30, 0.04)), "cpu_pct": 40.0,
-                  "gpu_mib": 1000 + 100 * times}).to_csv(samples / "case_0001.csv", index=False)
+    for k, team in enumerate(("teamA", "teamB", "teamC")):
+        samples = folder / "runs" / team / "samples"
+        samples.mkdir()
+        pd.DataFrame({"time_s": times, "cpu_time_s": np.cumsum(np.full(30, 0.04)), "cpu_pct": 40.0 + 10 * k,
+                      "gpu_mib": 1000 + (100 + 50 * k) * times}).to_csv(samples / "case_0001.csv", index=False)
+        rows = pd.DataFrame({"team": team, "case": ["case_0001", "case_0002"], "time_s": [3.0, 4.0],
+                             "auc_gpu_mib_s": 0.0, "auc_cpu_pct_s": [120.0, 130.0], "max_gpu_mib": [1300.0, 1400.0],
+                             "gpu_measured": False, "exit_code": [0, 3 if team == "teamC" else 0],
+                             "status": ["ok", "crashed" if team == "teamC" else "ok"], "started_at": ""})
+        rows.to_csv(folder / "runs" / team / "resources.csv", index=False)
+    (folder / "runs" / "teamC" / "logs").mkdir()
+    (folder / "runs" / "teamC" / "logs" / "case_0002.log").write_text("boom\n")
     fe.quantify(paths.predictions / "teamA", paths.labels, folder / "quantify", progress=False)
     with pytest.warns(UserWarning):
         fe.cohorts(paths.cohort_scores, paths.metadata, folder / "cohorts")
@@ -41,16 +49,28 @@ def evaluation(tmp_path_factory):
     return folder
 
 
+SECTIONS = ("Run facts", "Leaderboard", "Failures", "Accuracy and efficiency", "Strengths of the top teams",
+            "Case values per team", "Podium", "Ranking stability",
+            "The ranking under other methods: aggregate-mean-then-rank, aggregate-median-then-rank, test-then-rank",
+            "Significance", "Ranks per case", "Accuracy per organ", "Resources per team", "Resources over time",
+            "Organ volumes", "Cohorts and subgroups", "Paired comparison")
+# leaderboard-side 10 + dot-and-box 5 + podium 2 + rank frequency + methods + top-team curves
+# + one per metadata column (4) + the paired differences
+N_FIGURES = 25
+
+
 def test_report_has_every_section_and_figure(evaluation, tmp_path):
     index = build_report(find_report_inputs(evaluation), tmp_path)
     text = index.read_text()
-    for title in ("Leaderboard", "Accuracy and efficiency", "Strengths of the top teams", "Ranking stability",
-                  "Significance", "Ranks per case", "Accuracy per organ", "Resources over time", "Organ volumes",
-                  "Cohorts and subgroups", "Paired comparison"):
-        assert f"<h2>{title}</h2>" in text
+    for title in SECTIONS:
+        assert f"<h2>{title}" in text, title
     assert "Not shown" not in text
     images = re.findall(r'<img src="(figures/[^"]+\.png)"', text)
-    assert len(images) == 15  # 10 + one per metadata column (4) + the paired differences
+    assert len(images) == N_FIGURES
+    assert re.search(r"teamC</td>\s*<td>case_0002</td>\s*<td>crashed</td>", text)  # the failure
+    assert re.search(r'<a href="\.\./[^"]*runs/teamC/logs/case_0002.log">log</a>', text)  # and its log
+    assert "AUC_GPU = 29491200" in text
+    assert "GPU not measured" in text and "penalty values" in text and "seed 4" in text
     for image in images:
         assert (tmp_path / image).stat().st_size > 1000
         assert (tmp_path / image.replace(".png", ".svg")).exists()
@@ -94,7 +114,7 @@ def test_every_figure_loads_in_headless_chromium(evaluation, tmp_path):
                          capture_output=True, text=True, timeout=120)
     loaded = re.search(r'data-figures-loaded="(\d+)/(\d+)"', dom.stdout)
     assert loaded, dom.stderr[-2000:]
-    assert loaded.group(1) == loaded.group(2) == "15"
+    assert loaded.group(1) == loaded.group(2) == str(N_FIGURES)
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "report.png"
     subprocess.run([*flags, "--window-size=1400,3000", f"--screenshot={shot}", index.as_uri()],

@@ -7,7 +7,12 @@ inputs are absent are left out with a note saying which step produces them.
 
 from __future__ import annotations
 
+import datetime
 import html
+import json
+import os
+import shutil
+import subprocess
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +25,17 @@ from ..io import read_scores, read_table
 from ..protocol import Protocol, load_protocol
 from . import plots
 
-__all__ = ["ReportInputs", "find_report_inputs", "build_report"]
+__all__ = ["ReportInputs", "find_report_inputs", "build_report", "print_pdf", "readable_columns"]
+
+#: Column names of the tables as a reader of the report should see them.
+_HEADERS = {
+    "team": "team", "rank": "rank", "score": "score (weighted mean rank)", "case": "case", "status": "status",
+    "exit_code": "exit code", "time_s": "time (s)", "median_DSC": "median DSC", "median_NSD": "median NSD",
+    "median_Time_s": "median time (s)", "failed_cases": "failed cases", "log": "log",
+    "median_time_s": "median time (s)", "max_gpu_mib": "max GPU memory (MiB)",
+    "median_auc_gpu_mib_s": "median AUC_GPU (MiB s)", "median_auc_cpu_pct_s": "median AUC_CPU (% s)",
+    "method": "method", "kendall_tau": "Kendall's tau to rank-then-aggregate",
+}
 
 
 @dataclass(frozen=True)
@@ -99,8 +114,43 @@ class _Page:
         self.section(title, f'<p class="note">Not shown: {html.escape(why)}</p>')
 
 
-def _table(frame: pd.DataFrame, digits: int = 3) -> str:
-    return frame.to_html(index=False, float_format=lambda v: f"{v:.{digits}f}", classes="table", border=0)
+def readable_columns(columns) -> list[str]:
+    """Headers a reader understands: ``DSC_mean_rank`` becomes ``mean rank, DSC``, ``p_value`` ``p-value``.
+
+    Examples
+    --------
+    >>> readable_columns(["team", "DSC_mean_rank", "p_adjusted", "NSD_q1"])
+    ['team', 'mean rank, DSC', 'p-value (adjusted)', 'NSD_q1']
+    """
+    out = []
+    for column in map(str, columns):
+        if column in _HEADERS:
+            out.append(_HEADERS[column])
+        elif column.endswith("_mean_rank"):
+            out.append(f"mean rank, {column[: -len('_mean_rank')]}")
+        elif column in ("p_value", "p"):
+            out.append("p-value")
+        elif column == "p_adjusted":
+            out.append("p-value (adjusted)")
+        else:
+            out.append(column)
+    return out
+
+
+def _format_number(value: float, digits: int, p_value: bool) -> str:
+    if p_value and value != 0 and abs(value) < 10 ** -digits:
+        return f"{value:.1e}"  # never "0.0000" for a small p-value
+    return f"{value:.{digits}f}"
+
+
+def _table(frame: pd.DataFrame, digits: int = 3, escape: bool = True) -> str:
+    shown = frame.copy()
+    for column in shown.columns:
+        if pd.api.types.is_float_dtype(shown[column]):
+            is_p = str(column).startswith("p_") or str(column) in ("p", "p_value") or str(column).endswith("_p")
+            shown[column] = [("" if pd.isna(v) else _format_number(v, digits, is_p)) for v in shown[column]]
+    shown.columns = readable_columns(shown.columns)
+    return '<div class="scroll">' + shown.to_html(index=False, classes="table", border=0, escape=escape) + "</div>"
 
 
 def build_report(
@@ -147,6 +197,11 @@ def build_report(
     if team is not None and known and team not in known:
         raise ValueError(f"--team {team!r} is not a team of this evaluation; teams: {', '.join(sorted(known))}")
 
+    resources = _read_resources(inputs.runs_dir)
+    ranking_settings = _read_json(inputs.ranking_dir / "settings.json") if inputs.ranking_dir else {}
+    run_settings = _read_json(inputs.runs_dir / "settings.json") if inputs.runs_dir else {}
+    page.section("Run facts", _run_facts(protocol, results, resources, ranking_settings, run_settings))
+
     # Leaderboard
     if ranking is not None:
         board = ranking.copy()
@@ -154,10 +209,16 @@ def build_report(
             medians = results.groupby("team").agg(median_DSC=("DSC", "median"), median_NSD=("NSD", "median"),
                                                    median_Time_s=("Time", "median"))
             board = board.merge(medians, left_on="team", right_index=True, how="left")
+            if "status" in results:
+                failed = results[~results["status"].isin(["ok", "no_run"])].groupby("team").size()
+                board["failed_cases"] = board["team"].map(failed).fillna(0).astype(int)
         note = "" if inputs.ranking_dir else '<p class="note">Computed from results.csv (no ranking/ folder).</p>'
         page.section("Leaderboard", note + _table(board))
     else:
         page.missing("Leaderboard", "no results.csv or ranking/ found (run `flare-eval collect` and `rank`)")
+
+    # Failures
+    page.section("Failures", _failures(results, resources, inputs.runs_dir, out_dir, protocol))
 
     # Accuracy against time
     if results is not None:
@@ -179,6 +240,21 @@ def build_report(
                      page.figure("radar", plots.radar_figure(ranking, metric_names, chosen),
                                  "Teams surpassed by each of the top teams on each metric"))
 
+    # Case values: dot-and-box and podium plots
+    if results is not None and ranking is not None:
+        order = ranking.sort_values(["rank", "team"])["team"].tolist()
+        penalty_note = (" Hollow red markers are values a penalty filled in: the case timed out, crashed or left no "
+                        "or an invalid prediction, and got the protocol's worst value.")
+        page.section("Case values per team", "".join(
+            page.figure(f"dots_{metric.name}", plots.dot_box_figure(results, metric.name, order),
+                        f"{metric.name} of every case, teams by final rank." + penalty_note)
+            for metric in protocol.ranking_metrics if metric.name in results))
+        page.section("Podium", "".join(
+            page.figure(f"podium_{metric.name}",
+                        plots.podium_figure(results, ranking, metric.name, higher_is_better=metric.higher_is_better),
+                        f"Podium of {metric.name}: each team's cases at its place, one line per case." + penalty_note)
+            for metric in protocol.ranking_metrics[:2] if metric.name in results))
+
     # Stability and significance
     if inputs.ranking_dir is not None:
         body = []
@@ -190,11 +266,25 @@ def build_report(
             full = ranking.set_index("team").loc[teams, "rank"].to_numpy()
             body.append(page.figure("rank_blobs", plots.rank_blob_figure(wide.to_numpy(), teams, full),
                                     "Bootstrap rank distribution per team"))
+            body.append(page.figure("rank_frequency",
+                                    plots.rank_frequency_figure(wide.to_numpy(), teams, team_order or teams),
+                                    "Stacked frequency of each team's ranks over the bootstrap samples"))
         if (inputs.ranking_dir / "bootstrap.csv").exists():
             samples = read_table(inputs.ranking_dir / "bootstrap.csv", role="bootstrap table")
             body.append(page.figure("kendall_tau", plots.tau_violin_figure(samples),
                                     "Kendall's tau between bootstrap and full rankings"))
         page.section("Ranking stability", "".join(body) or '<p class="note">No bootstrap tables.</p>')
+        methods_csv = inputs.ranking_dir / "ranking_methods.csv"
+        if methods_csv.exists() and (inputs.ranking_dir / "ranking_methods_tau.csv").exists():
+            methods = read_table(methods_csv, role="ranking methods table")
+            agreement = read_table(inputs.ranking_dir / "ranking_methods_tau.csv", role="ranking methods tau")
+            names = ", ".join(c.replace("_", "-") for c in methods.columns if c not in ("team", "rank_then_aggregate"))
+            page.section(f"The ranking under other methods: {names}", page.figure(
+                "ranking_methods", plots.ranking_methods_figure(methods, agreement),
+                "Each team's final rank under each method (challengeR's definitions, combined over the metrics "
+                "with the protocol's weights)") + _table(agreement))
+        else:
+            page.missing("The ranking under other methods", "no ranking/ranking_methods.csv (rerun `flare-eval rank`)")
         if (inputs.ranking_dir / "significance.csv").exists():
             tests = read_table(inputs.ranking_dir / "significance.csv", role="significance table")
             page.section("Significance", page.figure("significance", plots.significance_figure(tests, team_order),
@@ -215,9 +305,18 @@ def build_report(
         order = [t for t in (team_order or []) if t in set(scores["team"])] or sorted(scores["team"].unique())
         page.section("Accuracy per organ", "".join(
             page.figure(f"organs_{metric}", plots.organ_scores_figure(scores, metric, order),
-                        f"{metric} per organ across teams") for metric in ("DSC", "NSD")))
+                        f"{metric} per organ across teams") for metric in ("DSC", "NSD"))
+            + "".join(f"<h3>{metric} per organ: mean &plusmn; sd (median)</h3>"
+                      + _table(_organ_summary(scores, metric, order, protocol)) for metric in ("DSC", "NSD")))
     else:
         page.missing("Accuracy per organ", "no runs/<team>/scores.csv (run `flare-eval collect`)")
+
+    # Resources per team, and the top teams' curves on one case
+    if not resources.empty:
+        page.section("Resources per team", _table(_resource_summary(resources), 1)
+                     + _top_team_curves(page, inputs.runs_dir, team_order, resources, case, protocol))
+    else:
+        page.missing("Resources per team", "no runs/<team>/resources.csv (run `flare-eval run-containers`)")
 
     # Resources over time
     sample_files = sorted(inputs.runs_dir.glob("*/samples/*.csv")) if inputs.runs_dir else []
@@ -279,6 +378,171 @@ def build_report(
     return index
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _read_resources(runs_dir: Path | None) -> pd.DataFrame:
+    files = sorted(runs_dir.glob("*/resources.csv")) if runs_dir is not None else []
+    frames = [read_table(path, role="resources table") for path in files if path.parent.name != ".scratch"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _run_facts(protocol: Protocol, results: pd.DataFrame | None, resources: pd.DataFrame, ranking_settings: dict,
+               run_settings: dict) -> str:
+    """What a reader needs to trust and reproduce the numbers, from what each step recorded."""
+    facts = [("challenge", f"{protocol.name}: {protocol.description}"),
+             ("report made", datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))]
+    if results is not None:
+        facts.append(("teams and cases", f"{results['team'].nunique()} teams, {results['case'].nunique()} cases"))
+    if not resources.empty and "started_at" in resources:
+        started = resources["started_at"].dropna().astype(str)
+        started = started[started != ""]
+        if len(started):
+            facts.append(("containers ran", f"{started.min()[:19]} to {started.max()[:19]} (UTC)"))
+    facts.append(("time limit", f"{protocol.time_limit_s:g} s per case; GPU memory allowance "
+                                f"{protocol.gpu_allowance_mib:g} MiB ({protocol.gpu_memory} reading)"))
+    facts.append(("penalty values", _penalty_values(protocol)))
+    if ranking_settings:
+        facts.append(("bootstrap", f"{ranking_settings.get('bootstrap_samples')} samples, seed "
+                                   f"{ranking_settings.get('seed')}; significance: {ranking_settings.get('adjust')} "
+                                   f"adjustment, alpha {ranking_settings.get('alpha')}"))
+    machine = run_settings.get("machine", {})
+    if machine:
+        memory = machine.get("memory_bytes")
+        facts.append(("machine", f"{machine.get('cpu_model') or 'CPU unknown'}, {machine.get('n_cpus')} cores"
+                                 + (f", {memory / 1024**3:.0f} GiB memory" if memory else "")))
+    if not resources.empty:
+        gpus = []
+        if {"gpu_measured", "gpu_name", "gpu_driver"} <= set(resources.columns):
+            measured = resources[resources["gpu_measured"].astype(str).str.lower() == "true"]
+            gpus = sorted({f"{n}, driver {d}" for n, d in zip(measured["gpu_name"], measured["gpu_driver"])
+                           if isinstance(n, str) and n})
+        facts.append(("GPU", "; ".join(gpus) if gpus else "GPU not measured"))
+    if run_settings.get("limits"):
+        limits = run_settings["limits"]
+        facts.append(("container limits", f"memory {limits.get('memory')}, no network, no capabilities, "
+                                          f"{limits.get('pids_limit')} processes, "
+                                          f"{limits.get('open_files')} open files"))
+    facts.append(("flare-eval", f"version {__version__}"))
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
+    return f'<table class="facts">{rows}</table>'
+
+
+def _penalty_values(protocol: Protocol) -> str:
+    """``DSC = 0, ..., AUC_GPU = 29491200``: whole numbers in full, never in exponent notation."""
+    return ", ".join(f"{m.name} = {m.worst:.0f}" if float(m.worst).is_integer() else f"{m.name} = {m.worst:g}"
+                     for m in protocol.ranking_metrics)
+
+
+def _failures(results: pd.DataFrame | None, resources: pd.DataFrame, runs_dir: Path | None, out_dir: Path,
+              protocol: Protocol) -> str:
+    """Every case that did not end ok, with a link to its log."""
+    frames = []
+    if not resources.empty:
+        latest = resources.drop_duplicates(["team", "case"], keep="last")
+        frames.append(latest[latest["status"] != "ok"][["team", "case", "status", "exit_code", "time_s"]])
+    if results is not None and "status" in results:
+        # Statuses in results.csv without a run recorded here (a table assembled elsewhere).
+        listed = results[~results["status"].isin(["ok", "no_run"])][["team", "case", "status"]]
+        if not resources.empty:
+            known = pd.MultiIndex.from_frame(resources[["team", "case"]].astype(str))
+            listed = listed[~pd.MultiIndex.from_frame(listed[["team", "case"]].astype(str)).isin(known)]
+        frames.append(listed)
+    if not frames:
+        return '<p class="note">No case statuses recorded (no runs/ folder).</p>'
+    failed = pd.concat(frames, ignore_index=True)
+    if failed.empty:
+        return "<p>Every case of every team ended ok.</p>"
+    if runs_dir is not None:
+        links = []
+        for row in failed.itertuples():
+            log = runs_dir / row.team / "logs" / f"{row.case}.log"
+            target = html.escape(os.path.relpath(log, out_dir).replace(os.sep, "/"))
+            links.append(f'<a href="{target}">log</a>' if log.exists() else "")
+        failed["log"] = links
+    worst = _penalty_values(protocol)
+    return (f"<p>{len(failed)} case(s) did not end ok; each got the protocol's worst values ({html.escape(worst)}) "
+            "in the ranking, and is drawn as a hollow marker in the figures of case values.</p>"
+            + _table(failed.sort_values(["team", "case"]), 1, escape=False))
+
+
+def _organ_summary(scores: pd.DataFrame, metric: str, team_order: list[str], protocol: Protocol) -> pd.DataFrame:
+    """Organs as rows, teams as columns, each cell ``mean ± sd (median)`` of the metric over the cases."""
+    stats = scores.groupby(["label", "team"])[metric].agg(["mean", "std", "median"])
+    codes = {organ.label: organ.code for organ in protocol.organs}
+    table = {"organ": [codes.get(label, str(label)) for label in sorted(scores["label"].unique())]}
+    for team in team_order:
+        cells = []
+        for label in sorted(scores["label"].unique()):
+            if (label, team) in stats.index:
+                mean, sd, median = stats.loc[(label, team)]
+                cells.append(f"{mean:.3f} ± {0.0 if pd.isna(sd) else sd:.3f} ({median:.3f})")
+            else:
+                cells.append("")
+        table[team] = cells
+    return pd.DataFrame(table)
+
+
+def _resource_summary(resources: pd.DataFrame) -> pd.DataFrame:
+    """Per team: median time, max GPU memory, median AUC_GPU and AUC_CPU over its cases (the measured ones)."""
+    latest = resources.drop_duplicates(["team", "case"], keep="last")
+    grouped = latest.groupby("team")
+    return pd.DataFrame({
+        "median_time_s": grouped["time_s"].median(),
+        "max_gpu_mib": grouped["max_gpu_mib"].max(),
+        "median_auc_gpu_mib_s": grouped["auc_gpu_mib_s"].median(),
+        "median_auc_cpu_pct_s": grouped["auc_cpu_pct_s"].median(),
+    }).rename_axis("team").reset_index()
+
+
+def _top_team_curves(page: _Page, runs_dir: Path, team_order: list[str] | None, resources: pd.DataFrame,
+                     case: str | None, protocol: Protocol, top: int = 5) -> str:
+    """The paper's resource figure: GPU memory and CPU of the top teams on one case, overlaid."""
+    teams = [t for t in (team_order or sorted(resources["team"].unique())) if (runs_dir / t / "samples").is_dir()]
+    teams = teams[:top]
+    if not teams:
+        return ""
+    shared = set.intersection(*({p.stem for p in (runs_dir / t / "samples").glob("*.csv")} for t in teams))
+    chosen = case if case in shared else (sorted(shared)[0] if shared else None)
+    if chosen is None:
+        return '<p class="note">The top teams share no case with samples.</p>'
+    samples = {t: read_table(runs_dir / t / "samples" / f"{chosen}.csv", role="samples") for t in teams}
+    return page.figure("gpu_curves", plots.gpu_curves_figure(samples, case=chosen,
+                                                             allowance_mib=protocol.gpu_allowance_mib),
+                       f"GPU memory and CPU of the top {len(teams)} teams on case {chosen}")
+
+
+def print_pdf(index: str | Path, pdf: str | Path) -> Path:
+    """Print the report page to ``pdf`` with headless Chromium (no LaTeX), every figure included.
+
+    Raises
+    ------
+    FileNotFoundError
+        If Chromium is not installed.
+    RuntimeError
+        If Chromium fails to print.
+    """
+    browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if browser is None:
+        raise FileNotFoundError("--pdf prints the page with Chromium, which is not installed (Debian: chromium)")
+    index, pdf = Path(index).resolve(), Path(pdf).resolve()
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="flare-eval-chromium-") as profile:
+        result = subprocess.run(
+            [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+             "--disable-background-networking", "--disable-component-update", f"--user-data-dir={profile}",
+             "--no-pdf-header-footer", "--virtual-time-budget=10000", f"--print-to-pdf={pdf}", index.as_uri()],
+            capture_output=True, text=True, timeout=300)
+    if result.returncode != 0 or not pdf.exists():
+        raise RuntimeError(f"Chromium could not print {index} to {pdf}: {result.stderr.strip()[-500:]}")
+    return pdf
+
+
 _STYLE = """
 body { font-family: sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; }
@@ -286,6 +550,9 @@ figure { margin: 1em 0; overflow-x: auto; } figure img { max-width: none; }
 figcaption { font-size: .9em; color: #555; } .note { color: #777; font-style: italic; }
 table.table { border-collapse: collapse; font-size: .85em; }
 table.table td, table.table th { padding: .2em .6em; border-bottom: 1px solid #eee; text-align: right; }
+table.facts th { text-align: left; padding-right: 1em; vertical-align: top; } .scroll { overflow-x: auto; }
+h3 { font-size: 1em; margin-top: 1.5em; }
+@media print { figure img { max-width: 100%; } .scroll { overflow: visible; } section { break-inside: auto; } }
 """
 
 # Records on the page how many figures loaded; the browser test reads it.

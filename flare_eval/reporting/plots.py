@@ -25,6 +25,12 @@ __all__ = [
     "volume_agreement_figure",
     "subgroup_figure",
     "paired_difference_figure",
+    "podium_figure",
+    "dot_box_figure",
+    "ranking_methods_figure",
+    "rank_frequency_figure",
+    "gpu_curves_figure",
+    "natural_order",
 ]
 
 
@@ -190,7 +196,15 @@ def significance_figure(significance: pd.DataFrame, team_order: Sequence[str]) -
         axis.set_xticks(range(n_teams), team_order, rotation=90, fontsize=size)
         axis.set_yticks(range(n_teams), team_order, fontsize=size)
         axis.set_title(metric, fontsize=10)
-    figure.suptitle("Row team significantly better than column team (dark)")
+    from matplotlib import colormaps
+    from matplotlib.patches import Patch
+
+    blues = colormaps["Blues"]
+    figure.legend(handles=[Patch(color=blues(1.0), label="row team significantly better"),
+                           Patch(color=blues(0.3 / 1.3), label="not significantly better"),
+                           Patch(facecolor="white", edgecolor="grey", label="same team / not tested")],
+                  loc="outside lower center", ncol=3, fontsize=8, frameon=False)
+    figure.suptitle("Row team against column team, one-sided paired Wilcoxon, adjusted", wrap=True)
     return figure
 
 
@@ -276,7 +290,7 @@ def _colors(n: int) -> list:
 
 def subgroup_figure(case_metrics: pd.DataFrame, column: str, metric: str, teams: Sequence[str]) -> Figure:
     """Box plots of a metric per subgroup of ``column`` for each team (the paper's Fig. 4a, 4c-e)."""
-    groups = sorted(case_metrics[column].astype(str).unique())
+    groups = natural_order(case_metrics[column].astype(str).unique())
     n_groups, n_teams = len(groups), len(teams)
     width = max(5.0, 0.5 * n_groups * n_teams + 2)
     figure = Figure(figsize=(min(width, 30), 4.2), layout="constrained")
@@ -320,4 +334,208 @@ def paired_difference_figure(differences: pd.DataFrame, *, team_a: str, team_b: 
     axis.set_xticks(range(1, len(organs) + 1), organs, rotation=45, ha="right", fontsize=8)
     axis.set_ylabel(f"{metric}: {team_a} - {team_b}")
     axis.set_title(f"Case by case: {team_a} against {team_b}")
+    return figure
+
+
+def natural_order(labels) -> list[str]:
+    """Group labels in the order a reader expects: numeric ranges by value, text alphabetically, missing last.
+
+    Examples
+    --------
+    >>> natural_order(["51-70", "<=50", ">70", "(missing)"])
+    ['<=50', '51-70', '>70', '(missing)']
+    >>> natural_order(["M", "F"])
+    ['F', 'M']
+    """
+    import re
+
+    def key(label: str):
+        if label.startswith("(") and label.endswith(")"):
+            return (2, 0.0, 0, label)
+        number = re.search(r"-?\d+(?:\.\d+)?", label)
+        if number is None:
+            return (1, 0.0, 0, label)
+        # "<=50" comes before "50-60" and ">70" after "51-70": a bound's side breaks ties.
+        side = -1 if label.lstrip().startswith("<") else (1 if label.lstrip().startswith(">") else 0)
+        return (0, float(number.group()), side, label)
+
+    return sorted((str(label) for label in labels), key=key)
+
+
+def _penalized(results: pd.DataFrame) -> pd.Series:
+    """Rows whose values a penalty filled in (a case that timed out, crashed, left no or an invalid output)."""
+    from ..results import PENALIZED_STATUSES
+
+    if "status" not in results:
+        return pd.Series(False, index=results.index)
+    return results["status"].isin(PENALIZED_STATUSES)
+
+
+def dot_box_figure(results: pd.DataFrame, metric: str, team_order: Sequence[str], *, ax=None) -> Figure:
+    """Each team's case values of one metric: a box and every case as a dot (challengeR's dot-and-box plot).
+
+    Values a penalty filled in are hollow markers. ``ax``: draw on this axis instead of a new figure.
+    """
+    n_teams = len(team_order)
+    if ax is None:
+        figure = Figure(figsize=(_team_axis_inches(n_teams) + 1.5, 4.2), layout="constrained")
+        ax = figure.add_subplot()
+    figure = ax.figure
+    penalized = _penalized(results)
+    rng = np.random.default_rng(0)
+    data = []
+    for t, team in enumerate(team_order):
+        rows = results["team"] == team
+        values = results.loc[rows, metric].to_numpy(float)
+        data.append(values[np.isfinite(values)])
+        jitter = rng.uniform(-0.18, 0.18, values.size)
+        marked = penalized[rows].to_numpy()
+        ax.scatter(t + jitter[~marked], values[~marked], s=8, color="tab:blue", alpha=0.6, linewidths=0)
+        ax.scatter(t + jitter[marked], values[marked], s=22, facecolors="none", edgecolors="tab:red",
+                   linewidths=1.0, label="penalty value (the case failed)" if marked.any() else None)
+    ax.boxplot(data, positions=range(n_teams), widths=0.6, showfliers=False, medianprops={"color": "black"})
+    ax.set_xticks(range(n_teams), team_order, rotation=90, fontsize=_team_font_size(n_teams))
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} of every case, per team", wrap=True)
+    if penalized.any():
+        handles, labels = ax.get_legend_handles_labels()
+        unique = dict(zip(labels, handles))
+        ax.legend(unique.values(), unique.keys(), fontsize=8, loc="best")
+    return figure
+
+
+def podium_figure(results: pd.DataFrame, ranking: pd.DataFrame, metric: str, *, higher_is_better: bool = True,
+                  ax=None) -> Figure:
+    """challengeR's podium: every team's case values at its place in the ranking, each case joined across teams.
+
+    Teams stand left to right by final rank; the lines join the values of one
+    case, so a case that is hard for every team shows as a low line. Penalty
+    values are hollow markers.
+    """
+    order = ranking.sort_values(["rank", "team"])["team"].tolist()
+    n_teams = len(order)
+    if ax is None:
+        figure = Figure(figsize=(_team_axis_inches(n_teams) + 1.5, 4.5), layout="constrained")
+        ax = figure.add_subplot()
+    figure = ax.figure
+    wide = results.pivot_table(index="case", columns="team", values=metric, aggfunc="first").reindex(columns=order)
+    ax.plot(range(n_teams), wide.to_numpy().T, color="grey", alpha=0.25, linewidth=0.7)
+    penalized = _penalized(results)
+    marked = results[penalized].pivot_table(index="case", columns="team", values=metric, aggfunc="first") \
+        .reindex(columns=order) if penalized.any() else None
+    colors = _colors(n_teams)
+    for t, team in enumerate(order):
+        values = wide[team].to_numpy(float)
+        hollow = np.zeros(values.size, bool)
+        if marked is not None:
+            hollow = wide.index.isin(marked.index[marked[team].notna()])
+        ax.scatter(np.full((~hollow).sum(), t), values[~hollow], s=10, color=colors[t], zorder=3)
+        ax.scatter(np.full(hollow.sum(), t), values[hollow], s=24, facecolors="none", edgecolors="tab:red", zorder=3)
+    ax.set_xticks(range(n_teams), [f"{i + 1}. {team}" for i, team in enumerate(order)], rotation=90,
+                  fontsize=_team_font_size(n_teams))
+    ax.set_ylabel(metric + (" (higher is better)" if higher_is_better else " (lower is better)"))
+    ax.set_title(f"Podium: {metric} per case, teams by final rank", wrap=True)
+    return figure
+
+
+def ranking_methods_figure(methods: pd.DataFrame, agreement: pd.DataFrame, *, ax=None) -> Figure:
+    """Each team's final rank under each ranking method, joined per team, with Kendall's tau to the official one.
+
+    Parameters
+    ----------
+    methods : pandas.DataFrame
+        ``team`` and one rank column per method (``ranking_methods.csv``).
+    agreement : pandas.DataFrame
+        ``method, kendall_tau`` (``ranking_methods_tau.csv``).
+    """
+    columns = [c for c in methods.columns if c != "team"]
+    n_teams = len(methods)
+    if ax is None:
+        figure = Figure(figsize=(1.9 * len(columns) + 3, max(4.0, 0.16 * n_teams + 2.5)), layout="constrained")
+        ax = figure.add_subplot()
+    figure = ax.figure
+    tau = dict(zip(agreement["method"], agreement["kendall_tau"]))
+    colors = _colors(n_teams)
+    ordered = methods.sort_values(columns[0])
+    for i, row in enumerate(ordered.itertuples(index=False)):
+        ranks = [getattr(row, c) for c in columns]
+        ax.plot(range(len(columns)), ranks, marker="o", color=colors[i], linewidth=1, markersize=3)
+        ax.annotate(row.team, (len(columns) - 1, ranks[-1]), xytext=(6, 0), textcoords="offset points",
+                    va="center", fontsize=_team_font_size(n_teams))
+    labels = [f"{c.replace('_', '-')}\ntau = {tau.get(c, float('nan')):.2f}" for c in columns]
+    ax.set_xticks(range(len(columns)), labels, fontsize=8)
+    ax.set_xlim(-0.3, len(columns) - 0.4)
+    ax.invert_yaxis()
+    ax.set_ylabel("final rank")
+    ax.set_title("The ranking under other methods (Kendall's tau to rank-then-aggregate)", wrap=True)
+    return figure
+
+
+def rank_frequency_figure(ranks: np.ndarray, teams: Sequence[str], team_order: Sequence[str], *, ax=None) -> Figure:
+    """Stacked frequency of each team's ranks over the bootstrap samples.
+
+    Parameters
+    ----------
+    ranks : (n_samples, n_teams) ndarray
+        Every team's rank in every sample, columns in ``teams`` order.
+    """
+    n_teams = len(team_order)
+    if ax is None:
+        figure = Figure(figsize=(_team_axis_inches(n_teams) + 2.5, 4.2), layout="constrained")
+        ax = figure.add_subplot()
+    figure = ax.figure
+    column = {team: i for i, team in enumerate(teams)}
+    shares = np.array([[np.mean(ranks[:, column[team]] == r) for r in range(1, n_teams + 1)] for team in team_order])
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    bottom = np.zeros(n_teams)
+    for r in range(n_teams):
+        ax.bar(range(n_teams), shares[:, r], bottom=bottom, color=cmap(r / max(n_teams - 1, 1)), width=0.8,
+               label=f"rank {r + 1}" if n_teams <= 12 else None)
+        bottom += shares[:, r]
+    ax.set_xticks(range(n_teams), team_order, rotation=90, fontsize=_team_font_size(n_teams))
+    ax.set_ylabel("share of bootstrap samples")
+    ax.set_ylim(0, 1)
+    ax.set_title("How often each team took each rank", wrap=True)
+    if n_teams <= 12:
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    else:
+        from matplotlib.cm import ScalarMappable
+        from matplotlib.colors import Normalize
+
+        figure.colorbar(ScalarMappable(Normalize(1, n_teams), cmap), ax=ax, label="rank")
+    return figure
+
+
+def gpu_curves_figure(samples: dict[str, pd.DataFrame], *, case: str, allowance_mib: float = 2048.0) -> Figure:
+    """GPU memory (left) and CPU utilization (right) over one case for several teams, overlaid (the paper's Fig. 5).
+
+    Parameters
+    ----------
+    samples : dict of team -> pandas.DataFrame
+        Each team's 0.1 s samples of the case (``time_s, cpu_pct, gpu_mib``).
+    """
+    figure = Figure(figsize=(11, 3.8), layout="constrained")
+    gpu_axis, cpu_axis = figure.subplots(1, 2)
+    colors = _colors(len(samples))
+    measured = False
+    for color, (team, table) in zip(colors, samples.items()):
+        if table["gpu_mib"].notna().any():
+            measured = True
+            gpu_axis.plot(table["time_s"], table["gpu_mib"], color=color, label=team)
+        cpu_axis.plot(table["time_s"], table["cpu_pct"], color=color, label=team)
+    if measured:
+        gpu_axis.axhline(allowance_mib, color="black", linestyle=":", linewidth=1,
+                         label=f"allowance {allowance_mib:g} MiB")
+        gpu_axis.legend(fontsize=8)
+    else:
+        gpu_axis.text(0.5, 0.5, "GPU not measured", transform=gpu_axis.transAxes, ha="center", va="center")
+    gpu_axis.set_xlabel("time since start (s)")
+    gpu_axis.set_ylabel("GPU memory (MiB)")
+    gpu_axis.set_title(f"GPU memory, case {case}", wrap=True)
+    cpu_axis.set_xlabel("time since start (s)")
+    cpu_axis.set_ylabel("CPU utilization (% of machine)")
+    cpu_axis.set_title(f"CPU, case {case}", wrap=True)
+    cpu_axis.legend(fontsize=8)
     return figure

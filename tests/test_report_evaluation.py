@@ -1,0 +1,54 @@
+"""The organizer's report of a real evaluation: busybox teams run on the engine, then `report --pdf` in Chromium."""
+
+import re
+import subprocess
+
+import numpy as np
+import pytest
+from teams import COPY_ANSWERS, build_archive, make_cases
+from test_report import chromium_or_skip
+
+from flare_eval.cli import main
+from flare_eval.io import write_label_map
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+TEAMS = {
+    "good": COPY_ANSWERS,
+    "slow": "sleep 2\n" + COPY_ANSWERS,
+    "crashing": "echo boom >&2\nexit 3\n",
+    # Leaves the second case without output.
+    "partial": 'cp /answers/case0.nii.gz /workspace/outputs/case0.nii.gz 2>/dev/null || true\n',
+}
+
+
+def test_report_of_an_evaluation_shows_every_view_and_prints_to_pdf(engine, tmp_path):
+    browser = chromium_or_skip()
+    images, labels, answers = make_cases(tmp_path, n_cases=2)
+    for case, answer in answers.items():
+        write_label_map(answer, np.diag([0.8, 0.8, 2.5, 1.0]), tmp_path / "answers" / f"{case}.nii.gz")
+    for team, script in TEAMS.items():
+        build_archive(engine, script, tmp_path / "answers", tmp_path / "subs" / f"{team}.tar",
+                      f"flare-eval-test/report-{team}:latest")
+    out = tmp_path / "evaluation"
+    code = main(["evaluate", str(tmp_path / "subs"), "--inputs", str(images), "--labels", str(labels), "--out",
+                 str(out), "--gpus", "none", "--timeout", "120", "--samples", "50", "--no-progress"])
+    assert code == 1  # the crashing and partial teams
+    report = tmp_path / "report"
+    assert main(["report", str(out), "--out", str(report), "--pdf"]) == 0
+    text = (report / "index.html").read_text()
+    for title in ("Run facts", "Leaderboard", "Failures", "Case values per team", "Podium", "Ranking stability",
+                  "The ranking under other methods", "Significance", "Accuracy per organ", "Resources per team"):
+        assert f"<h2>{title}" in text, title
+    assert re.search(r"crashing</td>\s*<td>case0</td>\s*<td>crashed</td>", text)
+    assert re.search(r"partial</td>\s*<td>case1</td>\s*<td>no_output</td>", text)
+    assert "GPU not measured" in text and "4 teams, 2 cases" in text
+    flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
+             "--disable-background-networking", "--disable-component-update",
+             f"--user-data-dir={tmp_path / 'profile'}"]
+    dom = subprocess.run([*flags, "--virtual-time-budget=10000", "--dump-dom", (report / "index.html").as_uri()],
+                         capture_output=True, text=True, timeout=180)
+    loaded = re.search(r'data-figures-loaded="(\d+)/(\d+)"', dom.stdout)
+    assert loaded and loaded.group(1) == loaded.group(2) and int(loaded.group(2)) >= 15, dom.stderr[-2000:]
+    pdf = (report / "report.pdf").read_bytes()
+    assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page[^s]", pdf)) >= 3
