@@ -21,17 +21,20 @@ $(TEST_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(TEST_STAMP)
 
-demo: install  ## score, rank, quantify, cohorts, compare, review and report on the bundled example data (see demo_out/report/index.html)
-	$(BIN)/flare-eval score examples/data/predictions/teamA examples/data/labels --out demo_out/runs/teamA
-	$(BIN)/flare-eval score examples/data/predictions/teamB examples/data/labels --out demo_out/runs/teamB
-	$(BIN)/flare-eval rank examples/data/results.csv --out demo_out/ranking --seed 2022
-	$(BIN)/flare-eval quantify examples/data/predictions/teamA examples/data/labels --out demo_out/quantify
+demo: install  ## one coherent evaluation of the bundled teams: collect, rank, quantify, compare, review and report (see demo_out/report/index.html); then the cohort analysis of a larger made-up set
+	rm -rf demo_out && mkdir -p demo_out/runs
+	for team in teamA teamB teamC; do \
+	    cp -r examples/data/runs/$$team demo_out/runs/ && cp -r examples/data/predictions/$$team demo_out/runs/$$team/predictions; \
+	done
+	cp examples/data/runs/settings.json demo_out/runs/
+	$(BIN)/flare-eval collect demo_out/runs --labels examples/data/labels --out demo_out/results.csv --no-progress
+	$(BIN)/flare-eval rank demo_out/results.csv --out demo_out/ranking
+	$(BIN)/flare-eval quantify demo_out/runs/teamA/predictions examples/data/labels --out demo_out/quantify --no-progress
+	$(BIN)/flare-eval compare demo_out/runs teamA teamB --out demo_out/compare --seed 2022
+	$(BIN)/flare-eval review demo_out/runs --out demo_out/review.csv
+	$(BIN)/flare-eval report demo_out --out demo_out/report
 	$(BIN)/flare-eval cohorts examples/data/cohort_scores.csv --metadata examples/data/metadata.csv \
-	    --out demo_out/cohorts
-	$(BIN)/flare-eval compare examples/data/cohort_scores.csv teamA teamA-nounlabeled --out demo_out/compare --seed 2022
-	$(BIN)/flare-eval review examples/data/cohort_scores.csv --out demo_out/review.csv
-	$(BIN)/flare-eval report examples/data/results.csv --ranking demo_out/ranking --runs demo_out/runs \
-	    --quantify demo_out/quantify --cohorts demo_out/cohorts --compare demo_out/compare --out demo_out/report
+	    --out demo_out/cohort_example
 
 test: install-test  ## the whole test suite (installs Docker, busybox-static and Chromium where missing), then the linter
 	scripts/ensure-test-tools.sh

@@ -25,6 +25,9 @@ class ExamplePaths:
         Long scores of three teams and ``teamA-nounlabeled`` on 40 cases of four cohorts.
     metadata : Path
         Case metadata for them: ``case, cohort, sex, age, manufacturer``.
+    runs : Path
+        Made-up container records of the teams of ``predictions`` (``<team>/resources.csv`` and
+        ``<team>/samples/``, as `run_containers` writes them): with the predictions, one coherent evaluation.
     """
 
     labels: Path
@@ -32,6 +35,7 @@ class ExamplePaths:
     results: Path
     cohort_scores: Path
     metadata: Path
+    runs: Path
 
 
 def example_paths() -> ExamplePaths:
@@ -45,4 +49,4 @@ def example_paths() -> ExamplePaths:
     """
     root = Path(str(resources.files("flare_eval.example_data")))
     return ExamplePaths(labels=root / "labels", predictions=root / "predictions", results=root / "results.csv",
-                        cohort_scores=root / "cohort_scores.csv", metadata=root / "metadata.csv")
+                        cohort_scores=root / "cohort_scores.csv", metadata=root / "metadata.csv", runs=root / "runs")

@@ -157,3 +157,53 @@ def test_figures_stay_readable_with_48_teams():
     assert isinstance(heatmap, Figure)
     significance = fe.significance(results[results.team.isin(order[:10])])
     assert not tick_labels_overlap(plots.significance_figure(significance, order[:10]))
+
+
+def titles_fit(figure: Figure) -> bool:
+    """Every axis title and the figure's title lie inside the figure once drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(figure).get_renderer()
+    figure.draw(renderer)
+    width, height = figure.bbox.width, figure.bbox.height
+    texts = [axis.title for axis in figure.axes] + ([figure._suptitle] if figure._suptitle else [])
+    for text in texts:
+        if not text.get_text():
+            continue
+        box = text.get_window_extent(renderer)
+        if box.x0 < -1 or box.x1 > width + 1 or box.y1 > height + 1:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("n_teams", [2, 3, 48])
+def test_titles_are_never_clipped(n_teams):
+    import sys
+
+    sys.path.insert(0, str(__import__("conftest").REPO / "benchmarks"))
+    from bench_ranking import synthetic_results
+
+    results = synthetic_results(n_teams, 12)
+    results["status"] = "ok"
+    ranking = fe.rank(results)
+    order = ranking.team.tolist()
+    boot = fe.bootstrap_stability(results, n_samples=30, seed=0)
+    methods = fe.ranking_methods(results)
+    figures = [
+        plots.rank_blob_figure(boot.ranks, boot.teams, list(range(1, n_teams + 1))),
+        plots.rank_frequency_figure(boot.ranks, boot.teams, order),
+        plots.tau_violin_figure(boot.samples),
+        plots.dot_box_figure(results, "DSC", order),
+        plots.podium_figure(results, ranking, "DSC"),
+        plots.ranking_methods_figure(methods, fe.ranking_methods_agreement(methods)),
+        plots.rank_heatmap_figure(fe.case_ranks(results), order),
+        plots.accuracy_time_figure(results, ranking),
+        plots.significance_figure(fe.significance(results), order),
+    ]
+    for figure in figures:
+        assert titles_fit(figure), [a.title.get_text() for a in figure.axes]
+
+
+def test_subgroups_in_natural_order():
+    assert plots.natural_order(["51-70", "<=50", ">70", "(missing)"]) == ["<=50", "51-70", ">70", "(missing)"]
+    assert plots.natural_order(["10-20", "2-9", "100+"]) == ["2-9", "10-20", "100+"]

@@ -71,11 +71,11 @@ def organ_scores_figure(scores: pd.DataFrame, metric: str, team_order: Sequence[
                      medianprops={"color": "black"}, boxprops={"color": "0.4"})
         for position, values in zip(positions, data):
             axis.scatter(position + rng.uniform(-0.18, 0.18, values.size), values, s=6, alpha=0.5, color="tab:blue")
-        axis.set_title(organ, fontsize=10)
+        axis.set_title(organ, fontsize=10, wrap=True)
         axis.set_ylim(-0.02, 1.02)
         axis.set_xticks(positions, team_order, rotation=90, fontsize=size)
         axis.set_ylabel(metric, fontsize=9)
-    figure.suptitle(f"{metric} per organ and team")
+    figure.suptitle(f"{metric} per organ and team", wrap=True)
     return figure
 
 
@@ -100,7 +100,7 @@ def accuracy_time_figure(results: pd.DataFrame, ranking: pd.DataFrame | None = N
         axis.set_xscale("log")
     axis.set_xlabel("median running time (s)")
     axis.set_ylabel("median DSC")
-    axis.set_title("Accuracy against running time (circle area: median AUC_GPU)")
+    axis.set_title("Accuracy against running time (circle area: median AUC_GPU)", wrap=True)
     return figure
 
 
@@ -122,7 +122,7 @@ def radar_figure(ranking: pd.DataFrame, metrics: Sequence[str], teams: Sequence[
         axis.fill(closed, values, alpha=0.1)
     axis.set_xticks(angles, list(metrics))
     axis.set_ylim(0, max(n_teams - 1, 1))
-    axis.set_title("Teams surpassed on each metric")
+    axis.set_title("Teams surpassed on each metric", wrap=True)
     axis.legend(loc="upper right", bbox_to_anchor=(1.25, 1.1), fontsize=8)
     return figure
 
@@ -155,7 +155,7 @@ def rank_blob_figure(ranks: np.ndarray, teams: Sequence[str], full_rank: Sequenc
                     fontsize=_team_font_size(n_teams))
     axis.set_ylabel("rank in bootstrap samples")
     axis.invert_yaxis()
-    axis.set_title(f"Ranking stability over {ranks.shape[0]} bootstrap samples")
+    axis.set_title(f"Ranking stability over {ranks.shape[0]} bootstrap samples", wrap=True)
     return figure
 
 
@@ -172,7 +172,7 @@ def tau_violin_figure(samples: pd.DataFrame) -> Figure:
     axis.set_xticks(np.arange(1, len(columns) + 1), names)
     axis.set_ylabel("Kendall's tau")
     axis.set_ylim(min(0.0, *(d.min() for d in data if d.size)) if keep else 0, 1.02)
-    axis.set_title("Agreement of bootstrap rankings with the full ranking")
+    axis.set_title("Agreement of bootstrap rankings with the full ranking", wrap=True)
     return figure
 
 
@@ -195,7 +195,7 @@ def significance_figure(significance: pd.DataFrame, team_order: Sequence[str]) -
         axis.imshow(grid, cmap="Blues", vmin=-0.3, vmax=1.0, interpolation="nearest")
         axis.set_xticks(range(n_teams), team_order, rotation=90, fontsize=size)
         axis.set_yticks(range(n_teams), team_order, fontsize=size)
-        axis.set_title(metric, fontsize=10)
+        axis.set_title(metric, fontsize=10, wrap=True)
     from matplotlib import colormaps
     from matplotlib.patches import Patch
 
@@ -229,7 +229,7 @@ def rank_heatmap_figure(case_ranks: pd.DataFrame, team_order: Sequence[str]) -> 
     axis.set_xticks(range(0, n_teams, step), [str(r) for r in range(1, n_teams + 1, step)], fontsize=size)
     axis.set_xlabel("rank within a case")
     figure.colorbar(image, ax=axis, label="cases")
-    axis.set_title("Cases at each rank")
+    axis.set_title("Cases at each rank", wrap=True)
     return figure
 
 
@@ -249,7 +249,7 @@ def resource_timeline_figure(samples: pd.DataFrame, *, title: str, allowance_mib
         gpu_axis.set_ylabel("GPU memory (MiB)", color="tab:green")
     else:
         cpu_axis.text(0.99, 0.95, "GPU not measured", transform=cpu_axis.transAxes, ha="right", va="top")
-    cpu_axis.set_title(title)
+    cpu_axis.set_title(title, wrap=True)
     return figure
 
 
@@ -277,7 +277,7 @@ def volume_agreement_figure(volumes: pd.DataFrame, agreement: pd.DataFrame) -> F
     axis.set_xlabel("ground-truth volume (mL)")
     axis.set_ylabel("predicted volume (mL)")
     axis.legend(fontsize=7, ncol=2)
-    axis.set_title("Organ volumes: prediction against ground truth")
+    axis.set_title("Organ volumes: prediction against ground truth", wrap=True)
     return figure
 
 
@@ -314,7 +314,7 @@ def subgroup_figure(case_metrics: pd.DataFrame, column: str, metric: str, teams:
         else pd.Series(dtype=int)
     axis.set_xticks(range(n_groups), [f"{g}\n(n={counts.get(g, 0)})" for g in groups], fontsize=8)
     axis.set_ylabel(f"case mean {metric}")
-    axis.set_title(f"{metric} by {column}")
+    axis.set_title(f"{metric} by {column}", wrap=True)
     axis.legend(fontsize=7, ncol=min(n_teams, 4))
     return figure
 
@@ -333,7 +333,7 @@ def paired_difference_figure(differences: pd.DataFrame, *, team_a: str, team_b: 
         axis.scatter(position + rng.uniform(-0.15, 0.15, values.size), values, s=6, alpha=0.5, color="tab:purple")
     axis.set_xticks(range(1, len(organs) + 1), organs, rotation=45, ha="right", fontsize=8)
     axis.set_ylabel(f"{metric}: {team_a} - {team_b}")
-    axis.set_title(f"Case by case: {team_a} against {team_b}")
+    axis.set_title(f"Case by case: {team_a} against {team_b}", wrap=True)
     return figure
 
 
