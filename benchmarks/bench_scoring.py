@@ -7,7 +7,7 @@ segmentation of the same CT), in sets of different difficulty:
 * ``gentle``: the independent segmentation shifted by at most one voxel in-plane (the original set);
 * ``hard``: shifted by up to 3 voxels along every axis including z, dilated or eroded per case, with
   spurious blobs far from the organs;
-* ``perfect``, ``empty`` (no prediction at all: every organ missing), ``scattered`` (the ground truth
+* ``perfect``, ``empty`` (a prediction file with no organ at all), ``scattered`` (the ground truth
   plus thousands of isolated false-positive voxels);
 * ``third``: the hard predictions in a volume three times as tall, organs in its middle third (a larger
   scan where the per-volume costs dominate).
@@ -91,8 +91,8 @@ def build_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: n
             prediction = truth.copy()
             flat = np.random.default_rng(i).choice(truth.size, 5000, replace=False)
             prediction.reshape(-1)[flat] = np.random.default_rng(i + 1).integers(1, 14, flat.size)
-        else:  # empty: no file
-            prediction = None
+        else:  # empty: a prediction without any organ
+            prediction = np.zeros_like(truth)
         if name == "third":
             tall = np.zeros(SHAPE[:2] + (3 * SHAPE[2],), np.uint8)
             tall[:, :, SHAPE[2]: 2 * SHAPE[2]] = gt
@@ -101,8 +101,7 @@ def build_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: n
             tall[:, :, SHAPE[2]: 2 * SHAPE[2]] = prediction
             prediction = tall
         nib.save(nib.Nifti1Image(gt, affine), str(gt_dir / f"case_{i:04d}.nii.gz"))
-        if prediction is not None:
-            nib.save(nib.Nifti1Image(prediction, affine), str(pred_dir / f"case_{i:04d}.nii.gz"))
+        nib.save(nib.Nifti1Image(prediction, affine), str(pred_dir / f"case_{i:04d}.nii.gz"))
     return gt_dir, pred_dir
 
 
@@ -132,14 +131,8 @@ def run_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: np.
     ours = pd.read_csv(out / "scores.csv", dtype={"case": str})
 
     start = time.perf_counter()
-    reference = {}
-    for gt_path in sorted(gt_dir.glob("*.nii.gz")):
-        pred_path = pred_dir / gt_path.name
-        if pred_path.exists():
-            reference[gt_path.name[:-7]] = official_scores(gt_path, pred_path)
-        else:  # the official script loads the ground truth, then scores a missing prediction 0 everywhere
-            np.uint8(nib.load(str(gt_path)).get_fdata())
-            reference[gt_path.name[:-7]] = {label: (0.0, 0.0) for label in range(1, 14)}
+    reference = {gt_path.name[:-7]: official_scores(gt_path, pred_dir / gt_path.name)
+                 for gt_path in sorted(gt_dir.glob("*.nii.gz"))}
     reference_s = (time.perf_counter() - start) / n_cases
 
     worst = 0.0

@@ -84,7 +84,8 @@ def test_non_editable_install_ships_presets_and_examples(tmp_path):
         f"assert flare_eval.__file__.startswith({str(target)!r}), flare_eval.__file__; "
         "print(flare_eval.available_protocols()); "
         "print(flare_eval.load_protocol('flare22').organ(12).tolerance_mm); "
-        "print(sorted(p.name for p in flare_eval.example_paths().labels.glob('*.nii.gz')))"
+        "print(sorted(p.name for p in flare_eval.example_paths().labels.glob('*.nii.gz'))); "
+        "print((flare_eval.example_paths().runs / 'teamA' / 'samples' / 'case_0001.csv').is_file())"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
@@ -94,6 +95,7 @@ def test_non_editable_install_ships_presets_and_examples(tmp_path):
     assert "['flare21', 'flare22', 'flare22-grand-challenge', 'flare23']" in result.stdout
     assert "7.0" in result.stdout
     assert "case_0001.nii.gz" in result.stdout
+    assert result.stdout.strip().endswith("True")  # the example runs are shipped
     licences = list(target.glob("flare_eval-*.dist-info/**/LICENSE"))
     assert licences and "Apache License" in licences[0].read_text()
     assert (target / "flare_eval" / "harness" / "cuda" / "alloc_steps.cu").is_file()
