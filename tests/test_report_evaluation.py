@@ -43,6 +43,7 @@ def test_report_of_an_evaluation_shows_every_view_and_prints_to_pdf(engine, tmp_
     assert re.search(r"crashing</td>\s*<td>case0</td>\s*<td>crashed</td>", text)
     assert re.search(r"partial</td>\s*<td>case1</td>\s*<td>no_output</td>", text)
     assert "GPU not measured" in text and "4 teams, 2 cases" in text
+    assert "image ID" in text and re.search(r"<td>[0-9a-f]{12}</td>", text)  # the measured images, by ID
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-sync",
              "--disable-background-networking", "--disable-component-update",
              f"--user-data-dir={tmp_path / 'profile'}"]

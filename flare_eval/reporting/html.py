@@ -34,7 +34,7 @@ _HEADERS = {
     "median_Time_s": "median time (s)", "failed_cases": "failed cases", "log": "log",
     "median_time_s": "median time (s)", "max_gpu_mib": "max GPU memory (MiB)",
     "median_auc_gpu_mib_s": "median AUC_GPU (MiB s)", "median_auc_cpu_pct_s": "median AUC_CPU (% s)",
-    "method": "method", "kendall_tau": "Kendall's tau to rank-then-aggregate",
+    "method": "method", "kendall_tau": "Kendall's tau to rank-then-aggregate", "image_id": "image ID",
 }
 
 
@@ -491,12 +491,17 @@ def _resource_summary(resources: pd.DataFrame) -> pd.DataFrame:
     """Per team: median time, max GPU memory, median AUC_GPU and AUC_CPU over its cases (the measured ones)."""
     latest = resources.drop_duplicates(["team", "case"], keep="last")
     grouped = latest.groupby("team")
-    return pd.DataFrame({
+    table = pd.DataFrame({
         "median_time_s": grouped["time_s"].median(),
         "max_gpu_mib": grouped["max_gpu_mib"].max(),
         "median_auc_gpu_mib_s": grouped["auc_gpu_mib_s"].median(),
         "median_auc_cpu_pct_s": grouped["auc_cpu_pct_s"].median(),
-    }).rename_axis("team").reset_index()
+    })
+    if "image_id" in latest:
+        # The image that was measured, as the engine identifies it (the first 12 hex digits, as docker prints).
+        ids = latest["image_id"].fillna("").astype(str).str.removeprefix("sha256:").str[:12]
+        table["image_id"] = ids.groupby(latest["team"]).agg(lambda v: ", ".join(sorted(set(v) - {""})))
+    return table.rename_axis("team").reset_index()
 
 
 def _top_team_curves(page: _Page, runs_dir: Path, team_order: list[str] | None, resources: pd.DataFrame,
