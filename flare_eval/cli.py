@@ -411,7 +411,7 @@ def _score(args: argparse.Namespace) -> int:
         ship=args.ship,
         resample=args.resample,
     )
-    summary = summarize_scores(scores)
+    summary = summarize_scores(scores, protocol)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     keys = ["team", "case"] if args.teams else ["case"]

@@ -96,6 +96,77 @@ class SliceRangeRule:
     mode: str
 
 
+#: Kinds of region metrics (see `RegionMetric`) and the columns each writes.
+METRIC_KINDS = ("dice", "dice_raw", "surface_dice", "hausdorff", "brats_lesion_wise", "false_volumes")
+LESION_WISE_COLUMNS = ("LesionWise_Dice", "LesionWise_HD95", "Legacy_Dice", "Legacy_HD95", "Num_TP", "Num_FP",
+                       "Num_FN", "Sensitivity", "Specificity", "GT_Complete_Volume")
+FALSE_VOLUME_COLUMNS = ("FP_volume_ml", "FN_volume_ml")
+SPACING_SOURCES = ("ground_truth", "prediction")
+#: ``rank_then_aggregate``: FLARE's; ``aggregate_then_rank``: KiTS23's (rank each metric's mean over cases,
+#: average the ranks, rank again, ties broken by ``tie_break``'s mean).
+RANKING_SCHEMES = ("rank_then_aggregate", "aggregate_then_rank")
+INVALID_LABEL_RULES = ("ignore", "zero_scores")
+
+
+@dataclass(frozen=True)
+class RegionMetric:
+    """One metric of a region, with the parameters and empty-mask rules of a challenge.
+
+    Attributes
+    ----------
+    kind : str
+        ``dice``; ``dice_raw`` (autoPET: ``2 sum(g p) / (sum g + sum p)`` on the
+        raw label values); ``surface_dice`` (DeepMind NSD at ``tolerance_mm``);
+        ``hausdorff`` (DeepMind robust Hausdorff at ``percentile``);
+        ``brats_lesion_wise`` (see :func:`flare_eval.lesions.brats_lesion_wise`;
+        writes `LESION_WISE_COLUMNS`); ``false_volumes`` (autoPET, writes
+        `FALSE_VOLUME_COLUMNS`).
+    name : str
+        Column name (for the kinds that write one column).
+    both_empty, one_empty : float or None
+        Value when ground truth and prediction are both empty, or exactly one
+        is (None: NaN; for ``hausdorff`` one empty may be a penalty in mm).
+    tolerance_mm, percentile : float or None
+        Of ``surface_dice`` and ``hausdorff``.
+    zero_below_dice : float or None
+        FLARE24's rule: this metric is 0 when the region's Dice is below it.
+    dilation_iterations, min_lesion_mm3, penalty_mm : optional
+        BraTS lesion matching.
+    connectivity : int or None
+        Of ``false_volumes`` components (autoPET: 18).
+    """
+
+    kind: str
+    name: str
+    both_empty: float | None = 1.0
+    one_empty: float | None = 0.0
+    tolerance_mm: float | None = None
+    percentile: float | None = None
+    zero_below_dice: float | None = None
+    dilation_iterations: int | None = None
+    min_lesion_mm3: float | None = None
+    penalty_mm: float | None = None
+    connectivity: int | None = None
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The score columns this metric writes."""
+        if self.kind == "brats_lesion_wise":
+            return LESION_WISE_COLUMNS
+        if self.kind == "false_volumes":
+            return FALSE_VOLUME_COLUMNS
+        return (self.name,)
+
+
+@dataclass(frozen=True)
+class Region:
+    """A scored region: the union of some labels, and its metrics."""
+
+    name: str
+    labels: tuple[int, ...]
+    metrics: tuple[RegionMetric, ...]
+
+
 @dataclass(frozen=True)
 class RankingMetric:
     """One metric of the ranking scheme.
@@ -182,10 +253,29 @@ class Protocol:
     source: str
     container: ContainerInterface = ContainerInterface()
     gpu_memory: str = "container"
+    regions: tuple[Region, ...] = ()
+    spacing_from: str = "ground_truth"
+    invalid_labels: str = "ignore"
+    rounding: int | None = None
+    ranking_scheme: str = "rank_then_aggregate"
+    tie_break: str | None = None
+
+    @property
+    def score_columns(self) -> tuple[str, ...]:
+        """Metric columns of ``scores.csv``: ``DSC, NSD`` for organ protocols, else those of the regions' metrics."""
+        if not self.regions:
+            return ("DSC", "NSD")
+        columns: list[str] = []
+        for region in self.regions:
+            for metric in region.metrics:
+                columns.extend(c for c in metric.columns if c not in columns)
+        return tuple(columns)
 
     @property
     def labels(self) -> tuple[int, ...]:
-        """Labels of the scored organs, in protocol order."""
+        """Labels of the scored organs, in protocol order (of a region protocol: every region's labels, sorted)."""
+        if self.regions:
+            return tuple(sorted({label for region in self.regions for label in region.labels}))
         return tuple(organ.label for organ in self.organs)
 
     def organ(self, label: int) -> Organ:
@@ -304,7 +394,10 @@ def _require(data: dict[str, Any], key: str, source: str, where: str = "") -> An
 
 def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
     organs = []
-    for i, item in enumerate(_require(data, "organs", source)):
+    regions = _regions_from_list(data.get("regions") or [], source)
+    if "organs" not in data and not regions:
+        raise ValueError(f"protocol file {source}: missing field 'organs' (or 'regions')")
+    for i, item in enumerate(data.get("organs") or []):
         where = f"organs[{i}]."
         try:
             organ = Organ(
@@ -322,7 +415,7 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
                 f"protocol file {source}: {where}tolerance_mm must be positive, got {organ.tolerance_mm}"
             )
         organs.append(organ)
-    if not organs:
+    if not organs and not regions:
         raise ValueError(f"protocol file {source}: 'organs' is empty")
     labels = [o.label for o in organs]
     if len(set(labels)) != len(labels):
@@ -384,7 +477,49 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
         source=source,
         container=container,
         gpu_memory=gpu_memory,
+        regions=regions,
+        spacing_from=_choice(data, "spacing_from", SPACING_SOURCES, "ground_truth", source),
+        invalid_labels=_choice(data, "invalid_labels", INVALID_LABEL_RULES, "ignore", source),
+        rounding=None if data.get("rounding") is None else int(data["rounding"]),
+        ranking_scheme=_choice(ranking, "scheme", RANKING_SCHEMES, "rank_then_aggregate", source),
+        tie_break=ranking.get("tie_break"),
     )
+
+
+def _choice(data: dict[str, Any], key: str, allowed: tuple[str, ...], default: str, source: str) -> str:
+    value = data.get(key, default)
+    if value not in allowed:
+        raise ValueError(f"protocol file {source}: {key} must be one of {allowed}, got {value!r}")
+    return value
+
+
+def _regions_from_list(items: list[Any], source: str) -> tuple[Region, ...]:
+    regions = []
+    fields = {f for f in RegionMetric.__dataclass_fields__}
+    for i, item in enumerate(items):
+        where = f"regions[{i}]."
+        labels = tuple(int(v) for v in _require(item, "labels", source, where))
+        if not labels or min(labels) <= 0:
+            raise ValueError(f"protocol file {source}: {where}labels must be positive integers, got {labels}")
+        metrics = []
+        for j, raw in enumerate(_require(item, "metrics", source, where)):
+            unknown = sorted(set(raw) - fields)
+            if unknown:
+                raise ValueError(f"protocol file {source}: {where}metrics[{j}] has unknown field(s) {unknown}")
+            metric = RegionMetric(**raw)
+            if metric.kind not in METRIC_KINDS:
+                raise ValueError(f"protocol file {source}: {where}metrics[{j}].kind must be one of {METRIC_KINDS}, "
+                                 f"got {metric.kind!r}")
+            if metric.kind == "surface_dice" and not (metric.tolerance_mm or 0) > 0:
+                raise ValueError(f"protocol file {source}: {where}metrics[{j}] needs a positive tolerance_mm")
+            if metric.kind == "hausdorff" and not 0 < (metric.percentile or 0) <= 100:
+                raise ValueError(f"protocol file {source}: {where}metrics[{j}] needs a percentile in (0, 100]")
+            if metric.kind == "brats_lesion_wise" and None in (metric.dilation_iterations, metric.min_lesion_mm3):
+                raise ValueError(f"protocol file {source}: {where}metrics[{j}] needs dilation_iterations and "
+                                 "min_lesion_mm3")
+            metrics.append(metric)
+        regions.append(Region(str(_require(item, "name", source, where)), labels, tuple(metrics)))
+    return tuple(regions)
 
 
 def _container_from_dict(raw: dict[str, Any], source: str) -> ContainerInterface:

@@ -87,6 +87,10 @@ class ResultsMatrix:
         Metric values, worst values filled in where a team had none.
     observed : (n_metrics, n_cases, n_teams) ndarray of bool
         Whether each value was in the table (False where it was filled in).
+    scheme : str
+        The protocol's ranking scheme (see `flare_eval.protocol.RANKING_SCHEMES`).
+    tie_break : (n_cases, n_teams) ndarray or None
+        Values of the protocol's tie-break column (higher is better; missing: 0).
     """
 
     teams: tuple[str, ...]
@@ -94,6 +98,8 @@ class ResultsMatrix:
     metrics: tuple[RankingMetric, ...]
     values: np.ndarray
     observed: np.ndarray
+    scheme: str = "rank_then_aggregate"
+    tie_break: np.ndarray | None = None
 
 
 def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22") -> ResultsMatrix:
@@ -130,7 +136,7 @@ def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22")
     if not metrics:
         raise ResultsTableError(f"protocol {protocol.name!r} defines no ranking metrics")
     names = [m.name for m in metrics]
-    _check_columns(results, names)
+    _check_columns(results, names, extra=[protocol.tie_break] if protocol.tie_break else [])
     table = results.copy()
     table["team"] = table["team"].astype(str).str.strip()
     table["case"] = table["case"].astype(str).str.strip()
@@ -169,12 +175,18 @@ def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22")
             warnings.warn(f"team {teams[t]!r} has no {metric.name} for {len(which)} case(s) ({preview(which)}); "
                           f"they get the worst value {metric.worst:g}", RankingWarning, stacklevel=3)
         values[m][~observed[m]] = metric.worst
-    return ResultsMatrix(teams, cases, metrics, values, observed)
+    tie_break = None
+    if protocol.tie_break:
+        column = _numeric_column(table, protocol.tie_break)
+        tie_break = (table.assign(_tb=column).set_index(["case", "team"])["_tb"].reindex(full)
+                     .to_numpy(dtype=np.float64).reshape(len(cases), len(teams)))
+        tie_break = np.nan_to_num(tie_break, nan=0.0)
+    return ResultsMatrix(teams, cases, metrics, values, observed, protocol.ranking_scheme, tie_break)
 
 
-def _check_columns(results: pd.DataFrame, names: list[str]) -> None:
+def _check_columns(results: pd.DataFrame, names: list[str], extra: list[str] = ()) -> None:
     columns = [str(c) for c in results.columns]
-    required = ["team", "case", *names]
+    required = ["team", "case", *names, *extra]
     unknown = [c for c in columns if c not in required and c not in ANNOTATION_COLUMNS]
     for column in unknown:
         close = difflib.get_close_matches(column, names, n=1, cutoff=0.6)
@@ -290,6 +302,16 @@ def rank(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol = "flar
     'team  rank  score\\n   a     1  1.250\\n   b     2  1.625'
     """
     matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    if matrix.scheme == "aggregate_then_rank":
+        counts = np.ones((1, len(matrix.cases)))
+        final, scores, metric_ranks = _aggregate_then_rank(matrix, counts)
+        table = pd.DataFrame({"team": matrix.teams, "rank": final[0].astype(int), "score": scores[0]})
+        for m, metric in enumerate(matrix.metrics):
+            table[f"{metric.name}_mean"] = matrix.values[m].mean(axis=0)
+            table[f"{metric.name}_rank"] = metric_ranks[0, m].astype(int)
+        if matrix.tie_break is not None:
+            table["tie_break_mean"] = matrix.tie_break.mean(axis=0)
+        return table.sort_values(["rank", "team"], ignore_index=True)
     ranks = _case_ranks(matrix)
     weights = _weights(matrix.metrics)
     scores = np.tensordot(weights, ranks.sum(axis=1), axes=1) / (len(matrix.cases) * weights.sum())
@@ -297,6 +319,27 @@ def rank(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol = "flar
     for m, metric in enumerate(matrix.metrics):
         table[f"{metric.name}_mean_rank"] = ranks[m].mean(axis=0)
     return table.sort_values(["rank", "team"], ignore_index=True)
+
+
+def _aggregate_then_rank(matrix: ResultsMatrix, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """KiTS23's scheme for each row of case ``counts`` (B, C): final ranks, mean ranks and per-metric ranks.
+
+    Per metric, each team's mean over the (drawn) cases is ranked (ties at the
+    minimum, in the metric's direction); the weighted mean of those ranks is
+    ranked again; teams still tied are ordered by the mean of the tie-break
+    column (higher first), ties remaining at the minimum.
+    """
+    weights = counts / counts.sum(axis=1, keepdims=True)  # (B, C)
+    means = np.einsum("bc,mct->bmt", weights, matrix.values)  # (B, M, T)
+    metric_ranks = _min_ranks(means.transpose(1, 0, 2), _directions(matrix.metrics)).transpose(1, 0, 2)
+    metric_weights = _weights(matrix.metrics)
+    scores = np.einsum("m,bmt->bt", metric_weights, metric_ranks) / metric_weights.sum()
+    if matrix.tie_break is None:
+        return _rank_scores(scores), scores, metric_ranks
+    tie = weights @ matrix.tie_break  # (B, T)
+    ahead = (scores[:, None, :] < scores[:, :, None]) | (
+        (scores[:, None, :] == scores[:, :, None]) & (tie[:, None, :] > tie[:, :, None]))
+    return (ahead.sum(axis=-1) + 1).astype(np.float64), scores, metric_ranks
 
 
 def case_ranks(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol = "flare22") -> pd.DataFrame:
@@ -456,19 +499,27 @@ def bootstrap_stability(
     np.add.at(counts, (np.repeat(np.arange(n_samples), n_cases), draws.ravel()), 1.0)
 
     ranks = _case_ranks(matrix)  # (M, C, T)
-    weights = _weights(matrix.metrics)
-    weighted = np.tensordot(weights, ranks, axes=1)  # (C, T)
-    full_scores = weighted.sum(axis=0)
-    sample_scores = counts @ weighted  # (B, T): the common factor 1/(n_cases * sum w) does not change ranks
-    full_rank = _rank_scores(full_scores)
-    sample_ranks = _rank_scores(sample_scores)
+    if matrix.scheme == "aggregate_then_rank":
+        full_rank = _aggregate_then_rank(matrix, np.ones((1, n_cases)))[0][0]
+        sample_ranks = _aggregate_then_rank(matrix, counts)[0]
+    else:
+        weights = _weights(matrix.metrics)
+        weighted = np.tensordot(weights, ranks, axes=1)  # (C, T)
+        full_scores = weighted.sum(axis=0)
+        sample_scores = counts @ weighted  # (B, T): the common factor 1/(n_cases * sum w) does not change ranks
+        full_rank = _rank_scores(full_scores)
+        sample_ranks = _rank_scores(sample_scores)
     samples = pd.DataFrame({
         "sample": np.arange(1, n_samples + 1),
         "kendall_tau": kendall_tau_b(full_rank, sample_ranks),
     })
     for m, metric in enumerate(matrix.metrics):
-        metric_full = _rank_scores(ranks[m].sum(axis=0))
-        metric_samples = _rank_scores(counts @ ranks[m])
+        if matrix.scheme == "aggregate_then_rank":  # each metric's own ranking under the same scheme
+            metric_full = _aggregate_then_rank(matrix, np.ones((1, n_cases)))[2][0, m]
+            metric_samples = _aggregate_then_rank(matrix, counts)[2][:, m]
+        else:
+            metric_full = _rank_scores(ranks[m].sum(axis=0))
+            metric_samples = _rank_scores(counts @ ranks[m])
         samples[f"kendall_tau_{metric.name}"] = kendall_tau_b(metric_full, metric_samples)
 
     distribution = pd.DataFrame({

@@ -14,7 +14,7 @@ import pandas as pd
 
 from .protocol import Protocol, load_protocol
 
-__all__ = ["assemble_results", "PENALIZED_STATUSES", "RESULT_COLUMNS", "STATUS_NO_RUN"]
+__all__ = ["assemble_results", "region_results", "PENALIZED_STATUSES", "RESULT_COLUMNS", "STATUS_NO_RUN"]
 
 #: Container statuses that get the worst value of every metric.
 PENALIZED_STATUSES = ("timeout", "crashed", "no_output", "invalid_prediction", "invalid_submission")
@@ -47,6 +47,8 @@ def assemble_results(
         resource metrics are then left empty for the ranking to fill).
     """
     protocol = load_protocol(protocol)
+    if protocol.regions:
+        return _region_results_with_status(scores, resources, protocol)
     worst = {m.name: m.worst for m in protocol.ranking_metrics}
     labels = set(protocol.labels)
     organ_scores = scores[scores["label"].isin(labels)]
@@ -66,3 +68,36 @@ def assemble_results(
         if metric in table:
             table.loc[penalized, metric] = value
     return table[RESULT_COLUMNS].sort_values(["team", "case"], ignore_index=True)
+
+
+def region_results(scores: pd.DataFrame, protocol: str | Protocol) -> pd.DataFrame:
+    """Results of a region protocol (KiTS23, BraTS, ...): one row per team and case.
+
+    Each ranking metric is the case's mean over the regions that have it
+    (KiTS23: Dice and SD averaged over its three regions); a tie-break column
+    named ``<metric>_<region>`` (KiTS23: ``Dice_tumor``) is that region's value.
+    """
+    protocol = load_protocol(protocol)
+    keys = ["team", "case"] if "team" in scores else ["case"]
+    names = [m.name for m in protocol.ranking_metrics]
+    table = scores.groupby(keys, sort=True)[names].mean().reset_index()
+    if protocol.tie_break:
+        metric, _, region = protocol.tie_break.rpartition("_")
+        chosen = scores[scores["region"] == region].set_index(keys)[metric].rename(protocol.tie_break)
+        table = table.merge(chosen.reset_index(), on=keys, how="left")
+    return table
+
+
+def _region_results_with_status(scores: pd.DataFrame, resources: pd.DataFrame | None,
+                                protocol: Protocol) -> pd.DataFrame:
+    table = region_results(scores, protocol)
+    if resources is not None and len(resources):
+        latest = resources.drop_duplicates(["team", "case"], keep="last")[["team", "case", "status"]]
+        table = table.merge(latest, on=["team", "case"], how="outer")
+    else:
+        table["status"] = np.nan
+    table["status"] = table["status"].fillna(STATUS_NO_RUN)
+    penalized = table["status"].isin(PENALIZED_STATUSES)
+    for metric in protocol.ranking_metrics:
+        table.loc[penalized, metric.name] = metric.worst
+    return table.sort_values(["team", "case"], ignore_index=True)

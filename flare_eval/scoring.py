@@ -331,6 +331,9 @@ def score_case(
     """
     protocol = load_protocol(protocol)
     gt_map = _as_label_map(gt, spacing_mm, "gt")
+    if protocol.regions:
+        rows = _score_region_pair(gt_map, pred, protocol, _Options(strict, resample), spacing_mm=spacing_mm)
+        return pd.DataFrame(rows, columns=score_columns(protocol)[1:])
     scores = _score_pair(gt_map, pred, protocol, _Options(strict, resample), spacing_mm=spacing_mm)
     return pd.DataFrame([asdict(s) for s in scores], columns=SCORE_COLUMNS[1:])
 
@@ -356,6 +359,60 @@ class _Options:
     resample: bool = False
 
 
+@dataclass(frozen=True)
+class _Prediction:
+    """A prediction brought onto the ground truth's grid, or why it could not be (``labels`` None)."""
+
+    labels: np.ndarray | None
+    status: str
+    message: str
+    label_map: LabelMap | None = None
+
+
+def _load_prediction(
+    gt_map: LabelMap, pred, options: _Options, spacing_mm: Sequence[float] | None = None
+) -> _Prediction:
+    """Check, read and, where the rules allow, reorient or resample a prediction onto the ground truth's grid.
+
+    Raises only with ``options.strict``; otherwise a prediction that cannot be
+    used comes back with ``labels`` None and its status and message.
+    """
+    from .geometry import match_grid, reorient, resample_nearest
+
+    if pred is None:
+        return _Prediction(None, STATUS_MISSING, "no prediction file for this case")
+    try:
+        refused = _refuse_by_header(pred, gt_map, options)
+    except InvalidLabelMapError as exc:
+        if options.strict:
+            raise
+        return _Prediction(None, STATUS_INVALID_PREDICTION, str(exc))
+    if refused is not None:
+        if options.strict:
+            raise ValueError(refused[1])
+        return _Prediction(None, *refused)
+    try:
+        pred_map = _as_label_map(pred, spacing_mm if spacing_mm is not None else gt_map.spacing_mm, "pred")
+    except InvalidLabelMapError as exc:
+        if options.strict:
+            raise
+        return _Prediction(None, STATUS_INVALID_PREDICTION, str(exc))
+    match = match_grid(gt_map.array.shape, gt_map.affine, pred_map.array.shape, pred_map.affine)
+    if match.kind == "reoriented":
+        return _Prediction(reorient(pred_map.array, match), STATUS_REORIENTED,
+                           f"prediction {pred_map.path} {match.description}", pred_map)
+    if match.kind == "different":
+        problem = f"prediction {pred_map.path} is not on the grid of ground truth {gt_map.path}: {match.description}"
+        if not options.resample:
+            if options.strict:
+                raise ValueError(problem)
+            return _Prediction(None, STATUS_GEOMETRY_MISMATCH, problem + " (--resample to resample it)", pred_map)
+        labels = resample_nearest(pred_map.array, pred_map.affine, gt_map.array.shape, gt_map.affine)
+        return _Prediction(labels, STATUS_RESAMPLED, problem + "; resampled with nearest-neighbour interpolation",
+                           pred_map)
+    return _Prediction(pred_map.array, STATUS_OK, "", pred_map)
+
+
 def _score_pair(
     gt_map: LabelMap,
     pred: str | Path | np.ndarray | LabelMap | None,
@@ -364,49 +421,50 @@ def _score_pair(
     *,
     spacing_mm: Sequence[float] | None = None,
 ) -> list[OrganScore]:
-    from .geometry import match_grid, reorient, resample_nearest, superior_axis
+    from .geometry import superior_axis
 
-    if pred is None:
-        return _failed_case(protocol, STATUS_MISSING, "no prediction file for this case")
-    try:
-        refused = _refuse_by_header(pred, gt_map, options)
-    except InvalidLabelMapError as exc:
-        if options.strict:
-            raise
-        return _failed_case(protocol, STATUS_INVALID_PREDICTION, str(exc))
-    if refused is not None:
-        if options.strict:
-            raise ValueError(refused[1])
-        return _failed_case(protocol, *refused)
-    try:
-        pred_map = _as_label_map(pred, spacing_mm if spacing_mm is not None else gt_map.spacing_mm, "pred")
-    except InvalidLabelMapError as exc:
-        if options.strict:
-            raise
-        return _failed_case(protocol, STATUS_INVALID_PREDICTION, str(exc))
-    match = match_grid(gt_map.array.shape, gt_map.affine, pred_map.array.shape, pred_map.affine)
-    status, note, labels = STATUS_OK, "", pred_map.array
-    if match.kind == "reoriented":
-        status, note = STATUS_REORIENTED, f"prediction {pred_map.path} {match.description}"
-        labels = reorient(pred_map.array, match)
-    elif match.kind == "different":
-        problem = f"prediction {pred_map.path} is not on the grid of ground truth {gt_map.path}: {match.description}"
-        if not options.resample:
-            if options.strict:
-                raise ValueError(problem)
-            return _failed_case(protocol, STATUS_GEOMETRY_MISMATCH, problem + " (--resample to resample it)")
-        status, note = STATUS_RESAMPLED, problem + "; resampled with nearest-neighbour interpolation"
-        labels = resample_nearest(pred_map.array, pred_map.affine, gt_map.array.shape, gt_map.affine)
+    loaded = _load_prediction(gt_map, pred, options, spacing_mm)
+    if loaded.labels is None:
+        return _failed_case(protocol, loaded.status, loaded.message)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FlareEvalWarning)
-        scores = score_label_maps(gt_map.array, labels, gt_map.spacing_mm, protocol,
+        scores = score_label_maps(gt_map.array, loaded.labels, gt_map.spacing_mm, protocol,
                                   superior=superior_axis(gt_map.affine))
     for warning in caught:
-        source = gt_map.path if str(warning.message).startswith("ground truth") else pred_map.path
+        source = gt_map.path if str(warning.message).startswith("ground truth") else loaded.label_map.path
         warnings.warn(f"{source}: {warning.message}", FlareEvalWarning, stacklevel=3)
-    if status != STATUS_OK:
-        scores = [replace(s, status=status, message=note) for s in scores]
+    if loaded.status != STATUS_OK:
+        scores = [replace(s, status=loaded.status, message=loaded.message) for s in scores]
     return scores
+
+
+def _score_region_pair(
+    gt_map: LabelMap,
+    pred: str | Path | np.ndarray | LabelMap | None,
+    protocol: Protocol,
+    options: _Options,
+    *,
+    spacing_mm: Sequence[float] | None = None,
+) -> list[dict]:
+    """Rows ``region, <metrics>, status, message`` of a region protocol; an unusable prediction scores as empty."""
+    from .regions import score_regions
+
+    loaded = _load_prediction(gt_map, pred, options, spacing_mm)
+    labels = loaded.labels if loaded.labels is not None else np.zeros_like(gt_map.array)
+    spacing = gt_map.spacing_mm
+    if protocol.spacing_from == "prediction" and loaded.status == STATUS_OK and loaded.label_map is not None:
+        # KiTS, BraTS and autoPET read the spacing from the prediction's header (on this grid, equal to within
+        # the grid check's tolerance).
+        spacing = loaded.label_map.spacing_mm
+    rows = score_regions(gt_map.array, labels, spacing, protocol)
+    return [{**row, "status": loaded.status, "message": loaded.message} for row in rows]
+
+
+def score_columns(protocol: Protocol) -> list[str]:
+    """Columns of ``scores.csv`` for ``protocol`` (without ``team``)."""
+    if protocol.regions:
+        return ["case", "region", *protocol.score_columns, "status", "message"]
+    return list(SCORE_COLUMNS)
 
 
 def _refuse_by_header(pred, gt_map: LabelMap, options: _Options) -> tuple[str, str] | None:
@@ -438,8 +496,10 @@ def _score_case_task(team: str | None, pair: CasePair, protocol: Protocol, optio
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FlareEvalWarning)
         gt_map = read_label_map(pair.gt_path)
-        scores = _score_pair(gt_map, pair.pred_path, protocol, options)
-    rows = [{"case": pair.case, **asdict(s)} for s in scores]
+        if protocol.regions:
+            rows = [{"case": pair.case, **row} for row in _score_region_pair(gt_map, pair.pred_path, protocol, options)]
+        else:
+            rows = [{"case": pair.case, **asdict(s)} for s in _score_pair(gt_map, pair.pred_path, protocol, options)]
     return team, rows, [str(w.message) for w in caught]
 
 
@@ -480,7 +540,11 @@ def _worker_died(arguments: tuple, reason: str):
     """The result of a case whose scoring process died: 0 for every organ, with a message naming the files."""
     team, pair, protocol, _ = arguments
     message = f"scoring {pair.pred_path} against {pair.gt_path} failed: {reason}"
-    rows = [{"case": pair.case, **asdict(s)} for s in _failed_case(protocol, STATUS_INVALID_PREDICTION, message)]
+    if protocol.regions:
+        rows = [{"case": pair.case, "region": region.name, "status": STATUS_INVALID_PREDICTION, "message": message}
+                for region in protocol.regions]
+    else:
+        rows = [{"case": pair.case, **asdict(s)} for s in _failed_case(protocol, STATUS_INVALID_PREDICTION, message)]
     return team, rows, [f"case {pair.case}: {message}"]
 
 
@@ -527,7 +591,8 @@ def _score_many(
 
     if ship not in SHIP_MODES:
         raise ValueError(f"ship must be one of {SHIP_MODES}, got {ship!r}")
-    columns = SCORE_COLUMNS if jobs and jobs[0][0] is None else ["team", *SCORE_COLUMNS]
+    base = score_columns(protocol)
+    columns = base if jobs and jobs[0][0] is None else ["team", *base]
     arguments = [(team, pair, protocol, options) for team, pair in jobs]
     client, task, prepare = None, _score_case_task, None
     if scheduler is not None and jobs:
@@ -545,7 +610,7 @@ def _score_many(
                                               prepare=prepare, on_failure=_worker_died):
             for message in messages:
                 warnings.warn(message, FlareEvalWarning, stacklevel=4)
-            frame = pd.DataFrame(rows, columns=SCORE_COLUMNS)
+            frame = pd.DataFrame(rows, columns=base)
             if team is not None:
                 frame.insert(0, "team", team)
             frames.append(frame)
@@ -558,8 +623,13 @@ def _score_many(
             client.close()
     if not frames:
         return pd.DataFrame(columns=columns)
-    keys = ["case", "label"] if columns == SCORE_COLUMNS else ["team", "case", "label"]
-    return pd.concat(frames, ignore_index=True).sort_values(keys, ignore_index=True)
+    keys = _sort_keys(protocol, teams=columns != base)
+    return pd.concat(frames, ignore_index=True).sort_values(keys, ignore_index=True, kind="stable")
+
+
+def _sort_keys(protocol: Protocol, *, teams: bool) -> list[str]:
+    """Rows sort by team and case, then organ label; a region protocol's regions keep the protocol's order."""
+    return ["team"] * teams + ["case"] + ([] if protocol.regions else ["label"])
 
 
 def score_folder(
@@ -686,25 +756,32 @@ def score_teams(
     jobs = [(folder.name, pair) for folder in team_folders(pred_root)
             for pair in _team_pairs(folder, Path(gt_dir), folder.name) if (folder.name, pair.case) not in done]
     if not jobs:
-        return pd.DataFrame(columns=["team", *SCORE_COLUMNS])
+        return pd.DataFrame(columns=["team", *score_columns(protocol)])
     return _score_many(jobs, protocol, workers=workers, options=_Options(strict, resample), progress=progress,
                        on_case=on_case, scheduler=scheduler, ship=ship)
 
 
-def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
+def summarize_scores(scores: pd.DataFrame, protocol: str | Protocol | None = None) -> pd.DataFrame:
     """Per-organ summary of DSC and NSD over cases (per team when there is a ``team`` column).
 
     Parameters
     ----------
     scores : pandas.DataFrame
         Long scores as returned by `score_folder` or `score_teams`.
+    protocol : str or Protocol, optional
+        Needed for a region protocol (KiTS23, BraTS, ...), whose summary is per
+        region and metric.
 
     Returns
     -------
     pandas.DataFrame
         One row per organ plus ``mean`` (the per-case mean over organs), with
-        ``n`` and mean, median, Q1 and Q3 of DSC and NSD.
+        ``n`` and mean, median, Q1 and Q3 of DSC and NSD. For a region protocol:
+        one row per region and metric, ``region, metric, n, mean, median, q1,
+        q3`` (NaN values, e.g. autoPET's Dice of two empty masks, left out).
     """
+    if protocol is not None and load_protocol(protocol).regions:
+        return _summarize_regions(scores, load_protocol(protocol))
     teams = ["team"] if "team" in scores else []
     case_means = scores.groupby([*teams, "case"], sort=True)[["DSC", "NSD"]].mean().reset_index()
     case_means = case_means.assign(organ="mean", label=np.iinfo(np.int64).max)
@@ -721,13 +798,40 @@ def summarize_scores(scores: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).reset_index().drop(columns="label")
 
 
+def _summarize_regions(scores: pd.DataFrame, protocol: Protocol) -> pd.DataFrame:
+    teams = ["team"] if "team" in scores else []
+    long = scores.melt(id_vars=[*teams, "case", "region"], value_vars=list(protocol.score_columns),
+                       var_name="metric", value_name="value").dropna(subset=["value"])
+    long["value"] = long["value"].astype(float)
+    order = {region.name: i for i, region in enumerate(protocol.regions)}
+    grouped = long.groupby([*teams, "region", "metric"], sort=False)["value"]
+    table = pd.DataFrame({"n": grouped.count(), "mean": grouped.mean(), "median": grouped.median(),
+                          "q1": grouped.quantile(0.25), "q3": grouped.quantile(0.75)}).reset_index()
+    metric_order = {m: i for i, m in enumerate(protocol.score_columns)}
+    table = table.assign(_r=table["region"].map(order), _m=table["metric"].map(metric_order))
+    return table.sort_values([*teams, "_r", "_m"]).drop(columns=["_r", "_m"]).reset_index(drop=True)
+
+
 def official_table(scores: pd.DataFrame, protocol: str | Protocol = "flare22") -> pd.DataFrame:
     """Scores in the official FLARE wide layout, rounded to 4 decimals.
 
     Columns ``Name, <code>_DSC for each organ, <code>_NSD for each organ``;
     ``Name`` is ``<case>.nii.gz``. With several teams a ``Team`` column comes first.
+    A region protocol's wide layout has one row per case and a column
+    ``<region>_<metric>`` per region and metric, unrounded unless the protocol rounds.
     """
     protocol = load_protocol(protocol)
+    if protocol.regions:
+        index = ["team", "case"] if "team" in scores else ["case"]
+        wide = scores.pivot(index=index, columns="region", values=list(protocol.score_columns))
+        table = pd.DataFrame({"Name": wide.index.get_level_values("case")})
+        if "team" in scores:
+            table.insert(0, "Team", wide.index.get_level_values("team"))
+        for region in protocol.regions:
+            for metric in region.metrics:
+                for column in metric.columns:
+                    table[f"{region.name}_{column}"] = wide[(column, region.name)].to_numpy()
+        return table
     codes = [o.code for o in protocol.organs]
     index = ["team", "case"] if "team" in scores else ["case"]
     wide = scores.pivot(index=index, columns="organ", values=["DSC", "NSD"])
@@ -797,7 +901,7 @@ def score(
     out_dir.mkdir(parents=True, exist_ok=True)
     keys = ["team", "case"] if teams else ["case"]
     partial = out_dir / "scores.partial.csv"
-    done = pd.DataFrame(columns=keys[:-1] + SCORE_COLUMNS)
+    done = pd.DataFrame(columns=keys[:-1] + score_columns(protocol))
     if partial.exists():
         if force:
             partial.unlink()
@@ -806,7 +910,8 @@ def score(
             done = read_table(partial, role="partial scores")
             done["message"] = done["message"].astype(object).fillna("")
             # A torn append can leave a case with some of its organs: score it again.
-            complete = done.groupby(keys[:-1] + ["case"])["label"].transform("size") == len(protocol.organs)
+            per_case = len(protocol.regions) or len(protocol.organs)
+            complete = done.groupby(keys[:-1] + ["case"])["case"].transform("size") == per_case
             done = done[complete]
     common = dict(workers=workers, strict=strict, progress=progress, scheduler=scheduler, ship=ship,
                   resample=resample, on_case=lambda rows: append_rows(rows, partial))
@@ -816,11 +921,11 @@ def score(
         new = score_folder(pred_dir, gt_dir, protocol, skip_cases=set(done["case"]), **common)
     frames = [frame for frame in (done, new) if len(frame)]
     scores = pd.concat(frames, ignore_index=True) if frames else new
-    scores = scores.sort_values([*keys, "label"], ignore_index=True)
+    scores = scores.sort_values(_sort_keys(protocol, teams=teams), ignore_index=True, kind="stable")
     files = ScoreFiles(
         scores=write_table(scores, out_dir / "scores.csv"),
         official=write_table(official_table(scores, protocol), out_dir / "scores_official.csv"),
-        summary=write_table(summarize_scores(scores), out_dir / "summary.csv"),
+        summary=write_table(summarize_scores(scores, protocol), out_dir / "summary.csv"),
     )
     partial.unlink(missing_ok=True)
     return scores, files

@@ -1,0 +1,297 @@
+"""KiTS23, BraTS 2023, FLARE24 task 1 and autoPET 2022 presets against hand-worked cases and independent code.
+
+The independent references are DeepMind's surface-distance (surface Dice, robust Hausdorff) and, for the
+lesion rules, straightforward whole-volume versions of the organizers' algorithms written here from the
+reference sheet (no cropping, one lesion at a time), which flare-eval's cropped implementation must equal.
+"""
+
+import numpy as np
+import pandas as pd
+import pytest
+import surface_distance as deepmind
+from conftest import write_nifti
+from scipy import ndimage
+
+import flare_eval as fe
+from flare_eval.cli import main
+from flare_eval.lesions import brats_lesion_wise, false_volumes_ml
+from flare_eval.metrics import surface_distances
+from flare_eval.regions import score_regions
+
+KITS_TOLERANCES = {"kidney_and_mass": 1.0330772532390826, "mass": 1.1328796488598762, "tumor": 1.1498198361434828}
+
+
+def by_region(rows):
+    return {row["region"]: row for row in rows}
+
+
+def random_blobs(rng, shape, n, size=(2, 6), label=1):
+    volume = np.zeros(shape, np.uint8)
+    for _ in range(n):
+        corner = [rng.integers(0, s - size[1]) for s in shape]
+        extent = [rng.integers(*size) for _ in shape]
+        volume[tuple(slice(c, c + e) for c, e in zip(corner, extent))] = label
+    return volume
+
+
+# KiTS23 -----------------------------------------------------------------------------------------------
+
+def test_kits23_regions_equal_deepmind_and_the_empty_rules():
+    gt = np.zeros((30, 30, 16), np.uint8)
+    gt[4:24, 4:24, 2:14] = 1
+    gt[8:16, 8:16, 4:10] = 2
+    gt[18:21, 18:21, 5:8] = 3
+    pred = np.roll(gt, (1, -1, 0), axis=(0, 1, 2))
+    spacing = (0.78, 0.78, 1.5)
+    rows = by_region(score_regions(gt, pred, spacing, fe.load_protocol("kits23")))
+    for region, labels in (("kidney_and_mass", [1, 2, 3]), ("mass", [2, 3]), ("tumor", [2])):
+        g, p = np.isin(gt, labels), np.isin(pred, labels)
+        assert rows[region]["Dice"] == pytest.approx(deepmind.compute_dice_coefficient(g, p), abs=1e-15)
+        expected = deepmind.compute_surface_dice_at_tolerance(deepmind.compute_surface_distances(g, p, spacing),
+                                                              KITS_TOLERANCES[region])
+        assert rows[region]["SD"] == pytest.approx(expected, abs=1e-12)
+    # No tumor in either: 1 and 1; a tumor in the prediction only: 0 and 0.
+    no_tumor = np.where(gt == 2, 1, gt)
+    rows = by_region(score_regions(no_tumor, no_tumor, spacing, fe.load_protocol("kits23")))
+    assert (rows["tumor"]["Dice"], rows["tumor"]["SD"]) == (1.0, 1.0)
+    rows = by_region(score_regions(no_tumor, gt, spacing, fe.load_protocol("kits23")))
+    assert (rows["tumor"]["Dice"], rows["tumor"]["SD"]) == (0.0, 0.0)
+
+
+def test_kits23_ranking_averages_two_region_means_and_breaks_ties_by_tumor_dice():
+    # Team means: Dice a .9 b .8 c .7 d .8; SD a .5 b .7 c .8 d .6 -> Dice ranks 1 2 4 2, SD ranks 4 2 1 3
+    # mean ranks a 2.5 b 2 c 2.5 d 2.5 -> b first; a, c, d tied at 2.5, ordered by tumor Dice d > c > a.
+    rows = []
+    for team, dice, sd, tumor in (("a", .9, .5, .1), ("b", .8, .7, .5), ("c", .7, .8, .2), ("d", .8, .6, .3)):
+        rows += [(team, case, dice, sd, tumor) for case in ("x", "y")]
+    table = pd.DataFrame(rows, columns=["team", "case", "Dice", "SD", "Dice_tumor"])
+    ranking = fe.rank(table, "kits23").set_index("team")
+    assert ranking["rank"].to_dict() == {"b": 1, "d": 2, "c": 3, "a": 4}
+    assert ranking.loc["a", "score"] == 2.5 and ranking.loc["b", "score"] == 2.0
+
+
+def test_region_results_average_the_regions_and_keep_the_tie_break():
+    scores = pd.DataFrame({"team": "t", "case": "x", "region": ["kidney_and_mass", "mass", "tumor"],
+                           "Dice": [0.9, 0.6, 0.3], "SD": [1.0, 0.5, 0.0]})
+    from flare_eval.results import region_results
+
+    results = region_results(scores, "kits23")
+    assert results.iloc[0][["Dice", "SD", "Dice_tumor"]].tolist() == pytest.approx([0.6, 0.5, 0.3])
+
+
+# HD95 -------------------------------------------------------------------------------------------------
+
+def test_hd95_equals_deepmind_robust_hausdorff():
+    rng = np.random.default_rng(3)
+    for trial in range(12):
+        g = random_blobs(rng, (24, 22, 14), 3).astype(bool)
+        p = random_blobs(rng, (24, 22, 14), 3).astype(bool)
+        spacing = (0.8, 0.8, 2.5) if trial % 2 else (1.0, 1.0, 1.0)
+        expected = deepmind.compute_robust_hausdorff(deepmind.compute_surface_distances(g, p, spacing), 95)
+        assert surface_distances(g, p, spacing).robust_hausdorff(95) == expected
+
+
+# BraTS 2023 -------------------------------------------------------------------------------------------
+
+def official_like_brats(gt, pred, spacing, dilation, min_volume, penalty=374.0):
+    """The organizers' steps on whole volumes, as the reference sheet states them."""
+    structure18 = ndimage.generate_binary_structure(3, 2)
+    structure26 = np.ones((3, 3, 3))
+    voxel = float(np.prod(spacing))
+    dilated = ndimage.binary_dilation(gt, structure18, iterations=dilation) if dilation else gt.copy()
+    joined, n_joined = ndimage.label(dilated, structure26)
+    lesions = np.where(gt, joined, 0)
+    components, _ = ndimage.label(pred, structure26)
+    matched, dices, hds = set(), [], []
+    tp = fn = 0
+    for lesion in range(1, n_joined + 1):
+        mask = lesions == lesion
+        if not mask.any():
+            continue
+        reach = ndimage.binary_dilation(mask, structure18, iterations=dilation) if dilation else mask
+        hits = set(np.unique(components[reach & pred]).tolist()) - {0}
+        matched |= hits
+        if mask.sum() * voxel <= min_volume:
+            continue
+        union = np.isin(components, list(hits))
+        dice = 2 * (mask & union).sum() / (mask.sum() + union.sum())
+        if hits:
+            hd = deepmind.compute_robust_hausdorff(deepmind.compute_surface_distances(mask, union, spacing), 95)
+            tp += 1
+        else:
+            hd = penalty
+            fn += 1
+        dices.append(dice)
+        hds.append(hd if np.isfinite(hd) else penalty)
+    fp = len(set(np.unique(components).tolist()) - {0} - matched)
+    n = len(dices) + fp
+    if n == 0:
+        return 1.0, 0.0, tp, fp, fn
+    return sum(dices) / n, (sum(hds) + penalty * fp) / n, tp, fp, fn
+
+
+def test_brats_hand_worked_one_found_one_missed_one_false_positive():
+    gt = np.zeros((40, 40, 40), bool)
+    gt[2:6, 2:6, 2:6] = True      # lesion 1: 64 mm^3, found exactly
+    gt[20:24, 20:24, 20:24] = True  # lesion 2: missed
+    pred = np.zeros_like(gt)
+    pred[2:6, 2:6, 2:6] = True
+    pred[34:37, 2:5, 34:37] = True  # far from every lesion: a false positive
+    scores = brats_lesion_wise(gt, pred, (1, 1, 1), dilation_iterations=3, min_lesion_mm3=50)
+    assert (scores.n_tp, scores.n_fp, scores.n_fn) == (1, 1, 1)
+    assert scores.lesion_wise_dice == pytest.approx(1 / 3)
+    assert scores.lesion_wise_hd95_mm == pytest.approx((0 + 374 + 374) / 3)
+    assert scores.legacy_dice == pytest.approx(2 * 64 / (128 + 64 + 27))
+    assert scores.gt_volume_mm3 == 128
+
+
+def test_brats_lesions_joined_by_dilation_and_small_lesions_left_out():
+    gt = np.zeros((40, 40, 20), bool)
+    gt[5:10, 5:10, 5:10] = True
+    gt[13:18, 5:10, 5:10] = True    # a gap of 3 voxels: joined by 3 dilations (GLI), not by 1 (MEN)
+    gt[30:33, 30:33, 5:8] = True    # 27 mm^3: under the 50 mm^3 threshold
+    pred = np.zeros_like(gt)
+    pred[5:10, 5:10, 5:10] = True   # covers one half of the joined lesion
+    pred[30:33, 30:33, 5:8] = True  # matches only the small lesion: neither counted nor a false positive
+    gli = brats_lesion_wise(gt, pred, (1, 1, 1), dilation_iterations=3, min_lesion_mm3=50)
+    assert (gli.n_tp, gli.n_fp, gli.n_fn) == (1, 0, 0)
+    assert gli.lesion_wise_dice == pytest.approx(2 * 125 / (250 + 125))
+    men = brats_lesion_wise(gt, pred, (1, 1, 1), dilation_iterations=1, min_lesion_mm3=50)
+    assert (men.n_tp, men.n_fp, men.n_fn) == (1, 0, 1)
+    assert men.lesion_wise_dice == pytest.approx(0.5)  # one lesion found exactly, one missed
+
+
+def test_brats_empty_region_and_anisotropic_volume_threshold():
+    empty = np.zeros((10, 10, 10), bool)
+    scores = brats_lesion_wise(empty, empty, (1, 1, 1), dilation_iterations=3, min_lesion_mm3=50)
+    assert (scores.lesion_wise_dice, scores.lesion_wise_hd95_mm, scores.legacy_dice, scores.legacy_hd95_mm) == \
+        (1.0, 0.0, 1.0, 0.0)
+    gt = np.zeros((20, 20, 10), bool)
+    gt[5:9, 5:9, 2:5] = True  # 48 voxels: 48 mm^3 at 1 mm, 48 x 1.6 = 76.8 mm^3 at 0.8 x 0.8 x 2.5 mm
+    nothing = np.zeros_like(gt)
+    missed = brats_lesion_wise(gt, nothing, (1, 1, 1), dilation_iterations=1, min_lesion_mm3=50)
+    assert missed.n_fn == 0 and missed.lesion_wise_dice == 1.0  # small at 1 mm: left out
+    missed = brats_lesion_wise(gt, nothing, (0.8, 0.8, 2.5), dilation_iterations=1, min_lesion_mm3=50)
+    assert missed.n_fn == 1 and missed.lesion_wise_dice == 0.0 and missed.lesion_wise_hd95_mm == 374.0
+    assert missed.legacy_hd95_mm == 374.0
+
+
+@pytest.mark.parametrize(("dilation", "min_volume", "spacing"), [(3, 50, (1, 1, 1)), (1, 2, (0.8, 0.8, 2.5))])
+def test_brats_equals_the_whole_volume_algorithm_on_random_lesions(dilation, min_volume, spacing):
+    rng = np.random.default_rng(dilation)
+    for _ in range(6):
+        gt = random_blobs(rng, (36, 34, 20), 5).astype(bool)
+        pred = (random_blobs(rng, (36, 34, 20), 4).astype(bool) | np.roll(gt, 1, axis=0)) & \
+            (rng.random((36, 34, 20)) > 0.02)
+        ours = brats_lesion_wise(gt, pred, spacing, dilation_iterations=dilation, min_lesion_mm3=min_volume)
+        dice, hd95, tp, fp, fn = official_like_brats(gt, pred, spacing, dilation, min_volume)
+        assert (ours.n_tp, ours.n_fp, ours.n_fn) == (tp, fp, fn)
+        assert ours.lesion_wise_dice == pytest.approx(dice, abs=1e-12)
+        assert ours.lesion_wise_hd95_mm == pytest.approx(hd95, abs=1e-12)
+
+
+def test_brats_presets_score_the_three_regions():
+    gt = np.zeros((30, 30, 20), np.uint8)
+    gt[5:15, 5:15, 5:15] = 2
+    gt[7:12, 7:12, 7:12] = 1
+    gt[8:10, 8:10, 8:10] = 3
+    rows = by_region(score_regions(gt, gt, (1, 1, 1), fe.load_protocol("brats2023-gli")))
+    assert list(rows) == ["WT", "TC", "ET"]
+    for region in ("WT", "TC"):
+        row = rows[region]
+        assert row["LesionWise_Dice"] == 1.0 and row["LesionWise_HD95"] == 0.0 and row["Num_TP"] == 1
+    assert rows["ET"]["Num_TP"] == 0 and rows["ET"]["GT_Complete_Volume"] == 8  # 8 mm^3: under 50, left out
+    for name, dilation, volume in (("gli", 3, 50), ("ssa", 3, 50), ("ped", 3, 50), ("men", 1, 50), ("met", 1, 2)):
+        metric = fe.load_protocol(f"brats2023-{name}").regions[0].metrics[0]
+        assert (metric.dilation_iterations, metric.min_lesion_mm3, metric.penalty_mm) == (dilation, volume, 374.0)
+
+
+# FLARE24 task 1 ---------------------------------------------------------------------------------------
+
+def test_flare24_rules():
+    protocol = fe.load_protocol("flare24-t1")
+    gt = np.zeros((20, 20, 10), np.uint8)
+    gt[2:12, 2:12, 2:8] = 1
+    pred = np.zeros_like(gt)
+    pred[10:14, 10:14, 6:9] = 1  # DSC well below 0.2: NSD is set to 0 whatever the surfaces
+    row = score_regions(gt, pred, (1, 1, 1), protocol)[0]
+    assert row["DSC"] == round(2 * 2 * 2 * 2 / (600 + 48), 4) and row["NSD"] == 0.0
+    near = np.roll(gt, 1, axis=0)
+    row = score_regions(gt, near, (1, 1, 1), protocol)[0]
+    expected = deepmind.compute_surface_dice_at_tolerance(
+        deepmind.compute_surface_distances(gt.astype(bool), near.astype(bool), (1, 1, 1)), 2.0)
+    assert row["NSD"] == round(expected, 4) and row["DSC"] == 0.9  # rounded to 4 decimals
+    row = score_regions(gt, np.where(gt == 1, 2, 0).astype(np.uint8) + gt, (1, 1, 1), protocol)[0]
+    assert (row["DSC"], row["NSD"]) == (0.0, 0.0)  # a label other than 0 and 1 in the prediction
+    empty = np.zeros_like(gt)
+    assert score_regions(empty, empty, (1, 1, 1), protocol)[0]["DSC"] == 1.0
+
+
+# autoPET 2022 -----------------------------------------------------------------------------------------
+
+def official_like_false_volumes(gt, pred, voxel_ml):
+    """One component at a time, 18-connected, per label value, as the reference sheet states."""
+    structure = ndimage.generate_binary_structure(3, 2)
+
+    def untouched(labels, other):
+        total = 0
+        for value in np.unique(labels[labels != 0]):
+            components, n = ndimage.label(labels == value, structure)
+            for k in range(1, n + 1):
+                component = components == k
+                if not (component & (other != 0)).any():
+                    total += int(component.sum())
+        return total
+
+    return untouched(pred, gt) * voxel_ml, untouched(gt, pred) * voxel_ml
+
+
+def test_autopet_false_volumes_and_raw_dice():
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        gt = random_blobs(rng, (30, 30, 20), 6)
+        pred = random_blobs(rng, (30, 30, 20), 6)
+        spacing = (2.0, 2.0, 3.0)
+        ours = false_volumes_ml(gt, pred, spacing)
+        assert ours == pytest.approx(official_like_false_volumes(gt, pred, 12.0 / 1000))
+    protocol = fe.load_protocol("autopet2022")
+    gt = np.zeros((10, 10, 10), np.uint8)
+    gt[2:6, 2:6, 2:6] = 1
+    pred = gt.copy()
+    pred[2, 2, 2] = 2  # another label inflates the raw Dice, as in the official script
+    row = score_regions(gt, pred, (1, 1, 1), protocol)[0]
+    assert row["Dice"] == pytest.approx(2 * (64 + 1) / (64 + 65))
+    empty = np.zeros_like(gt)
+    row = score_regions(empty, empty, (1, 1, 1), protocol)[0]
+    assert np.isnan(row["Dice"]) and row["FP_volume_ml"] == 0 and row["FN_volume_ml"] == 0
+
+
+# End to end -------------------------------------------------------------------------------------------
+
+def test_score_command_with_a_challenge_preset(tmp_path, capsys):
+    gt = np.zeros((24, 24, 12), np.uint8)
+    gt[3:18, 3:18, 2:10] = 1
+    gt[6:11, 6:11, 4:8] = 2
+    write_nifti(tmp_path / "gt" / "c1.nii.gz", gt, (0.8, 0.8, 2.5))
+    write_nifti(tmp_path / "gt" / "c2.nii.gz", gt, (0.8, 0.8, 2.5))
+    write_nifti(tmp_path / "pred" / "c1.nii.gz", np.roll(gt, 1, axis=1), (0.8, 0.8, 2.5))
+    code = main(["score", str(tmp_path / "pred"), str(tmp_path / "gt"), "--out", str(tmp_path / "out"),
+                 "--protocol", "kits23", "--workers", "1", "--no-progress"])
+    assert code == 1 and "c2: missing" in capsys.readouterr().err
+    scores = pd.read_csv(tmp_path / "out" / "scores.csv")
+    assert list(scores.columns) == ["case", "region", "Dice", "SD", "status", "message"]
+    assert scores.region.tolist() == ["kidney_and_mass", "mass", "tumor"] * 2
+    missing = scores[scores.case == "c2"]
+    assert (missing.Dice.tolist(), missing.SD.tolist()) == ([0, 0, 0], [0, 0, 0])  # scored as an empty prediction
+    official = pd.read_csv(tmp_path / "out" / "scores_official.csv")
+    assert list(official.columns) == ["Name", "kidney_and_mass_Dice", "kidney_and_mass_SD", "mass_Dice", "mass_SD",
+                                      "tumor_Dice", "tumor_SD"]
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert {"region", "metric", "n", "mean", "median"} <= set(summary.columns)
+
+
+def test_flare22_outputs_are_unchanged_by_the_general_protocol(examples):
+    scores = fe.score_folder(examples.predictions / "teamA", examples.labels, workers=1, progress=False)
+    assert list(scores.columns) == ["case", "label", "organ", "DSC", "NSD", "status", "gt_voxels", "pred_voxels",
+                                    "message"]
+    assert fe.load_protocol("flare22").regions == ()
