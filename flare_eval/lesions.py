@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .metrics import _check_spacing, surface_distances
+from .metrics import _check_spacing, _mask_box, surface_distances
 
 __all__ = ["connected_components", "LesionWiseScores", "brats_lesion_wise", "false_volumes_ml"]
 
@@ -116,6 +116,12 @@ def brats_lesion_wise(
     spacing = _check_spacing(spacing_mm, 3)
     gt, pred = np.asarray(mask_gt, bool), np.asarray(mask_pred, bool)
     voxel_mm3 = float(np.prod(spacing))
+    n_voxels = gt.size
+    box = _mask_box(gt | pred)
+    if box is not None:
+        # Everything happens within the dilations' reach of the labelled voxels; outside, only background.
+        box = _grow(box, dilation_iterations + 1, gt.shape)
+        gt, pred = gt[box], pred[box]
     gt_vx, pred_vx = int(gt.sum()), int(pred.sum())
     if gt_vx == 0 and pred_vx == 0:
         legacy_dice, legacy_hd95 = 1.0, 0.0
@@ -123,7 +129,7 @@ def brats_lesion_wise(
         legacy_dice = 2.0 * int(np.count_nonzero(gt & pred)) / (gt_vx + pred_vx)
         legacy_hd95 = _hd95_or_penalty(gt, pred, spacing, penalty_mm)
     true_positive = int(np.count_nonzero(gt & pred))
-    true_negative = int(np.count_nonzero(~gt & ~pred))
+    true_negative = n_voxels - int(np.count_nonzero(gt | pred))
     tiny = np.finfo(float).tiny
     sensitivity = 1.0 if gt_vx == 0 and pred_vx == 0 else true_positive / (gt_vx + tiny)
     specificity = true_negative / (true_negative + (pred_vx - true_positive) + tiny)
@@ -201,8 +207,12 @@ def false_volumes_ml(labels_gt: np.ndarray, labels_pred: np.ndarray, spacing_mm:
     (2.0, 8.0)
     """
     voxel_ml = float(np.prod(_check_spacing(spacing_mm, 3))) / 1000.0
-    return (_untouched_voxels(labels_pred, labels_gt != 0, connectivity) * voxel_ml,
-            _untouched_voxels(labels_gt, labels_pred != 0, connectivity) * voxel_ml)
+    box = _mask_box((labels_gt != 0) | (labels_pred != 0))
+    if box is None:
+        return 0.0, 0.0
+    gt, pred = labels_gt[box], labels_pred[box]  # components never leave the box of everything labelled
+    return (_untouched_voxels(pred, gt != 0, connectivity) * voxel_ml,
+            _untouched_voxels(gt, pred != 0, connectivity) * voxel_ml)
 
 
 def _untouched_voxels(labels: np.ndarray, other: np.ndarray, connectivity: int) -> int:

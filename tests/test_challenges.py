@@ -1,16 +1,17 @@
 """KiTS23, BraTS 2023, FLARE24 task 1 and autoPET 2022 presets against hand-worked cases and independent code.
 
 The independent references are DeepMind's surface-distance (surface Dice, robust Hausdorff) and, for the
-lesion rules, straightforward whole-volume versions of the organizers' algorithms written here from the
-reference sheet (no cropping, one lesion at a time), which flare-eval's cropped implementation must equal.
+lesion rules, straightforward whole-volume versions of the organizers' algorithms written from the
+reference sheet (benchmarks/challenge_reference.py: no cropping, one lesion at a time), which flare-eval's
+cropped implementation must equal.
 """
 
+import challenge_reference
 import numpy as np
 import pandas as pd
 import pytest
 import surface_distance as deepmind
 from conftest import write_nifti
-from scipy import ndimage
 
 import flare_eval as fe
 from flare_eval.cli import main
@@ -93,43 +94,6 @@ def test_hd95_equals_deepmind_robust_hausdorff():
 
 # BraTS 2023 -------------------------------------------------------------------------------------------
 
-def official_like_brats(gt, pred, spacing, dilation, min_volume, penalty=374.0):
-    """The organizers' steps on whole volumes, as the reference sheet states them."""
-    structure18 = ndimage.generate_binary_structure(3, 2)
-    structure26 = np.ones((3, 3, 3))
-    voxel = float(np.prod(spacing))
-    dilated = ndimage.binary_dilation(gt, structure18, iterations=dilation) if dilation else gt.copy()
-    joined, n_joined = ndimage.label(dilated, structure26)
-    lesions = np.where(gt, joined, 0)
-    components, _ = ndimage.label(pred, structure26)
-    matched, dices, hds = set(), [], []
-    tp = fn = 0
-    for lesion in range(1, n_joined + 1):
-        mask = lesions == lesion
-        if not mask.any():
-            continue
-        reach = ndimage.binary_dilation(mask, structure18, iterations=dilation) if dilation else mask
-        hits = set(np.unique(components[reach & pred]).tolist()) - {0}
-        matched |= hits
-        if mask.sum() * voxel <= min_volume:
-            continue
-        union = np.isin(components, list(hits))
-        dice = 2 * (mask & union).sum() / (mask.sum() + union.sum())
-        if hits:
-            hd = deepmind.compute_robust_hausdorff(deepmind.compute_surface_distances(mask, union, spacing), 95)
-            tp += 1
-        else:
-            hd = penalty
-            fn += 1
-        dices.append(dice)
-        hds.append(hd if np.isfinite(hd) else penalty)
-    fp = len(set(np.unique(components).tolist()) - {0} - matched)
-    n = len(dices) + fp
-    if n == 0:
-        return 1.0, 0.0, tp, fp, fn
-    return sum(dices) / n, (sum(hds) + penalty * fp) / n, tp, fp, fn
-
-
 def test_brats_hand_worked_one_found_one_missed_one_false_positive():
     gt = np.zeros((40, 40, 40), bool)
     gt[2:6, 2:6, 2:6] = True      # lesion 1: 64 mm^3, found exactly
@@ -184,7 +148,7 @@ def test_brats_equals_the_whole_volume_algorithm_on_random_lesions(dilation, min
         pred = (random_blobs(rng, (36, 34, 20), 4).astype(bool) | np.roll(gt, 1, axis=0)) & \
             (rng.random((36, 34, 20)) > 0.02)
         ours = brats_lesion_wise(gt, pred, spacing, dilation_iterations=dilation, min_lesion_mm3=min_volume)
-        dice, hd95, tp, fp, fn = official_like_brats(gt, pred, spacing, dilation, min_volume)
+        dice, hd95, tp, fp, fn = challenge_reference.brats_lesion_wise(gt, pred, spacing, dilation, min_volume)
         assert (ours.n_tp, ours.n_fp, ours.n_fn) == (tp, fp, fn)
         assert ours.lesion_wise_dice == pytest.approx(dice, abs=1e-12)
         assert ours.lesion_wise_hd95_mm == pytest.approx(hd95, abs=1e-12)
@@ -229,23 +193,6 @@ def test_flare24_rules():
 
 # autoPET 2022 -----------------------------------------------------------------------------------------
 
-def official_like_false_volumes(gt, pred, voxel_ml):
-    """One component at a time, 18-connected, per label value, as the reference sheet states."""
-    structure = ndimage.generate_binary_structure(3, 2)
-
-    def untouched(labels, other):
-        total = 0
-        for value in np.unique(labels[labels != 0]):
-            components, n = ndimage.label(labels == value, structure)
-            for k in range(1, n + 1):
-                component = components == k
-                if not (component & (other != 0)).any():
-                    total += int(component.sum())
-        return total
-
-    return untouched(pred, gt) * voxel_ml, untouched(gt, pred) * voxel_ml
-
-
 def test_autopet_false_volumes_and_raw_dice():
     rng = np.random.default_rng(5)
     for _ in range(5):
@@ -253,7 +200,7 @@ def test_autopet_false_volumes_and_raw_dice():
         pred = random_blobs(rng, (30, 30, 20), 6)
         spacing = (2.0, 2.0, 3.0)
         ours = false_volumes_ml(gt, pred, spacing)
-        assert ours == pytest.approx(official_like_false_volumes(gt, pred, 12.0 / 1000))
+        assert ours == pytest.approx(challenge_reference.false_volumes(gt, pred, 12.0 / 1000))
     protocol = fe.load_protocol("autopet2022")
     gt = np.zeros((10, 10, 10), np.uint8)
     gt[2:6, 2:6, 2:6] = 1
