@@ -507,6 +507,8 @@ def read_scores(source: str | Path) -> pd.DataFrame:
         if "team" not in scores:
             raise ValueError(f"scores table {source} has no 'team' column: score with --teams, or give a runs folder")
         missing = [c for c in ("case", "label", "organ", "DSC", "NSD") if c not in scores]
+        if "region" in scores:  # a region protocol's scores (KiTS23, BraTS, ...)
+            missing = [c for c in ("case", "region") if c not in scores]
         if missing:
             raise ValueError(f"scores table {source} has no {', '.join(repr(c) for c in missing)} column(s): "
                              "it should be the long scores.csv of `score`, one row per case and organ")

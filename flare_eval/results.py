@@ -94,9 +94,9 @@ def _region_results_with_status(scores: pd.DataFrame, resources: pd.DataFrame | 
     if resources is not None and len(resources):
         latest = resources.drop_duplicates(["team", "case"], keep="last")[["team", "case", "status"]]
         table = table.merge(latest, on=["team", "case"], how="outer")
+        table["status"] = table["status"].astype(object).fillna(STATUS_NO_RUN)
     else:
-        table["status"] = np.nan
-    table["status"] = table["status"].fillna(STATUS_NO_RUN)
+        table["status"] = STATUS_NO_RUN
     penalized = table["status"].isin(PENALIZED_STATUSES)
     for metric in protocol.ranking_metrics:
         table.loc[penalized, metric.name] = metric.worst

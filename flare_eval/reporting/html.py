@@ -206,8 +206,9 @@ def build_report(
     if ranking is not None:
         board = ranking.copy()
         if results is not None:
-            medians = results.groupby("team").agg(median_DSC=("DSC", "median"), median_NSD=("NSD", "median"),
-                                                   median_Time_s=("Time", "median"))
+            shown = [m for m in ("DSC", "NSD", "Time") if m in results] or metric_names[:3]
+            medians = results.groupby("team")[shown].median().add_prefix("median_")
+            medians = medians.rename(columns={"median_Time": "median_Time_s"})
             board = board.merge(medians, left_on="team", right_index=True, how="left")
             if "status" in results:
                 failed = results[~results["status"].isin(["ok", "no_run"])].groupby("team").size()
@@ -221,11 +222,11 @@ def build_report(
     page.section("Failures", _failures(results, resources, inputs.runs_dir, out_dir, protocol))
 
     # Accuracy against time
-    if results is not None:
+    if results is not None and {"DSC", "Time"} <= set(results.columns):
         page.section("Accuracy and efficiency",
                      page.figure("accuracy_time", plots.accuracy_time_figure(results, ranking),
                                  "Median DSC against median running time per team"))
-    else:
+    elif results is None:
         page.missing("Accuracy and efficiency", "no results.csv")
 
     # Radar
@@ -299,8 +300,13 @@ def build_report(
         page.section("Ranks per case", page.figure("rank_heatmap", plots.rank_heatmap_figure(per_case, team_order),
                                                    "Number of cases at each rank"))
 
-    # Per-organ accuracy
-    if inputs.runs_dir is not None and any(inputs.runs_dir.glob("*/scores.csv")):
+    # Per-organ accuracy (per region for the region protocols: KiTS23, BraTS, ...)
+    if inputs.runs_dir is not None and any(inputs.runs_dir.glob("*/scores.csv")) and protocol.regions:
+        scores = read_scores(inputs.runs_dir)
+        summary = scores.groupby(["team", "region"], sort=False)[list(protocol.score_columns)].mean()
+        page.section("Accuracy per region", "<p>Mean over the cases of each region's metrics.</p>"
+                     + _table(summary.reset_index(), 4))
+    elif inputs.runs_dir is not None and any(inputs.runs_dir.glob("*/scores.csv")):
         scores = read_scores(inputs.runs_dir)
         order = [t for t in (team_order or []) if t in set(scores["team"])] or sorted(scores["team"].unique())
         page.section("Accuracy per organ", "".join(
