@@ -257,3 +257,53 @@ def test_a_ground_truth_case_without_input_exits_1(hostile, engine, tmp_path, ca
     err = capsys.readouterr().err
     assert code == 1 and "1 ground-truth case(s) have no input image" in err and "(lost)" in err
     assert "[1/1] team case0: ok" in err  # without a terminal, a line per finished case
+
+
+def test_a_non_root_harness_survives_files_it_cannot_remove(hostile, engine, tmp_path):
+    """As a non-root member of the docker group, root-owned output of a container is reported, not fatal."""
+    import grp
+    import shutil
+    import tempfile
+
+    setpriv = shutil.which("setpriv")
+    try:
+        docker_gid = grp.getgrnam("docker").gr_gid
+    except KeyError:
+        docker_gid = None
+    if os.geteuid() != 0 or setpriv is None or docker_gid is None:
+        pytest.skip("needs root (to switch user), setpriv and a docker group to run the harness as another user")
+    folder = tempfile.mkdtemp(prefix="flare-eval-nonroot-")
+    try:
+        os.chmod(folder, 0o777)
+        subs = os.path.join(folder, "subs")
+        os.makedirs(subs)
+        build_archive(engine, HOSTILE_TEAMS["lockdir"], hostile["answers_dir"],
+                      tmp_path / "lockdir.tar", "flare-eval-test/nonroot:latest")
+        shutil.copy(tmp_path / "lockdir.tar", os.path.join(subs, "lockdir.tar"))
+        inputs = os.path.join(folder, "inputs")
+        shutil.copytree(hostile["images"], inputs)
+        for root, dirs, files in os.walk(folder):
+            for name in dirs + files:
+                os.chmod(os.path.join(root, name), 0o777)
+        runs = os.path.join(folder, "runs")
+        # Another user may not reach this interpreter (a venv of a Python under /root): the system interpreter
+        # of the same version, with this environment's site folder added (editable install included), runs it.
+        import site
+
+        packages = [p for p in site.getsitepackages() if os.path.isdir(p)]
+        script = (f"import site; [site.addsitedir(p) for p in {packages!r}]; import flare_eval as fe; "
+                  f"fe.run_containers({subs!r}, {inputs!r}, {runs!r}, gpus=None, progress=False)")
+        version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+        python = shutil.which(version, path="/usr/bin:/usr/local/bin")
+        if python is None:
+            pytest.skip(f"no system {version} for another user to run")
+        command = [setpriv, "--reuid=4242", "--regid=4242", f"--groups={docker_gid}", python, "-c", script]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                                env={**os.environ, "HOME": folder})
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        assert "could not remove" in result.stderr  # the root-owned folder, reported in one warning
+        rows = open(os.path.join(runs, "lockdir", "resources.csv")).read()
+        assert ",ok," in rows  # the case was recorded all the same
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # as root, everything goes

@@ -530,6 +530,9 @@ def _start_watchdog(name: str, deadline_s: float) -> subprocess.Popen:
     kill -9 of the harness, or of its process group, leaves it running.
     """
     script = Path(__file__).with_name("_watchdog.py")
+    # Isolated (-I: its own folder, which holds this docker.py, must not shadow the Docker SDK), but with the
+    # harness's own module path, so that it finds the SDK wherever it is installed.
+    environment = {**os.environ, "FLARE_EVAL_WATCHDOG_PATH": os.pathsep.join(p for p in sys.path if p)}
     return subprocess.Popen([sys.executable, "-I", str(script), name, f"{deadline_s:.1f}"],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+                            start_new_session=True, env=environment)
