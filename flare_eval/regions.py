@@ -77,6 +77,10 @@ def _score_region(gt: np.ndarray, pred: np.ndarray, spacing: np.ndarray, region:
     values: dict = {}
     dice = None
     distances = None  # computed once, for every surface metric of the region
+    # Surface Dice needs distances only up to its tolerance, which is much faster; HD95 needs them all.
+    kinds = {m.kind for m in region.metrics}
+    reach_mm = np.inf if "hausdorff" in kinds else max(
+        (m.tolerance_mm for m in region.metrics if m.kind == "surface_dice"), default=np.inf)
     for metric in region.metrics:
         if metric.kind == "brats_lesion_wise":
             scores = brats_lesion_wise(mask_gt, mask_pred, spacing, dilation_iterations=metric.dilation_iterations,
@@ -114,9 +118,9 @@ def _score_region(gt: np.ndarray, pred: np.ndarray, spacing: np.ndarray, region:
             if metric.zero_below_dice is not None and dice is not None and dice < metric.zero_below_dice:
                 values[metric.name] = 0.0
                 continue
-            distances = distances or metrics.surface_distances(mask_gt, mask_pred, spacing)
+            distances = distances or metrics.surface_distances(mask_gt, mask_pred, spacing, max_distance_mm=reach_mm)
             values[metric.name] = distances.surface_dice(metric.tolerance_mm)
         elif metric.kind == "hausdorff":
-            distances = distances or metrics.surface_distances(mask_gt, mask_pred, spacing)
+            distances = distances or metrics.surface_distances(mask_gt, mask_pred, spacing, max_distance_mm=reach_mm)
             values[metric.name] = distances.robust_hausdorff(metric.percentile)
     return values
