@@ -134,6 +134,26 @@ class ImageHeader:
         return self.n_voxels * max(self.dtype.itemsize, 8)
 
 
+def _existing_label_map_file(path: str | Path) -> Path:
+    """The path, once it is known to be a non-empty file of a label-map format (gzip magic checked)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidLabelMapError(f"{path}: file does not exist")
+    if path.stat().st_size == 0:
+        raise InvalidLabelMapError(f"{path}: file is empty")
+    if case_id(path) is None:
+        raise InvalidLabelMapError(f"{path}: not a label map; expected one of {LABEL_MAP_SUFFIXES}")
+    if path.name.endswith(_NIFTI_SUFFIXES):
+        _check_gzip_magic(path)
+    return path
+
+
+def _itk_problem(exc: RuntimeError) -> str:
+    """The last line of a SimpleITK error, which says what went wrong."""
+    text = str(exc).strip()
+    return text.splitlines()[-1] if text else "unknown error"
+
+
 def read_header(path: str | Path) -> ImageHeader:
     """Read an image's header only: shape and voxel type, never the data.
 
@@ -146,15 +166,8 @@ def read_header(path: str | Path) -> ImageHeader:
         If the file is missing, empty, of an unknown format, or its header
         cannot be read or holds a voxel type that is not a real number.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidLabelMapError(f"{path}: file does not exist")
-    if path.stat().st_size == 0:
-        raise InvalidLabelMapError(f"{path}: file is empty")
-    if case_id(path) is None:
-        raise InvalidLabelMapError(f"{path}: not a label map; expected one of {LABEL_MAP_SUFFIXES}")
+    path = _existing_label_map_file(path)
     if path.name.endswith(_NIFTI_SUFFIXES):
-        _check_gzip_magic(path)
         import nibabel as nib
 
         try:
@@ -170,8 +183,7 @@ def read_header(path: str | Path) -> ImageHeader:
         try:
             reader.ReadImageInformation()
         except RuntimeError as exc:
-            first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-            raise InvalidLabelMapError(f"{path}: cannot be read by SimpleITK ({first_line})") from exc
+            raise InvalidLabelMapError(f"{path}: cannot be read by SimpleITK ({_itk_problem(exc)})") from exc
         shape = tuple(int(n) for n in reader.GetSize())
         if reader.GetNumberOfComponents() != 1:
             raise InvalidLabelMapError(f"{path}: label maps hold one value per voxel, this file holds "
@@ -205,15 +217,8 @@ def read_label_map(path: str | Path) -> LabelMap:
         If the file is missing, empty, not readable in its format, not 3D, or
         holds values that are not whole numbers (e.g. 0.5), NaN or infinite.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise InvalidLabelMapError(f"{path}: file does not exist")
-    if path.stat().st_size == 0:
-        raise InvalidLabelMapError(f"{path}: file is empty")
-    if case_id(path) is None:
-        raise InvalidLabelMapError(f"{path}: not a label map; expected one of {LABEL_MAP_SUFFIXES}")
+    path = _existing_label_map_file(path)
     if path.name.endswith(_NIFTI_SUFFIXES):
-        _check_gzip_magic(path)
         data, spacing, affine = _read_nifti(path)
     else:
         data, spacing, affine = _read_itk(path)
@@ -244,8 +249,7 @@ def _read_itk(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        first_line = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown error"
-        raise InvalidLabelMapError(f"{path}: cannot be read by SimpleITK ({first_line})") from exc
+        raise InvalidLabelMapError(f"{path}: cannot be read by SimpleITK ({_itk_problem(exc)})") from exc
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InvalidLabelMapError(f"{path}: label maps hold one value per voxel, this file holds "
                                    f"{image.GetNumberOfComponentsPerPixel()}")
