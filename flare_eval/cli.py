@@ -57,11 +57,28 @@ def build_parser() -> argparse.ArgumentParser:
         prog="flare-eval",
         description="Evaluate and rank segmentation algorithms the way the FLARE challenges did.",
         epilog="exit codes: 0 success; 1 finished, but some cases had problems (missing or invalid "
-        "predictions, listed on stderr); 2 bad input or arguments",
+        "predictions, failed containers, invalid submissions; listed on stderr); 2 bad input or arguments, or a "
+        "full disk; 130 interrupted (finished cases are kept: rerun to resume)",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_score_parser(commands)
+    _add_rank_parser(commands)
+    _add_run_containers_parser(commands)
+    _add_collect_parser(commands)
+    _add_evaluate_parser(commands)
+    _add_gpu_check_parser(commands)
+    _add_report_parser(commands)
+    _add_quantify_parser(commands)
+    _add_cohorts_parser(commands)
+    _add_compare_parser(commands)
+    _add_review_parser(commands)
+    commands.add_parser("protocols", help="list the protocol presets").set_defaults(handler=_protocols)
+    return parser
 
+
+def _add_score_parser(commands) -> None:
+    """The ``score`` subcommand."""
     score = commands.add_parser(
         "score",
         help="DSC and NSD of every organ of every case",
@@ -95,7 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     score.add_argument("--force", action="store_true", help="rescore cases finished by an interrupted run")
     score.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    score.set_defaults(handler=_score)
 
+
+def _add_rank_parser(commands) -> None:
+    """The ``rank`` subcommand."""
     ranking = commands.add_parser(
         "rank",
         help="rank-then-aggregate ranking, bootstrap stability and Wilcoxon tests",
@@ -114,7 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     ranking.add_argument("--adjust", choices=("holm", "none"), default="holm",
                          help="multiple-testing adjustment over the pairs of one metric (default: holm)")
     ranking.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
+    ranking.set_defaults(handler=_rank)
 
+
+def _add_run_containers_parser(commands) -> None:
+    """The ``run-containers`` subcommand."""
     run = commands.add_parser(
         "run-containers",
         help="run each team's Docker image on each case and measure time, GPU memory and CPU",
@@ -127,7 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="folder of image archives <team>.tar.gz or <team>.tar (as docker save writes them)")
     _add_container_arguments(run)
     run.add_argument("--out", type=Path, required=True, help="runs folder")
+    run.set_defaults(handler=_run_containers)
 
+
+def _add_collect_parser(commands) -> None:
+    """The ``collect`` subcommand."""
     collect = commands.add_parser(
         "collect",
         help="score every team's predictions and gather results.csv for ranking",
@@ -144,7 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scheduler_arguments(collect)
     collect.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     collect.add_argument("--quiet", action="store_true", help="print nothing on stdout")
+    collect.set_defaults(handler=_collect)
 
+
+def _add_evaluate_parser(commands) -> None:
+    """The ``evaluate`` subcommand."""
     evaluate = commands.add_parser(
         "evaluate",
         help="the whole chain: run-containers, score, collect, rank",
@@ -158,7 +191,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=_positive_int, default=1000, help="bootstrap samples (default: 1000)")
     evaluate.add_argument("--seed", type=_non_negative_int, default=DEFAULT_SEED,
                           help=f"random seed of the bootstrap (default: {DEFAULT_SEED})")
+    evaluate.set_defaults(handler=_evaluate)
 
+
+def _add_gpu_check_parser(commands) -> None:
+    """The ``gpu-check`` subcommand."""
     gpu_check = commands.add_parser(
         "gpu-check",
         help="check GPU memory measurement on this machine with a CUDA workload of known use",
@@ -170,7 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     gpu_check.add_argument("--gpu", type=int, default=0, help="GPU index (default: 0)")
     gpu_check.add_argument("--allowance", type=float, default=2048.0,
                            help="GPU memory allowance in MiB for AUC_GPU (default: 2048, FLARE's)")
+    gpu_check.set_defaults(handler=_gpu_check)
 
+
+def _add_report_parser(commands) -> None:
+    """The ``report`` subcommand."""
     report = commands.add_parser(
         "report",
         help="an HTML page with the ranking, stability, significance, per-organ and resource figures",
@@ -190,7 +231,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--pdf", action="store_true",
                         help="also write OUT/report.pdf, the page printed by headless Chromium (no LaTeX)")
     _add_protocol_argument(report)
+    report.set_defaults(handler=_report)
 
+
+def _add_quantify_parser(commands) -> None:
+    """The ``quantify`` subcommand."""
     quantify = commands.add_parser(
         "quantify",
         help="organ volumes (and tubular organ diameters), against ground truth when given",
@@ -204,7 +249,11 @@ def build_parser() -> argparse.ArgumentParser:
     quantify.add_argument("--out", type=Path, required=True, help="output folder")
     quantify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_protocol_argument(quantify)
+    quantify.set_defaults(handler=_quantify)
 
+
+def _add_cohorts_parser(commands) -> None:
+    """The ``cohorts`` subcommand."""
     cohort = commands.add_parser(
         "cohorts",
         help="accuracy per cohort and subgroup (sex, age, manufacturer, ...) with tests across groups",
@@ -219,7 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     cohort.add_argument("--columns", default=None, help="comma-separated metadata columns (default: all)")
     cohort.add_argument("--bins", action="append", default=[], metavar="COLUMN=EDGES",
                         help="bin a numeric column at these inner edges, e.g. age=50,70 (the default for age)")
+    cohort.set_defaults(handler=_cohorts)
 
+
+def _add_compare_parser(commands) -> None:
+    """The ``compare`` subcommand."""
     comparison = commands.add_parser(
         "compare",
         help="two teams or versions case by case: differences, paired t-test, Wilcoxon, bootstrap CI",
@@ -235,7 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
     comparison.add_argument("--samples", type=_positive_int, default=2000, help="bootstrap samples (default: 2000)")
     comparison.add_argument("--seed", type=_non_negative_int, default=None,
                             help="random seed (recorded in comparison.csv)")
+    comparison.set_defaults(handler=_compare)
 
+
+def _add_review_parser(commands) -> None:
+    """The ``review`` subcommand."""
     review = commands.add_parser(
         "review",
         help="cases with an organ at or below a DSC threshold, worst first, for annotation review",
@@ -247,15 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     review.add_argument("--out", type=Path, required=True, help="CSV file to write")
     review.add_argument("--threshold", type=float, default=0.75, help="DSC at or below which a case is listed")
     review.add_argument("--team", default=None, help="reference team (default: the median of all teams)")
-
-    commands.add_parser("protocols", help="list the protocol presets")
-    for name, handler in (("score", _score), ("rank", _rank), ("run-containers", _run_containers),
-                          ("collect", _collect), ("evaluate", _evaluate), ("report", _report),
-                          ("gpu-check", _gpu_check),
-                          ("quantify", _quantify), ("cohorts", _cohorts), ("compare", _compare),
-                          ("review", _review), ("protocols", _protocols)):
-        commands.choices[name].set_defaults(handler=handler)
-    return parser
+    review.set_defaults(handler=_review)
 
 
 def _add_protocol_argument(parser: argparse.ArgumentParser) -> None:
