@@ -84,7 +84,8 @@ def _add_score_parser(commands) -> None:
         help="DSC and NSD of every organ of every case",
         description="Score a folder of predictions against a folder of ground-truth label maps. "
         "Writes OUT/scores.csv (long), OUT/scores_official.csv (official wide layout, 4 decimals) "
-        "and OUT/summary.csv, and prints the per-organ summary. An interrupted run resumes.",
+        "and OUT/summary.csv, and prints the per-organ summary (per region and metric for the KiTS23, "
+        "BraTS 2023, FLARE24 and autoPET presets). An interrupted run resumes.",
     )
     score.add_argument("pred", type=Path,
                        help="folder of predictions (<case>.nii.gz or <case>_0000.nii.gz; also .nii, .mha, .mhd, .nrrd)")
@@ -119,12 +120,13 @@ def _add_rank_parser(commands) -> None:
     """The ``rank`` subcommand."""
     ranking = commands.add_parser(
         "rank",
-        help="rank-then-aggregate ranking, bootstrap stability and Wilcoxon tests",
+        help="the protocol's ranking (FLARE: rank-then-aggregate), bootstrap stability, Wilcoxon tests",
         description="Rank the teams of RESULTS (columns team, case and the protocol's metrics: "
-        "DSC, NSD, Time, AUC_GPU, AUC_CPU for FLARE22). Writes OUT/ranking.csv, bootstrap.csv, "
-        "rank_distribution.csv, bootstrap_ranks.csv, significance.csv, best_vs_rest.csv and settings.json, and prints "
-        "the ranking and the stability summary. Missing cases or values get the protocol's worst value, "
-        "with a warning.",
+        "DSC, NSD, Time, AUC_GPU, AUC_CPU for FLARE22) by the protocol's scheme. Writes OUT/ranking.csv, "
+        "bootstrap.csv, rank_distribution.csv, bootstrap_ranks.csv, significance.csv, best_vs_rest.csv, "
+        "ranking_methods.csv, ranking_methods_tau.csv and settings.json, and prints the ranking, the stability "
+        "summary and the agreement with challengeR's other ranking methods. Missing cases or values get the "
+        "protocol's worst value, with a warning; values outside a metric's range are an error.",
     )
     ranking.add_argument("results", type=Path, help="results.csv: one row per team and case")
     ranking.add_argument("--out", type=Path, required=True, help="output folder")
