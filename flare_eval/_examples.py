@@ -28,6 +28,9 @@ class ExamplePaths:
     runs : Path
         Made-up container records of the teams of ``predictions`` (``<team>/resources.csv`` and
         ``<team>/samples/``, as `run_containers` writes them): with the predictions, one coherent evaluation.
+    challenges : Path
+        Small made-up cases for other challenges' presets: ``<preset>/labels`` and
+        ``<preset>/predictions/<team>`` for ``kits23``, ``brats2023-gli``, ``flare24-t1`` and ``autopet2022``.
     """
 
     labels: Path
@@ -36,6 +39,7 @@ class ExamplePaths:
     cohort_scores: Path
     metadata: Path
     runs: Path
+    challenges: Path
 
 
 def example_paths() -> ExamplePaths:
@@ -49,4 +53,5 @@ def example_paths() -> ExamplePaths:
     """
     root = Path(str(resources.files("flare_eval.example_data")))
     return ExamplePaths(labels=root / "labels", predictions=root / "predictions", results=root / "results.csv",
-                        cohort_scores=root / "cohort_scores.csv", metadata=root / "metadata.csv", runs=root / "runs")
+                        cohort_scores=root / "cohort_scores.csv", metadata=root / "metadata.csv", runs=root / "runs",
+                        challenges=root / "challenges")

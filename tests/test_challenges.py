@@ -245,26 +245,18 @@ def test_flare22_outputs_are_unchanged_by_the_general_protocol(examples):
 
 
 @pytest.mark.parametrize("preset", ["kits23", "brats2023-gli", "flare24-t1", "autopet2022"])
-def test_presets_collect_rank_and_report_end_to_end(preset, tmp_path):
-    """Two teams' predictions of two cases: collect, rank (with bootstrap and tests) and the report."""
-    rng = np.random.default_rng(7)
-    n_labels = max(fe.load_protocol(preset).labels)
-    for case in ("c1", "c2"):
-        gt = np.zeros((30, 30, 16), np.uint8)
-        gt[4:24, 4:24, 2:14] = 1
-        if n_labels >= 2:
-            gt[8:16, 8:16, 4:10] = 2
-        if n_labels >= 3:
-            gt[10:13, 10:13, 5:8] = 3
-        write_nifti(tmp_path / "labels" / f"{case}.nii.gz", gt, (1.0, 1.0, 1.5))
-        for team, shift in (("good", 0), ("off", 2)):
-            pred = np.roll(gt, (shift, int(rng.integers(0, 2)), 0), axis=(0, 1, 2))
-            write_nifti(tmp_path / "runs" / team / "predictions" / f"{case}.nii.gz", pred, (1.0, 1.0, 1.5))
-    results = fe.collect_results(tmp_path / "runs", tmp_path / "labels", tmp_path / "results.csv", preset,
+def test_presets_collect_rank_and_report_the_bundled_examples(preset, examples, tmp_path):
+    """The bundled cases of each preset: collect (scores and results), rank (with bootstrap and tests), report."""
+    import shutil
+
+    source = examples.challenges / preset
+    for team in ("teamA", "teamB"):
+        shutil.copytree(source / "predictions" / team, tmp_path / "runs" / team / "predictions")
+    results = fe.collect_results(tmp_path / "runs", source / "labels", tmp_path / "results.csv", preset,
                                  workers=1, progress=False)
-    assert set(results.team) == {"good", "off"}
+    assert set(results.team) == {"teamA", "teamB"} and len(results) == 6
     outputs = fe.rank_results(tmp_path / "results.csv", tmp_path / "ranking", preset, n_samples=20)
-    assert outputs.ranking.set_index("team").loc["good", "rank"] == 1
+    assert outputs.ranking.set_index("team").loc["teamA", "rank"] == 1  # the close predictions win
     index = fe.report(tmp_path, tmp_path / "report", preset)
     text = index.read_text()
     assert "<h2>Leaderboard" in text and "<h2>Accuracy per region" in text and "<h2>Podium" in text

@@ -85,7 +85,8 @@ def test_non_editable_install_ships_presets_and_examples(tmp_path):
         "print(flare_eval.available_protocols()); "
         "print(flare_eval.load_protocol('flare22').organ(12).tolerance_mm); "
         "print(sorted(p.name for p in flare_eval.example_paths().labels.glob('*.nii.gz'))); "
-        "print((flare_eval.example_paths().runs / 'teamA' / 'samples' / 'case_0001.csv').is_file())"
+        "print((flare_eval.example_paths().runs / 'teamA' / 'samples' / 'case_0001.csv').is_file() and "
+        "(flare_eval.example_paths().challenges / 'kits23' / 'predictions' / 'teamB' / 'case_0003.nii.gz').is_file())"
     )
     result = subprocess.run(
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
