@@ -197,7 +197,8 @@ def false_volumes_ml(labels_gt: np.ndarray, labels_pred: np.ndarray, spacing_mm:
     A predicted component that touches no ground-truth voxel counts fully as
     false-positive volume; a ground-truth component that no predicted voxel
     touches counts fully as false-negative volume. mL = voxels x voxel volume /
-    1000, with ``spacing_mm`` (autoPET takes the prediction's).
+    1000, with ``spacing_mm`` (autoPET takes the prediction's), the voxel volume
+    computed in single precision as the organizers' code does from the header.
 
     Examples
     --------
@@ -206,7 +207,9 @@ def false_volumes_ml(labels_gt: np.ndarray, labels_pred: np.ndarray, spacing_mm:
     >>> false_volumes_ml(gt, pred, (10.0, 10.0, 10.0))
     (2.0, 8.0)
     """
-    voxel_ml = float(np.prod(_check_spacing(spacing_mm, 3))) / 1000.0
+    spacing = _check_spacing(spacing_mm, 3)
+    # In single precision, as the organizers multiply the header's float32 pixdims: identical to the last bit.
+    voxel_ml = float(np.float32(spacing[0]) * np.float32(spacing[1]) * np.float32(spacing[2]) / np.float32(1000))
     box = _mask_box((labels_gt != 0) | (labels_pred != 0))
     if box is None:
         return 0.0, 0.0

@@ -59,7 +59,9 @@ def score_regions(gt: np.ndarray, pred: np.ndarray, spacing_mm: Sequence[float],
         row: dict = {"region": region.name}
         row.update(_score_region(gt, pred, spacing, region, invalid))
         if protocol.rounding is not None:
-            row = {k: (round(v, protocol.rounding) if isinstance(v, float) else v) for k, v in row.items()}
+            # NumPy's rounding (scale, round half to even, unscale), as the official scripts round NumPy floats.
+            row = {k: (float(np.round(np.float64(v), protocol.rounding)) if isinstance(v, float) else v)
+                   for k, v in row.items()}
         rows.append(row)
     return rows
 

@@ -179,16 +179,20 @@ def test_flare24_rules():
     pred = np.zeros_like(gt)
     pred[10:14, 10:14, 6:9] = 1  # DSC well below 0.2: NSD is set to 0 whatever the surfaces
     row = score_regions(gt, pred, (1, 1, 1), protocol)[0]
-    assert row["DSC"] == round(2 * 2 * 2 * 2 / (600 + 48), 4) and row["NSD"] == 0.0
+    assert row["DSC"] == np.round(2 * 2 * 2 * 2 / (600 + 48), 4) and row["NSD"] == 0.0
     near = np.roll(gt, 1, axis=0)
     row = score_regions(gt, near, (1, 1, 1), protocol)[0]
     expected = deepmind.compute_surface_dice_at_tolerance(
         deepmind.compute_surface_distances(gt.astype(bool), near.astype(bool), (1, 1, 1)), 2.0)
-    assert row["NSD"] == round(expected, 4) and row["DSC"] == 0.9  # rounded to 4 decimals
+    assert row["NSD"] == np.round(expected, 4) and row["DSC"] == 0.9  # rounded to 4 decimals, as NumPy rounds
     row = score_regions(gt, np.where(gt == 1, 2, 0).astype(np.uint8) + gt, (1, 1, 1), protocol)[0]
     assert (row["DSC"], row["NSD"]) == (0.0, 0.0)  # a label other than 0 and 1 in the prediction
     empty = np.zeros_like(gt)
     assert score_regions(empty, empty, (1, 1, 1), protocol)[0]["DSC"] == 1.0
+    # The label check comes first: an empty ground truth and a prediction holding label 2 score 0, not 1.
+    stray = np.zeros_like(gt)
+    stray[0, 0, 0] = 2
+    assert score_regions(empty, stray, (1, 1, 1), protocol)[0]["DSC"] == 0.0
 
 
 # autoPET 2022 -----------------------------------------------------------------------------------------
