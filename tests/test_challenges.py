@@ -264,3 +264,34 @@ def test_presets_collect_rank_and_report_the_bundled_examples(preset, examples, 
     index = fe.report(tmp_path, tmp_path / "report", preset)
     text = index.read_text()
     assert "<h2>Leaderboard" in text and "<h2>Accuracy per region" in text and "<h2>Podium" in text
+
+
+@pytest.mark.parametrize(("preset", "expected_x_mm"), [("kits23", 0.80004), ("flare24-t1", 0.8)])
+def test_spacing_comes_from_the_header_the_preset_names(preset, expected_x_mm, tmp_path, monkeypatch):
+    """KiTS, BraTS and autoPET read the prediction's spacing, FLARE24 the ground truth's (same grid, 1e-4 apart)."""
+    import flare_eval.regions as regions
+
+    gt = np.zeros((12, 12, 8), np.uint8)
+    gt[3:8, 3:8, 2:6] = 1
+    write_nifti(tmp_path / "gt.nii.gz", gt, (0.8, 0.8, 2.5))
+    write_nifti(tmp_path / "pred.nii.gz", gt, (0.80004, 0.8, 2.5))
+    seen = []
+    original = regions.score_regions
+
+    def recording(g, p, spacing, protocol):
+        seen.append(tuple(spacing))
+        return original(g, p, spacing, protocol)
+
+    monkeypatch.setattr(regions, "score_regions", recording)
+    scores = fe.score_case(tmp_path / "pred.nii.gz", tmp_path / "gt.nii.gz", preset)
+    assert set(scores.status) == {"ok"}
+    assert seen[0][0] == pytest.approx(expected_x_mm, abs=1e-7)
+
+
+def test_flare24_one_empty_scores_zero():
+    protocol = fe.load_protocol("flare24-t1")
+    gt = np.zeros((10, 10, 10), np.uint8)
+    pred = gt.copy()
+    pred[2:5, 2:5, 2:5] = 1
+    assert [score_regions(gt, pred, (1, 1, 1), protocol)[0][m] for m in ("DSC", "NSD")] == [0.0, 0.0]
+    assert [score_regions(pred, gt, (1, 1, 1), protocol)[0][m] for m in ("DSC", "NSD")] == [0.0, 0.0]
