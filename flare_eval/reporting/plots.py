@@ -127,7 +127,13 @@ def radar_figure(ranking: pd.DataFrame, metrics: Sequence[str], teams: Sequence[
     return figure
 
 
-def rank_blob_figure(ranks: np.ndarray, teams: Sequence[str], full_rank: Sequence[int]) -> Figure:
+def _bootstrap_arrays(result) -> tuple[np.ndarray, list[str], np.ndarray]:
+    """Ranks, teams and full ranks (in the teams' order) of a `flare_eval.ranking.BootstrapResult`."""
+    full = result.rank_distribution.set_index("team").loc[list(result.teams), "rank"].to_numpy()
+    return result.ranks, list(result.teams), full
+
+
+def rank_blob_figure(ranks, teams: Sequence[str] | None = None, full_rank: Sequence[int] | None = None) -> Figure:
     """Bootstrap rank distributions (challengeR's blob plot).
 
     Bubble area: share of samples in which the team has that rank; black
@@ -135,9 +141,22 @@ def rank_blob_figure(ranks: np.ndarray, teams: Sequence[str], full_rank: Sequenc
 
     Parameters
     ----------
-    ranks : (n_samples, n_teams) ndarray
-        Rank of each team (columns in ``teams`` order) in each sample.
+    ranks : (n_samples, n_teams) ndarray or BootstrapResult
+        Rank of each team (columns in ``teams`` order) in each sample; or what
+        `flare_eval.bootstrap_stability` returns, which brings teams and ranks.
+    teams, full_rank : optional
+        Needed with an array: the teams and their ranks on all cases.
+
+    Examples
+    --------
+    >>> import flare_eval as fe, pandas as pd
+    >>> table = pd.read_csv(fe.example_paths().results)
+    >>> boot = fe.bootstrap_stability(table[table.team != "teamL"], n_samples=50, seed=1)
+    >>> rank_blob_figure(boot).axes[0].get_title()
+    'Ranking stability over 50 bootstrap samples'
     """
+    if teams is None:
+        ranks, teams, full_rank = _bootstrap_arrays(ranks)
     order = np.argsort(np.asarray(full_rank), kind="stable")
     n_teams = len(teams)
     figure = Figure(figsize=(_team_axis_inches(n_teams) + 1, max(3.5, 0.12 * n_teams + 3)), layout="constrained")
@@ -438,16 +457,29 @@ def podium_figure(results: pd.DataFrame, ranking: pd.DataFrame, metric: str, *, 
     return figure
 
 
-def ranking_methods_figure(methods: pd.DataFrame, agreement: pd.DataFrame, *, ax=None) -> Figure:
+def ranking_methods_figure(methods: pd.DataFrame, agreement: pd.DataFrame | None = None, *, ax=None) -> Figure:
     """Each team's final rank under each ranking method, joined per team, with Kendall's tau to the official one.
 
     Parameters
     ----------
     methods : pandas.DataFrame
         ``team`` and one rank column per method (``ranking_methods.csv``).
-    agreement : pandas.DataFrame
-        ``method, kendall_tau`` (``ranking_methods_tau.csv``).
+    agreement : pandas.DataFrame, optional
+        ``method, kendall_tau`` (``ranking_methods_tau.csv``); computed from
+        ``methods`` when not given.
+
+    Examples
+    --------
+    >>> import flare_eval as fe, pandas as pd
+    >>> table = pd.read_csv(fe.example_paths().results)
+    >>> methods = fe.ranking_methods(table[table.team != "teamL"])
+    >>> len(ranking_methods_figure(methods).axes)
+    1
     """
+    if agreement is None:
+        from ..ranking import ranking_methods_agreement
+
+        agreement = ranking_methods_agreement(methods)
     columns = [c for c in methods.columns if c != "team"]
     n_teams = len(methods)
     if ax is None:
@@ -471,14 +503,23 @@ def ranking_methods_figure(methods: pd.DataFrame, agreement: pd.DataFrame, *, ax
     return figure
 
 
-def rank_frequency_figure(ranks: np.ndarray, teams: Sequence[str], team_order: Sequence[str], *, ax=None) -> Figure:
+def rank_frequency_figure(ranks, teams: Sequence[str] | None = None, team_order: Sequence[str] | None = None, *,
+                          ax=None) -> Figure:
     """Stacked frequency of each team's ranks over the bootstrap samples.
 
     Parameters
     ----------
-    ranks : (n_samples, n_teams) ndarray
-        Every team's rank in every sample, columns in ``teams`` order.
+    ranks : (n_samples, n_teams) ndarray or BootstrapResult
+        Every team's rank in every sample, columns in ``teams`` order; or what
+        `flare_eval.bootstrap_stability` returns.
+    teams, team_order : optional
+        With an array: its columns' teams, and the order to draw them in
+        (default: by rank on all cases).
     """
+    if teams is None:
+        ranks, teams, full = _bootstrap_arrays(ranks)
+        team_order = team_order or [teams[i] for i in np.argsort(full, kind="stable")]
+    team_order = team_order or list(teams)
     n_teams = len(team_order)
     if ax is None:
         figure = Figure(figsize=(_team_axis_inches(n_teams) + 2.5, 4.2), layout="constrained")
