@@ -438,7 +438,7 @@ def run_container(
     # The clock of time_s and of every sample starts before the container is created, as the official
     # script timed the whole `docker container run` (create, start, run, exit).
     start = sampler.start()
-    created = False
+    creating = True  # until the engine has answered: interrupted then, the container may appear later
     try:
         try:
             container = client.containers.create(
@@ -472,11 +472,13 @@ def run_container(
                 detach=True,
             )
         except docker.errors.ImageNotFound as exc:
+            creating = False
             raise ContainerError(f"team {team}: image {image!r} not found on the engine") from exc
         except docker.errors.APIError as exc:
+            creating = False
             raise ContainerError(f"team {team}, case {case}: the engine refused to create the container ({exc})") \
                 from exc
-        created = True
+        creating = False
         container.start()
         try:
             container.wait(timeout=limits.timeout_s)
@@ -511,7 +513,7 @@ def run_container(
     finally:
         sampler.stop()
         # Also when interrupted while the engine was creating it: the container may exist without a handle.
-        _remove_by_name(client, name, may_be_creating=not created)
+        _remove_by_name(client, name, may_be_creating=creating)
         cgroup.remove()
         watchdog.kill()
         watchdog.wait()
