@@ -4,7 +4,8 @@ The public API, re-exported here, covers each step of the data flow:
 
 * protocols: `load_protocol`, `available_protocols`, `Protocol`;
 * metrics on arrays: `dice_coefficient`, `surface_distances`, `normalized_surface_dice`;
-* reading label maps: `read_label_map`, `pair_cases`;
+* reading label maps: `read_label_map`, `read_header` (the header alone, before trusting a file), `pair_cases`;
+* other challenges (KiTS23, BraTS 2023, FLARE24, autoPET): `score_regions` on arrays, `region_results`;
 * scoring: `score_case`, `score_folder`, `score_teams`, `score` (writes the output tables),
   locally or on a Dask cluster (``scheduler=``),
   `summarize_scores`, `official_table`;
@@ -31,7 +32,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     from ._examples import ExamplePaths, example_paths
     from .harness import ContainerError, ContainerInterface, ContainerLimits, Submission, run_containers
-    from .io import InvalidLabelMapError, LabelMap, pair_cases, read_label_map, read_scores
+    from .io import InvalidLabelMapError, LabelMap, pair_cases, read_header, read_label_map, read_scores
     from .metrics import SurfaceDistances, dice_coefficient, normalized_surface_dice, surface_distances
     from .pipeline import (
         CohortOutputs,
@@ -64,7 +65,8 @@ if TYPE_CHECKING:
         ranking_methods_agreement,
         significance,
     )
-    from .results import assemble_results
+    from .regions import score_regions
+    from .results import assemble_results, region_results
     from .scoring import (
         FlareEvalWarning,
         OrganScore,
@@ -80,7 +82,7 @@ if TYPE_CHECKING:
 _SOURCES = {
     "._examples": ("ExamplePaths", "example_paths"),
     ".harness": ("ContainerError", "ContainerInterface", "ContainerLimits", "Submission", "run_containers"),
-    ".io": ("InvalidLabelMapError", "LabelMap", "pair_cases", "read_label_map", "read_scores"),
+    ".io": ("InvalidLabelMapError", "LabelMap", "pair_cases", "read_header", "read_label_map", "read_scores"),
     ".metrics": ("SurfaceDistances", "dice_coefficient", "normalized_surface_dice", "surface_distances"),
     ".pipeline": ("CohortOutputs", "EvaluationOutputs", "QuantifyOutputs", "RankingOutputs", "cohorts",
                   "collect_results", "compare", "evaluate", "quantify", "rank_results", "report", "review"),
@@ -88,7 +90,8 @@ _SOURCES = {
     ".ranking": ("BootstrapResult", "RankingWarning", "ResultsTableError", "best_versus_rest",
                  "bootstrap_stability", "case_ranks", "holm_adjust", "kendall_tau_b", "paired_wilcoxon",
                  "prepare_results", "rank", "ranking_methods", "ranking_methods_agreement", "significance"),
-    ".results": ("assemble_results",),
+    ".results": ("assemble_results", "region_results"),
+    ".regions": ("score_regions",),
     ".scoring": ("FlareEvalWarning", "OrganScore", "official_table", "score", "score_case", "score_folder",
                  "score_teams", "summarize_scores"),
 }
@@ -115,6 +118,7 @@ __all__ = [
     "InvalidLabelMapError",
     "LabelMap",
     "pair_cases",
+    "read_header",
     "read_label_map",
     "SurfaceDistances",
     "dice_coefficient",
@@ -147,6 +151,8 @@ __all__ = [
     "collect_results",
     "evaluate",
     "assemble_results",
+    "region_results",
+    "score_regions",
     "ContainerError",
     "ContainerInterface",
     "ContainerLimits",

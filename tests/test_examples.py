@@ -26,3 +26,12 @@ def test_readme_python_example_runs_when_pasted(tmp_path, monkeypatch):
         warnings.simplefilter("ignore")  # the example table lacks a case for one team, on purpose
         exec(compile(block, "README.md", "exec"), {})
     assert (tmp_path / "quantify" / "agreement.csv").is_file()
+
+
+def test_every_public_name_resolves_lazily():
+    import flare_eval as fe
+
+    assert sorted(fe.__all__) == sorted(["__version__", *fe._MODULE_OF])
+    for name in fe.__all__:
+        assert getattr(fe, name) is not None, name
+    assert "score_regions" in dir(fe)
