@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .metrics import _check_spacing, _mask_box, surface_distances
+from .metrics import _check_spacing, _mask_box, _union_of_boxes, surface_distances
 
 __all__ = ["connected_components", "LesionWiseScores", "brats_lesion_wise", "false_volumes_ml"]
 
@@ -156,8 +156,7 @@ def brats_lesion_wise(
             n_tp += 1
             union_box = box
             for match in matches:
-                union_box = tuple(slice(min(a.start, b.start), max(a.stop, b.stop))
-                                  for a, b in zip(union_box, component_boxes[match - 1]))
+                union_box = _union_of_boxes(union_box, component_boxes[match - 1])
             lesion_mask = lesion_of_voxel[union_box] == lesion
             union = np.isin(predicted[union_box], matches)
             dices.append(2.0 * int(np.count_nonzero(lesion_mask & union))

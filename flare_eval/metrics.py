@@ -328,6 +328,24 @@ def _mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
     return tuple(box)
 
 
+def _union_of_boxes(box_a: tuple[slice, ...] | None, box_b: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
+    """The smallest box holding both boxes (None stands for an empty box)."""
+    if box_a is None:
+        return box_b
+    if box_b is None:
+        return box_a
+    return tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box_a, box_b))
+
+
+def _labels_outside(labels: np.ndarray, known: Sequence[int]) -> list[int]:
+    """Values of a label map other than 0 and ``known``, sorted (a min/max pass first, unique only when needed)."""
+    low, high = int(labels.min()), int(labels.max())
+    allowed = {0, *known}
+    if low >= 0 and all(v in allowed for v in range(low, high + 1)):
+        return []
+    return [int(v) for v in np.unique(labels) if int(v) not in allowed]
+
+
 def _union_box(mask_a: np.ndarray, mask_b: np.ndarray) -> tuple[slice, ...] | None:
     """Bounding box (as slices) of the union of two masks; None if both are empty."""
     return _mask_box(mask_a | mask_b)

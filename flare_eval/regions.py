@@ -53,7 +53,7 @@ def score_regions(gt: np.ndarray, pred: np.ndarray, spacing_mm: Sequence[float],
     if gt.shape != pred.shape:
         raise ValueError(f"gt and pred must have the same shape, got {gt.shape} and {pred.shape}")
     spacing = metrics._check_spacing(spacing_mm, 3)
-    invalid = protocol.invalid_labels == "zero_scores" and _has_foreign_labels(pred, protocol.labels)
+    invalid = protocol.invalid_labels == "zero_scores" and bool(metrics._labels_outside(pred, protocol.labels))
     rows = []
     for region in protocol.regions:
         row: dict = {"region": region.name}
@@ -64,12 +64,6 @@ def score_regions(gt: np.ndarray, pred: np.ndarray, spacing_mm: Sequence[float],
                    for k, v in row.items()}
         rows.append(row)
     return rows
-
-
-def _has_foreign_labels(labels: np.ndarray, known: Sequence[int]) -> bool:
-    allowed = {0, *known}
-    values = np.unique(labels)
-    return any(int(v) not in allowed for v in values)
 
 
 def _score_region(gt: np.ndarray, pred: np.ndarray, spacing: np.ndarray, region: Region, invalid: bool) -> dict:

@@ -158,7 +158,7 @@ def score_label_maps(
         raise ValueError(f"label maps must be 3D, got shape {gt.shape}")
     spacing = metrics._check_spacing(spacing_mm, 3)
     for name, labels in (("ground truth", gt), ("prediction", pred)):
-        unknown = _unknown_labels(labels, protocol.labels)
+        unknown = metrics._labels_outside(labels, protocol.labels)
         if unknown:
             warnings.warn(
                 f"{name} holds values {unknown} that are not labels of protocol {protocol.name!r}; "
@@ -212,23 +212,6 @@ def _restrict_box(labels: np.ndarray, box: tuple[slice, ...] | None, axis: int, 
     return tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(limited, inner))
 
 
-def _unknown_labels(labels: np.ndarray, known: Sequence[int]) -> list[int]:
-    low, high = int(labels.min()), int(labels.max())
-    allowed = {0, *known}
-    if low >= 0 and all(v in allowed for v in range(low, high + 1)):
-        return []
-    values = np.unique(labels)
-    return [int(v) for v in values if int(v) not in allowed]
-
-
-def _union(box_a: tuple[slice, ...] | None, box_b: tuple[slice, ...] | None) -> tuple[slice, ...] | None:
-    if box_a is None:
-        return box_b
-    if box_b is None:
-        return box_a
-    return tuple(slice(min(a.start, b.start), max(a.stop, b.stop)) for a, b in zip(box_a, box_b))
-
-
 def _score_organ(
     gt: np.ndarray,
     pred: np.ndarray,
@@ -258,7 +241,7 @@ def _score_organ(
         gt_box = _restrict_box(gt, gt_box, axis, slice(first, stop), label)
         pred_box = _restrict_box(pred, pred_box, axis, slice(first, stop), label)
 
-    box = _union(gt_box, pred_box)
+    box = metrics._union_of_boxes(gt_box, pred_box)
     gt_mask = gt[box] == label
     pred_mask = pred[box] == label
     gt_vx = int(np.count_nonzero(gt_mask))
