@@ -42,6 +42,7 @@ __all__ = [
     "drop_torn_tail",
     "read_table",
     "read_scores",
+    "read_resources",
 ]
 
 LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
@@ -524,3 +525,16 @@ def read_scores(source: str | Path) -> pd.DataFrame:
         raise ValueError(f"{source} holds no <team>/scores.csv")
     return pd.concat([read_table(p, role="scores table").assign(team=p.parent.name) for p in files],
                      ignore_index=True)
+
+
+def read_resources(runs_dir: str | Path) -> pd.DataFrame:
+    """Every team's ``<runs_dir>/<team>/resources.csv`` as one table, the team taken from the folder name.
+
+    Folders whose names start with a dot (the harness's ``.scratch``) are not
+    teams. An empty table when no team has run yet.
+    """
+    import pandas as pd
+
+    files = [path for path in sorted(Path(runs_dir).glob("*/resources.csv")) if not path.parent.name.startswith(".")]
+    frames = [read_table(path, role="resources table").assign(team=path.parent.name) for path in files]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

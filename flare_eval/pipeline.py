@@ -16,7 +16,7 @@ import pandas as pd
 
 from ._text import preview
 from ._version import __version__
-from .io import read_scores, read_table, write_table
+from .io import read_resources, read_scores, read_table, write_table
 from .protocol import Protocol, load_protocol
 from .ranking import (
     DEFAULT_SEED,
@@ -163,7 +163,7 @@ def collect_results(
     team_dirs = sorted(p for p in runs_dir.iterdir() if (p / "predictions").is_dir() or (p / "resources.csv").exists())
     if not team_dirs:
         raise ValueError(f"runs folder {runs_dir} holds no team folders (with predictions/ or resources.csv)")
-    scores, resources = [], []
+    scores = []
     for team_dir in team_dirs:
         (team_dir / "predictions").mkdir(exist_ok=True)
         with warnings.catch_warnings():
@@ -172,13 +172,11 @@ def collect_results(
             team_scores, _ = score(team_dir / "predictions", labels_dir, team_dir, protocol, workers=workers,
                                    progress=progress, force=True, scheduler=scheduler, ship=ship)
         scores.append(team_scores.assign(team=team_dir.name))
-        if (team_dir / "resources.csv").exists():
-            team_resources = read_table(team_dir / "resources.csv", role="resources table")
-            resources.append(team_resources.assign(team=team_dir.name))
-    if resources and warn_unmeasured:
-        _warn_unmeasured_gpu(pd.concat(resources, ignore_index=True))
-    results = assemble_results(pd.concat(scores, ignore_index=True),
-                               pd.concat(resources, ignore_index=True) if resources else None, protocol)
+    resources = read_resources(runs_dir)
+    if not resources.empty and warn_unmeasured:
+        _warn_unmeasured_gpu(resources)
+    results = assemble_results(pd.concat(scores, ignore_index=True), None if resources.empty else resources,
+                               protocol)
     write_table(results, Path(out_csv) if out_csv else runs_dir / "results.csv")
     return results
 

@@ -49,6 +49,7 @@ from ..io import (
     convert_image,
     drop_torn_tail,
     read_header,
+    read_resources,
     read_table,
     write_table,
 )
@@ -517,9 +518,9 @@ def run_containers(
             # Containers of workers lost mid-case, where they share this engine.
             remove_stale_containers(engine, settings.runs_label)
         _empty_scratch(runs_dir / _SCRATCH)
-    frames = [read_table(p, role="resources table")
-              for p in sorted(runs_dir.glob("*/resources.csv")) if p.parent.name != _SCRATCH]
-    resources = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=RESOURCE_COLUMNS)
+    resources = read_resources(runs_dir)
+    if resources.empty:
+        resources = pd.DataFrame(columns=RESOURCE_COLUMNS)
     resources.attrs["rejected_submissions"] = rejected
     _warn_if_machines_differ(resources)
     return resources

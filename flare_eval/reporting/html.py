@@ -21,7 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .._version import __version__
-from ..io import read_scores, read_table
+from ..io import read_resources, read_scores, read_table
 from ..protocol import Protocol, load_protocol
 from . import plots
 
@@ -197,7 +197,7 @@ def build_report(
     if team is not None and known and team not in known:
         raise ValueError(f"--team {team!r} is not a team of this evaluation; teams: {', '.join(sorted(known))}")
 
-    resources = _read_resources(inputs.runs_dir)
+    resources = read_resources(inputs.runs_dir) if inputs.runs_dir is not None else pd.DataFrame()
     ranking_settings = _read_json(inputs.ranking_dir / "settings.json") if inputs.ranking_dir else {}
     run_settings = _read_json(inputs.runs_dir / "settings.json") if inputs.runs_dir else {}
     page.section("Run facts", _run_facts(protocol, results, resources, ranking_settings, run_settings))
@@ -389,12 +389,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-
-
-def _read_resources(runs_dir: Path | None) -> pd.DataFrame:
-    files = sorted(runs_dir.glob("*/resources.csv")) if runs_dir is not None else []
-    frames = [read_table(path, role="resources table") for path in files if path.parent.name != ".scratch"]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def _run_facts(protocol: Protocol, results: pd.DataFrame | None, resources: pd.DataFrame, ranking_settings: dict,
