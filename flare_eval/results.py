@@ -49,7 +49,6 @@ def assemble_results(
     protocol = load_protocol(protocol)
     if protocol.regions:
         return _region_results_with_status(scores, resources, protocol)
-    worst = {m.name: m.worst for m in protocol.ranking_metrics}
     labels = set(protocol.labels)
     organ_scores = scores[scores["label"].isin(labels)]
     table = organ_scores.groupby(["team", "case"], sort=True)[["DSC", "NSD"]].mean().reset_index()
@@ -62,12 +61,7 @@ def assemble_results(
         for metric in _RESOURCE_METRICS:
             table[metric] = np.nan
         table["status"] = np.nan
-    table["status"] = table["status"].fillna(STATUS_NO_RUN)
-    penalized = table["status"].isin(PENALIZED_STATUSES)
-    for metric, value in worst.items():
-        if metric in table:
-            table.loc[penalized, metric] = value
-    return table[RESULT_COLUMNS].sort_values(["team", "case"], ignore_index=True)
+    return _apply_penalties(table, protocol)[RESULT_COLUMNS]
 
 
 def region_results(scores: pd.DataFrame, protocol: str | Protocol) -> pd.DataFrame:
@@ -94,10 +88,16 @@ def _region_results_with_status(scores: pd.DataFrame, resources: pd.DataFrame | 
     if resources is not None and len(resources):
         latest = resources.drop_duplicates(["team", "case"], keep="last")[["team", "case", "status"]]
         table = table.merge(latest, on=["team", "case"], how="outer")
-        table["status"] = table["status"].astype(object).fillna(STATUS_NO_RUN)
     else:
-        table["status"] = STATUS_NO_RUN
+        table["status"] = np.nan
+    return _apply_penalties(table, protocol)
+
+
+def _apply_penalties(table: pd.DataFrame, protocol: Protocol) -> pd.DataFrame:
+    """Cases without a run get status ``no_run``; failed ones the protocol's worst value of every metric."""
+    table["status"] = table["status"].astype(object).fillna(STATUS_NO_RUN)
     penalized = table["status"].isin(PENALIZED_STATUSES)
     for metric in protocol.ranking_metrics:
-        table.loc[penalized, metric.name] = metric.worst
+        if metric.name in table:
+            table.loc[penalized, metric.name] = metric.worst
     return table.sort_values(["team", "case"], ignore_index=True)
