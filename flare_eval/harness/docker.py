@@ -319,17 +319,14 @@ def load_image_archive(client: docker.DockerClient, archive: Path, info: Archive
     return info.image_id
 
 
-def remove_image(client: docker.DockerClient, image_id: str) -> bool:
-    """Remove an image by ID (with its tags); False if it is in use or already gone."""
+def remove_image(client: docker.DockerClient, image_id: str) -> None:
+    """Remove an image by ID (with its tags); one that is in use or already gone is left as it is."""
     import docker
 
     try:
         client.images.remove(image_id, force=True, noprune=False)
-    except docker.errors.ImageNotFound:
-        return False
-    except docker.errors.APIError:
-        return False
-    return True
+    except docker.errors.APIError:  # ImageNotFound included
+        pass
 
 
 def image_exists(client: docker.DockerClient, reference: str) -> bool:

@@ -470,6 +470,7 @@ def run_containers(
         warnings.warn("GPU memory is not measured (no GPU asked for): AUC_GPU is 0 for every case",
                       HarnessWarning, stacklevel=2)
     todo = []
+    manifests: dict[str, ArchiveInfo] = {}  # read once here, and trusted at load time only if still the same
     for submission in submissions:
         identity = _identify(engine, submission)
         team_dir = runs_dir / submission.team
@@ -486,30 +487,34 @@ def run_containers(
             warnings.warn(f"team {submission.team}: invalid submission, not run: {identity}", HarnessWarning,
                           stacklevel=2)
             continue
+        if identity.archive is not None:
+            manifests[submission.team] = identity.archive
         todo.extend((replace(submission, image_id=identity.image_id), case) for case in remaining)
     # A terminal gets a bar naming the case running now; a log file gets a line per finished case.
     interactive = progress if progress is not None else sys.stderr.isatty()
     lines = progress is None and not sys.stderr.isatty()
     bar = tqdm(total=len(todo), unit="case", disable=not interactive)
-    finished = [0]
 
     def starting(team: str, case: str) -> None:
         bar.set_description(f"running {team} {case} since {time.strftime('%H:%M:%S')}")
 
+    finished = 0  # counted here: a disabled bar counts nothing
+
     def record(outcome: CaseOutcome) -> None:
+        nonlocal finished
         team, case = outcome.row["team"], outcome.row["case"]
         record_case(outcome, runs_dir / team, interface.prediction_name(case))
-        finished[0] += 1
+        finished += 1
         bar.set_postfix(last=f"{team} {case} {outcome.row['status']} {outcome.row['time_s']:.1f}s")
         bar.update(1)
         if lines:
-            print(f"[{finished[0]}/{len(todo)}] {team} {case}: {outcome.row['status']}, "
+            print(f"[{finished}/{len(todo)}] {team} {case}: {outcome.row['status']}, "
                   f"{outcome.row['time_s']:.1f} s", file=sys.stderr, flush=True)
 
     try:
         with _sigterm_as_interrupt():
             if scheduler is None:
-                _run_here(engine, todo, cases, settings, gpus, record, keep_images, starting)
+                _run_here(engine, todo, cases, settings, gpus, record, keep_images, starting, manifests)
             else:
                 _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record)
     finally:
@@ -659,7 +664,7 @@ def _empty_scratch(scratch: Path) -> None:
         _remove_tree(scratch)
 
 
-def _remove_tree(path: Path) -> bool:
+def _remove_tree(path: Path) -> None:
     """Remove a folder a container wrote into, also entries it made read-only or mode 000; warn if that fails.
 
     Write permission is given back, folder by folder, before each removal. What
@@ -682,11 +687,10 @@ def _remove_tree(path: Path) -> bool:
     if path.exists():
         warnings.warn(f"could not remove {path} (files a container made that this user may not delete); "
                       "remove it as root, it is tried again at the next start", HarnessWarning, stacklevel=3)
-        return False
-    return True
 
 
-def _run_here(engine, todo, cases, settings, gpus, record, keep_images: bool = False, starting=None) -> None:
+def _run_here(engine, todo, cases, settings, gpus, record, keep_images: bool = False, starting=None,
+              manifests: dict[str, ArchiveInfo] | None = None) -> None:
     gpu = _select_gpu(gpus)
     host = socket.gethostname()
     loaded: dict[str, str | InvalidSubmissionError] = {}
@@ -697,7 +701,7 @@ def _run_here(engine, todo, cases, settings, gpus, record, keep_images: bool = F
             team = submission.team
             if team not in loaded:
                 had_before[team] = image_exists(engine, submission.image_id)
-                loaded[team] = _load_submission(engine, submission)
+                loaded[team] = _load_submission(engine, submission, (manifests or {}).get(team))
             image = loaded[team]
             if starting is not None:
                 starting(team, case)
@@ -714,12 +718,18 @@ def _run_here(engine, todo, cases, settings, gpus, record, keep_images: bool = F
             gpu.close()
 
 
-def _load_submission(engine, submission: Submission) -> str | InvalidSubmissionError:
-    """The image ID to run; an archive is loaded now (its tags are never trusted, see `load_image_archive`)."""
+def _load_submission(engine, submission: Submission, manifest: ArchiveInfo | None = None
+                     ) -> str | InvalidSubmissionError:
+    """The image ID to run; an archive is loaded now (its tags are never trusted, see `load_image_archive`).
+
+    ``manifest``, read when the submissions were checked, spares a second pass
+    over the archive; an archive replaced since then loads another image,
+    which `load_image_archive` refuses.
+    """
     if submission.archive is None:
         return submission.image_id
     try:
-        return load_image_archive(engine, submission.archive)
+        return load_image_archive(engine, submission.archive, manifest)
     except InvalidSubmissionError as exc:
         warnings.warn(f"team {submission.team}: invalid submission, not run: {exc}", HarnessWarning, stacklevel=3)
         return exc
