@@ -674,25 +674,31 @@ def significance(
     if adjust not in ADJUST_METHODS:
         raise ValueError(f"adjust must be one of {ADJUST_METHODS}, got {adjust!r}")
     matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
-    n_teams = len(matrix.teams)
-    first, second = np.nonzero(~np.eye(n_teams, dtype=bool))
     _warn_no_common_cases(matrix)
     frames = []
-    for m, metric in enumerate(matrix.metrics):
-        values = np.where(matrix.observed[m], matrix.values[m], np.nan).T  # (T, C)
-        a, b = values[first], values[second]
-        p = paired_wilcoxon(a, b, "greater" if metric.higher_is_better else "less")
+    for metric, first, second, n_cases, p in _pairwise_tests(matrix):
         adjusted = holm_adjust(p) if adjust == "holm" else p.copy()
         frames.append(pd.DataFrame({
             "metric": metric.name,
             "team_a": np.asarray(matrix.teams)[first],
             "team_b": np.asarray(matrix.teams)[second],
-            "n_cases": (~np.isnan(a) & ~np.isnan(b)).sum(axis=1),
+            "n_cases": n_cases,
             "p_value": p,
             "p_adjusted": adjusted,
             "significant": _is_significant(adjusted, alpha),
         }))
     return pd.concat(frames, ignore_index=True)
+
+
+def _pairwise_tests(matrix: ResultsMatrix):
+    """Per metric: ``(metric, team_a indices, team_b indices, common cases, one-sided p-values)`` of every
+    ordered pair, on the values that were in the table (filled-in worst values are not tested)."""
+    first, second = np.nonzero(~np.eye(len(matrix.teams), dtype=bool))
+    for m, metric in enumerate(matrix.metrics):
+        values = np.where(matrix.observed[m], matrix.values[m], np.nan).T  # (T, C)
+        a, b = values[first], values[second]
+        p = paired_wilcoxon(a, b, "greater" if metric.higher_is_better else "less")
+        yield metric, first, second, (~np.isnan(a) & ~np.isnan(b)).sum(axis=1), p
 
 
 def best_versus_rest(
@@ -800,12 +806,8 @@ def ranking_methods(
 
 def _test_then_rank_per_metric(matrix: ResultsMatrix, alpha: float) -> np.ndarray:
     """(n_metrics, n_teams) ranks by the number of significant one-sided wins (more is better)."""
-    n_teams = len(matrix.teams)
-    first, second = np.nonzero(~np.eye(n_teams, dtype=bool))
-    wins = np.zeros((len(matrix.metrics), n_teams))
-    for m, metric in enumerate(matrix.metrics):
-        values = np.where(matrix.observed[m], matrix.values[m], np.nan).T  # (T, C)
-        p = paired_wilcoxon(values[first], values[second], "greater" if metric.higher_is_better else "less")
+    wins = np.zeros((len(matrix.metrics), len(matrix.teams)))
+    for m, (_, first, _, _, p) in enumerate(_pairwise_tests(matrix)):
         np.add.at(wins[m], first, _is_significant(p, alpha))
     return _min_ranks(wins, np.ones(len(matrix.metrics), bool))
 
