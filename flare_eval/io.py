@@ -1,8 +1,11 @@
 """Reading and writing label maps, pairing predictions with ground truth, CSV tables.
 
-This is the only module that opens image files. NIfTI (``.nii``, ``.nii.gz``)
-is read with nibabel, MetaImage (``.mha``, ``.mhd``) and NRRD (``.nrrd``) with
-SimpleITK; every format yields the same `LabelMap`: the array indexed
+This is the only module that opens image files, and it opens only files that
+pass the allow-list of `flare_eval.formats` (self-contained regular files,
+headers checked by flare-eval's own parser before any library sees them).
+NIfTI (``.nii``, ``.nii.gz``) is read with nibabel, MetaImage (``.mha``,
+``.mhd``) and NRRD (``.nrrd``) with SimpleITK, each through the descriptor that
+was checked; every format yields the same `LabelMap`: the array indexed
 ``[i, j, k]`` along the file's own voxel axes, and the voxel-to-world affine in
 RAS+ millimetres (ITK's LPS geometry is converted). Labels keep their stored
 integer type (never read through float64 or wrapped to uint8, unlike the
@@ -13,12 +16,15 @@ the file header; there is no default spacing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .formats import LabelFileFacts, RefusedFileError, inspect_label_file, open_checked
 from .geometry import affine_from_itk, itk_image
 
 if TYPE_CHECKING:
@@ -135,18 +141,30 @@ class ImageHeader:
         return self.n_voxels * max(self.dtype.itemsize, 8)
 
 
-def _existing_label_map_file(path: str | Path) -> Path:
-    """The path, once it is known to be a non-empty file of a label-map format (gzip magic checked)."""
+@contextmanager
+def _checked_file(path: str | Path, *, follow_link: bool) -> Iterator[tuple[Path, int, LabelFileFacts]]:
+    """Open a file that passed the allow-list (`flare_eval.formats`): its path, descriptor and header facts.
+
+    Everything below reads through the yielded descriptor, so the libraries
+    parse the very file that was checked.
+    """
     path = Path(path)
-    if not path.is_file():
+    if follow_link and path.is_symlink():
+        path = path.resolve()
+    if not os.path.lexists(path):
         raise InvalidLabelMapError(f"{path}: file does not exist")
-    if path.stat().st_size == 0:
-        raise InvalidLabelMapError(f"{path}: file is empty")
-    if case_id(path) is None:
-        raise InvalidLabelMapError(f"{path}: not a label map; expected one of {LABEL_MAP_SUFFIXES}")
-    if path.name.endswith(_NIFTI_SUFFIXES):
-        _check_gzip_magic(path)
-    return path
+    try:
+        descriptor = open_checked(path)
+    except (RefusedFileError, OSError) as exc:
+        raise InvalidLabelMapError(f"{path}: {exc}") from None
+    try:
+        try:
+            facts = inspect_label_file(path, descriptor)
+        except (RefusedFileError, OSError) as exc:
+            raise InvalidLabelMapError(f"{path}: {exc}") from None
+        yield path, descriptor, facts
+    finally:
+        os.close(descriptor)
 
 
 def _itk_problem(exc: RuntimeError) -> str:
@@ -155,55 +173,45 @@ def _itk_problem(exc: RuntimeError) -> str:
     return text.splitlines()[-1] if text else "unknown error"
 
 
-def read_header(path: str | Path) -> ImageHeader:
+def read_header(path: str | Path, *, follow_link: bool = False) -> ImageHeader:
     """Read an image's header only: shape and voxel type, never the data.
 
     This is how untrusted files are checked before anything is allocated for
-    them: an 83-byte file can claim 2000 x 2000 x 2000 voxels.
-
-    Raises
-    ------
-    InvalidLabelMapError
-        If the file is missing, empty, of an unknown format, or its header
-        cannot be read or holds a voxel type that is not a real number.
-    """
-    path = _existing_label_map_file(path)
-    if path.name.endswith(_NIFTI_SUFFIXES):
-        import nibabel as nib
-
-        try:
-            header = nib.load(str(path)).header
-            shape, dtype = tuple(int(n) for n in header.get_data_shape()), np.dtype(header.get_data_dtype())
-        except Exception as exc:  # nibabel raises many types for corrupt headers
-            raise InvalidLabelMapError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
-    else:
-        import SimpleITK as sitk
-
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(path))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as exc:
-            raise InvalidLabelMapError(f"{path}: cannot be read by SimpleITK ({_itk_problem(exc)})") from exc
-        shape = tuple(int(n) for n in reader.GetSize())
-        if reader.GetNumberOfComponents() != 1:
-            raise InvalidLabelMapError(f"{path}: label maps hold one value per voxel, this file holds "
-                                       f"{reader.GetNumberOfComponents()}")
-        dtype = np.dtype(sitk.GetArrayViewFromImage(sitk.Image([1] * reader.GetDimension(),
-                                                               reader.GetPixelID())).dtype)
-    if dtype.kind not in "biuf":
-        raise InvalidLabelMapError(f"{path}: voxel type {dtype} cannot hold labels")
-    if any(n < 0 for n in shape):
-        raise InvalidLabelMapError(f"{path}: header claims a negative size {shape}")
-    return ImageHeader(shape=shape, dtype=dtype, path=path)
-
-
-def read_label_map(path: str | Path) -> LabelMap:
-    """Read a 3D label map (``.nii``, ``.nii.gz``, ``.mha``, ``.mhd`` or ``.nrrd``).
+    them: an 83-byte file can claim 2000 x 2000 x 2000 voxels. The header is
+    parsed by flare-eval itself (`flare_eval.formats`), never by an imaging
+    library, and only self-contained files of the accepted formats pass.
 
     Parameters
     ----------
     path : str or Path
+    follow_link : bool
+        Accept a symbolic link (and read what it points to). For the
+        organizer's own files only; predictions must be regular files.
+
+    Raises
+    ------
+    InvalidLabelMapError
+        If the file is missing, empty, a link or special file, of an unknown
+        format, keeps its data in another file, or its header is malformed or
+        holds a voxel type that is not a real number.
+    """
+    with _checked_file(path, follow_link=follow_link) as (path, _, facts):
+        return ImageHeader(shape=facts.shape, dtype=facts.dtype, path=path)
+
+
+def read_label_map(path: str | Path, *, follow_link: bool = False) -> LabelMap:
+    """Read a 3D label map (``.nii``, ``.nii.gz``, ``.mha``, ``.mhd`` or ``.nrrd``).
+
+    Only a self-contained regular file passes (see `flare_eval.formats`): a
+    link, a detached header or data kept in another file is refused before
+    any library parses it.
+
+    Parameters
+    ----------
+    path : str or Path
+    follow_link : bool
+        Accept a symbolic link (the organizer's ground truth); predictions
+        must be regular files.
 
     Returns
     -------
@@ -215,40 +223,61 @@ def read_label_map(path: str | Path) -> LabelMap:
     Raises
     ------
     InvalidLabelMapError
-        If the file is missing, empty, not readable in its format, not 3D, or
-        holds values that are not whole numbers (e.g. 0.5), NaN or infinite.
+        If the file is refused by the allow-list, not readable in its format,
+        not 3D, or holds values that are not whole numbers (e.g. 0.5), NaN or
+        infinite.
     """
-    path = _existing_label_map_file(path)
-    if path.name.endswith(_NIFTI_SUFFIXES):
-        data, spacing, affine = _read_nifti(path)
-    else:
-        data, spacing, affine = _read_itk(path)
+    data, spacing, affine, path = _read_image(path, follow_link=follow_link)
+    return LabelMap(array=_as_integer_labels(data, path), spacing_mm=spacing, affine=affine, path=path)
+
+
+def _read_image(path: str | Path, *, follow_link: bool) -> tuple[np.ndarray, tuple[float, ...], np.ndarray, Path]:
+    """Voxel values (any real type), spacing and affine of a checked 3D image file."""
+    with _checked_file(path, follow_link=follow_link) as (path, descriptor, facts):
+        if facts.format.startswith("nifti"):
+            data, spacing, affine = _read_nifti(path, descriptor, facts)
+        else:
+            data, spacing, affine = _read_itk(path, descriptor, facts)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
         raise InvalidLabelMapError(f"{path}: label maps must be 3D, got shape {data.shape}")
     if not all(np.isfinite(s) and s > 0 for s in spacing):
         raise InvalidLabelMapError(f"{path}: header spacing must be positive, got {spacing}")
-    return LabelMap(array=_as_integer_labels(data, path), spacing_mm=spacing, affine=affine, path=path)
+    return data, spacing, affine, path
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+def _read_nifti(path: Path, descriptor: int, facts: LabelFileFacts
+                ) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+    import gzip
+
     import nibabel as nib
 
+    kind = nib.Nifti1Image if facts.format == "nifti1" else nib.Nifti2Image
     try:
-        image = nib.load(str(path))
-        data = np.asanyarray(image.dataobj)
-        zooms = image.header.get_zooms()
+        with os.fdopen(os.dup(descriptor), "rb") as raw:
+            raw.seek(0)
+            stream = gzip.GzipFile(fileobj=raw, mode="rb") if facts.compressed else raw
+            image = kind.from_stream(stream)
+            data = np.asanyarray(image.dataobj)
+            zooms = image.header.get_zooms()
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InvalidLabelMapError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
     return data, tuple(float(z) for z in zooms[:3]), image.affine
 
 
-def _read_itk(path: Path) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
+_ITK_IO = {"metaimage": "MetaImageIO", "nrrd": "NrrdImageIO"}
+
+
+def _read_itk(path: Path, descriptor: int, facts: LabelFileFacts) -> tuple[np.ndarray, tuple[float, ...], np.ndarray]:
     import SimpleITK as sitk
 
+    reader = sitk.ImageFileReader()
+    # The descriptor's own path: SimpleITK reads the checked file, with the reader of the checked format.
+    reader.SetFileName(f"/proc/self/fd/{descriptor}" if os.path.isdir("/proc/self/fd") else f"/dev/fd/{descriptor}")
+    reader.SetImageIO(_ITK_IO[facts.format])
     try:
-        image = sitk.ReadImage(str(path))
+        image = reader.Execute()
     except RuntimeError as exc:
         raise InvalidLabelMapError(f"{path}: cannot be read by SimpleITK ({_itk_problem(exc)})") from exc
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -284,25 +313,18 @@ def write_label_map(array: np.ndarray, affine: np.ndarray, path: str | Path) -> 
     return path
 
 
-def convert_image(source: str | Path, target: str | Path) -> Path:
-    """Copy an image (CT or label map) into another format, geometry and values unchanged (SimpleITK)."""
-    import SimpleITK as sitk
+def convert_image(source: str | Path, target: str | Path, *, follow_link: bool = False) -> Path:
+    """Copy an image (CT or label map) into another format, geometry and values unchanged.
 
+    The source passes the same allow-list as every label map (see `read_label_map`).
+    """
+    data, _, affine, _ = _read_image(source, follow_link=follow_link)
     target = Path(target)
     try:
-        sitk.WriteImage(sitk.ReadImage(str(source)), str(target), useCompression=True)
-    except RuntimeError as exc:
+        write_label_map(data, affine, target)
+    except (RuntimeError, ValueError) as exc:
         raise InvalidLabelMapError(f"{source}: cannot be converted to {target.name} ({exc})") from exc
     return target
-
-
-def _check_gzip_magic(path: Path) -> None:
-    with open(path, "rb") as handle:
-        is_gzip = handle.read(2) == b"\x1f\x8b"
-    if path.name.endswith(".gz") and not is_gzip:
-        raise InvalidLabelMapError(f"{path}: name ends in .gz but the file is not gzip-compressed")
-    if not path.name.endswith(".gz") and is_gzip:
-        raise InvalidLabelMapError(f"{path}: file is gzip-compressed but its name does not end in .gz")
 
 
 def _as_integer_labels(data: np.ndarray, path: Path) -> np.ndarray:
@@ -361,7 +383,8 @@ def _label_map_files(folder: Path, role: str) -> dict[str, Path]:
     files: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         cid = case_id(path)
-        if cid is not None and path.is_file():
+        # A link is listed, not followed: reading it gives the case a status that says why it was refused.
+        if cid is not None and (path.is_symlink() or path.is_file()):
             if cid in files:
                 raise ValueError(f"{role} folder {folder} holds case {cid!r} twice: {files[cid].name} and "
                                  f"{path.name}; keep one")

@@ -307,7 +307,7 @@ def quantify(
     frames = []
     show = None if progress is None else not progress
     for case, source, path in tqdm(jobs, desc="measuring", unit="map", disable=show):
-        label_map = read_label_map(path)
+        label_map = read_label_map(path, follow_link=source == "ground_truth")
         axis, _ = superior_axis(label_map.affine)
         frames.append(measure_label_map(label_map.array, label_map.spacing_mm, protocol, axis=axis)
                       .assign(case=case, source=source))

@@ -478,7 +478,7 @@ def _score_case_task(team: str | None, pair: CasePair, protocol: Protocol, optio
     """Task: score one case from files; returns ``(team, rows, warning messages)``."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FlareEvalWarning)
-        gt_map = read_label_map(pair.gt_path)
+        gt_map = read_label_map(pair.gt_path, follow_link=True)
         if protocol.regions:
             rows = [{"case": pair.case, **row} for row in _score_region_pair(gt_map, pair.pred_path, protocol, options)]
         else:

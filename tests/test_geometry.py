@@ -41,7 +41,7 @@ def variants(array, affine):
     yield "RAS.nrrd", array, affine
     yield "LPS.mha", *flipped(*flipped(array, affine, 0), 1)
     yield "ASR.nii.gz", *transposed(array, affine, (1, 2, 0))
-    yield "RAI.mhd", *flipped(array, affine, 2)
+    yield "RAI.mha", *flipped(array, affine, 2)
 
 
 def test_prediction_in_any_format_or_orientation_scores_the_same(case, tmp_path):
@@ -150,5 +150,10 @@ def test_bad_itk_file_is_a_clear_error(tmp_path):
     from flare_eval import InvalidLabelMapError
 
     (tmp_path / "x.mha").write_text("ObjectType = Image\nNDims = 3\n")
-    with pytest.raises(InvalidLabelMapError, match=r"x\.mha: cannot be read by SimpleITK"):
+    with pytest.raises(InvalidLabelMapError, match=r"x\.mha: no ElementDataFile field"):
         read_label_map(tmp_path / "x.mha")
+    # A header that passes the checks, with its data cut short: SimpleITK's own error, named.
+    (tmp_path / "y.mha").write_text("ObjectType = Image\nNDims = 3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
+                                    "ElementDataFile = LOCAL\nxx")
+    with pytest.raises(InvalidLabelMapError, match=r"y\.mha: cannot be read by SimpleITK"):
+        read_label_map(tmp_path / "y.mha")

@@ -51,7 +51,7 @@ def test_nan_values_are_an_error(tmp_path):
         ("empty.nii.gz", b"", "file is empty"),
         ("plain.nii.gz", b"not gzip at all", "not gzip-compressed"),
         ("zipped.nii", gzip.compress(b"xx"), "does not end in .gz"),
-        ("garbage.nii.gz", gzip.compress(b"garbage"), "cannot be read as NIfTI"),
+        ("garbage.nii.gz", gzip.compress(b"garbage"), "a NIfTI header takes 348 bytes"),
         ("notes.txt", b"hello", "not a label map"),
     ],
 )

@@ -346,7 +346,7 @@ def _stage_input(image_path: Path, target: Path) -> None:
     source_extension = image_path.name[len(case_id(image_path) or ""):]
     target_extension = target.name[len(case_id(target) or ""):]
     if source_extension != target_extension:
-        convert_image(image_path, target)
+        convert_image(image_path, target, follow_link=True)
         return
     try:
         os.link(image_path, target)
