@@ -1,4 +1,11 @@
-"""Where tasks run: in this process, in a local process pool, or on a Dask cluster.
+"""Where tasks run: in bounded worker processes here, or on a Dask cluster.
+
+Tasks that parse or score untrusted files run in disposable worker processes
+with a wall-time limit and an address-space limit (`TaskLimits`): a task that
+exceeds either, or whose process dies, becomes that task's failure
+(``on_failure``) and the run goes on; its process is killed and replaced. A
+worker never takes SIGINT itself: when the command is interrupted, the caller
+kills every worker, including one stuck inside a library's C code.
 
 Dask (``pip install flare-eval[dask]``) is optional: it is imported only when a
 scheduler is given. On a cluster, tasks are submitted a bounded number at a
@@ -9,14 +16,16 @@ yielded as they arrive, so callers can write them incrementally.
 from __future__ import annotations
 
 import os
+import signal
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures import as_completed as local_as_completed
-from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["run_tasks", "connect", "workers_see_files", "prepare_workers", "SHIP_MODES"]
+__all__ = ["run_tasks", "run_bounded", "TaskLimits", "TaskFailure", "TaskFailed", "connect", "workers_see_files",
+           "prepare_workers", "SHIP_MODES"]
 
 #: How task inputs reach Dask workers: as file paths (shared file system) or as bytes.
 SHIP_MODES = ("auto", "paths", "bytes")
@@ -40,6 +49,29 @@ def connect(scheduler: Any):
         return Client(scheduler, timeout=30)
     except (OSError, TimeoutError) as exc:
         raise ValueError(f"cannot connect to the Dask scheduler at {scheduler!r}: {exc}") from exc
+
+
+@dataclass(frozen=True)
+class TaskLimits:
+    """Bounds of one task on untrusted input (scoring a case, checking a file).
+
+    Attributes
+    ----------
+    time_s : float
+        Wall-clock seconds one task may take.
+    memory_mib : float
+        Address space of the worker process in MiB (``RLIMIT_AS``): a task
+        that asks for more gets a ``MemoryError`` or dies, and fails alone.
+    """
+
+    time_s: float = 600.0
+    memory_mib: float = 8192.0
+
+    def __post_init__(self) -> None:
+        for name in ("time_s", "memory_mib"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < float("inf")):
+                raise ValueError(f"task limit {name} must be a positive finite number, got {value!r}")
 
 
 # glibc mallopt parameters.
@@ -93,6 +125,7 @@ def run_tasks(
     resources: dict[str, float] | None = None,
     prepare: Callable[[tuple], tuple] | None = None,
     on_failure: Callable[[tuple, str], Any] | None = None,
+    limits: TaskLimits | None = None,
 ) -> Iterator[Any]:
     """Run ``function(*arguments)`` for each tuple and yield the results as they complete.
 
@@ -102,9 +135,11 @@ def run_tasks(
         A module-level function (it is pickled).
     argument_tuples : sequence of tuple
     workers : int
-        Local processes when ``client`` is None (1: run here, in order).
+        Bounded local worker processes when ``client`` is None.
     client : distributed.Client, optional
-        Run on this Dask cluster instead.
+        Run on this Dask cluster instead. There the workers' nanny bounds
+        memory (``memory_limit``) and restarts a worker that dies; a task's
+        time is not bounded.
     in_flight : int, optional
         On a cluster, how many tasks may be submitted and unfinished at once
         (default: twice the cluster's threads).
@@ -117,54 +152,178 @@ def run_tasks(
         (e.g. reading files into bytes), so that only ``in_flight`` payloads are
         held at once.
     on_failure : callable, optional
-        In local processes, the result of a task whose worker process died:
-        ``on_failure(arguments, message)``; the other tasks go on. Without it,
-        a dead worker raises ``BrokenProcessPool``.
+        The result of a task that exceeded a limit or whose process died:
+        ``on_failure(arguments, failure)`` with a `TaskFailure`; the other
+        tasks go on. Without it,
+        such a task raises `TaskFailed`. Exceptions a task raises itself are
+        raised here.
+    limits : TaskLimits, optional
+        Time and memory of one local task (default `TaskLimits()`).
     """
     prepare = prepare or (lambda arguments: arguments)
+    limits = limits or TaskLimits()
     if client is not None:
         yield from _run_on_cluster(function, argument_tuples, client, in_flight, retries, resources, prepare)
-    elif workers <= 1:
-        for arguments in argument_tuples:
-            yield function(*prepare(arguments))
     else:
-        yield from _run_in_pool(function, argument_tuples, workers, prepare, on_failure)
+        yield from run_bounded(function, argument_tuples, workers=workers, limits=limits, prepare=prepare,
+                               on_failure=on_failure)
 
 
-def _run_in_pool(function, argument_tuples, workers, prepare, on_failure) -> Iterator[Any]:
-    """Local processes; a worker that dies (killed for memory, a crash in a library) breaks the pool.
+@dataclass(frozen=True)
+class TaskFailure:
+    """Why a task has no result: ``kind`` is ``time`` or ``memory`` (a limit of `TaskLimits`) or ``died``."""
 
-    The tasks the broken pool left unfinished then run again one at a time, each in
-    a fresh process, so that the one that kills its worker is found: its result is
-    ``on_failure(arguments, message)``, and every other task still completes.
-    """
-    tasks = list(argument_tuples)
-    finished: set[int] = set()
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(function, *prepare(arguments)): i for i, arguments in enumerate(tasks)}
+    kind: str
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class TaskFailed(RuntimeError):
+    """A task exceeded its limits or its process died, and no ``on_failure`` was given."""
+
+
+def _worker_main(connection, memory_bytes: int) -> None:
+    """Loop of a bounded worker: run each ``(function, arguments)`` received, send back its outcome."""
+    import resource
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interruption stops
+    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    _keep_large_allocations()
+    while True:
         try:
-            for future in local_as_completed(futures):
-                try:
-                    result = future.result()
-                except BrokenProcessPool:
-                    break
-                finished.add(futures[future])
-                yield result
-            else:
-                return
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-    unfinished = [arguments for i, arguments in enumerate(tasks) if i not in finished]
-    if on_failure is None:
-        raise BrokenProcessPool("a worker process died while running tasks (killed for memory?)")
-    for arguments in unfinished:
-        with ProcessPoolExecutor(max_workers=1) as alone:
-            try:
-                yield alone.submit(function, *prepare(arguments)).result()
-            except BrokenProcessPool:
-                yield on_failure(arguments, "its worker process died (killed for memory, or a crash in a library)")
+            message = connection.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        function, arguments = message
+        try:
+            outcome = ("ok", function(*arguments))
+        except MemoryError:
+            outcome = ("memory", None)
+        except Exception as exc:  # sent to the parent, which raises it there
+            outcome = ("error", exc)
+        try:
+            connection.send(outcome)
+        except Exception as exc:  # an unpicklable result or exception
+            connection.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
+        if outcome[0] == "memory":
+            return  # memory may be fragmented or half-freed: a fresh worker takes the next task
+
+
+@dataclass
+class _Worker:
+    process: Any
+    connection: Any
+    task: int | None = None
+    deadline: float = 0.0
+
+    def stop(self) -> None:
+        if self.process.is_alive():
+            self.process.kill()
+        self.process.join()
+        self.connection.close()
+
+
+def _context():
+    import multiprocessing
+
+    # forkserver: workers start from a clean process (no threads of the caller's copied mid-lock) and the
+    # scoring modules are imported once in the server, not once per worker.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["flare_eval.scoring", "flare_eval.io"])
+    return context
+
+
+def _start_worker(context, limits: TaskLimits) -> _Worker:
+    parent, child = context.Pipe()
+    process = context.Process(target=_worker_main, args=(child, int(limits.memory_mib * 2**20)), daemon=True)
+    process.start()
+    child.close()
+    return _Worker(process, parent)
+
+
+def run_bounded(
+    function: Callable[..., Any],
+    argument_tuples: Iterable[tuple],
+    *,
+    workers: int = 1,
+    limits: TaskLimits | None = None,
+    prepare: Callable[[tuple], tuple] | None = None,
+    on_failure: Callable[[tuple, str], Any] | None = None,
+) -> Iterator[Any]:
+    """Run each task in a bounded, disposable worker process; yield results as they complete.
+
+    See `run_tasks` for the parameters. A worker that exceeds ``limits`` or
+    dies is killed and replaced; its task's result is
+    ``on_failure(arguments, failure)``, the `TaskFailure` naming the bound.
+    """
+    from multiprocessing.connection import wait
+
+    limits = limits or TaskLimits()
+    prepare = prepare or (lambda arguments: arguments)
+    tasks = list(argument_tuples)
+    pending = deque(range(len(tasks)))
+    context = _context()
+    idle: list[_Worker] = []
+    busy: list[_Worker] = []
+
+    def fail(worker: _Worker, kind: str, message: str):
+        arguments = tasks[worker.task]
+        worker.stop()
+        busy.remove(worker)
+        if on_failure is None:
+            raise TaskFailed(message)
+        return on_failure(arguments, TaskFailure(kind, message))
+
+    try:
+        while pending or busy:
+            while pending and len(busy) < max(1, workers):
+                worker = idle.pop() if idle else _start_worker(context, limits)
+                worker.task = pending.popleft()
+                worker.connection.send((function, prepare(tasks[worker.task])))
+                worker.deadline = time.monotonic() + limits.time_s
+                busy.append(worker)
+            timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
+            wait([w.connection for w in busy] + [w.process.sentinel for w in busy], timeout=timeout)
+            for worker in list(busy):
+                if worker.connection.poll():
+                    try:
+                        kind, value = worker.connection.recv()
+                    except (EOFError, OSError):
+                        yield fail(worker, "died", _death(worker))
+                        continue
+                    if kind == "ok":
+                        busy.remove(worker)
+                        idle.append(worker)
+                        yield value
+                    elif kind == "memory":
+                        yield fail(worker, "memory",
+                                   f"it needed more than the memory limit of {limits.memory_mib:g} MiB")
+                    else:
+                        busy.remove(worker)
+                        idle.append(worker)
+                        raise value
+                elif not worker.process.is_alive():
+                    yield fail(worker, "died", _death(worker))
+                elif time.monotonic() >= worker.deadline:
+                    yield fail(worker, "time",
+                               f"it took longer than the time limit of {limits.time_s:g} s and was stopped")
+    finally:
+        for worker in idle + busy:
+            worker.stop()
+
+
+def _death(worker: _Worker) -> str:
+    worker.process.join(timeout=5)
+    code = worker.process.exitcode
+    if code is not None and code < 0:
+        name = signal.Signals(-code).name
+        return (f"its worker process was killed by {name} (out of memory, or a crash in a library)"
+                if name in ("SIGKILL", "SIGSEGV", "SIGABRT", "SIGBUS") else f"its worker process ended by {name}")
+    return f"its worker process died (exit code {code})"
 
 
 def _run_on_cluster(function, argument_tuples, client, in_flight, retries, resources, prepare) -> Iterator[Any]:

@@ -371,11 +371,13 @@ def _nrrd_facts(text: bytes) -> LabelFileFacts:
     if not text.startswith(b"NRRD000"):
         raise RefusedFileError("not an NRRD file (no NRRD000x magic)")
     lines, found = _header_lines(text, lambda line: line == "")
-    if not found:
-        raise RefusedFileError(f"no attached data: the header does not end within {MAX_TEXT_HEADER_BYTES} bytes "
-                               "(a detached .nhdr header is not accepted)")
+    for line in lines[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("data file", "datafile") and not value.startswith("="):
+            raise RefusedFileError(f"NRRD data lies outside the file ({line[:80]!r}); only attached data (a single "
+                                   ".nrrd file) is accepted")
     fields: dict[str, str] = {}
-    for line in lines[1:-1]:
+    for line in lines[1:-1] if found else lines[1:]:
         if line.startswith("#") or ":=" in line.partition(": ")[0]:
             continue  # comments and key/value pairs carry no geometry or data location
         key, colon, value = line.partition(": ")
@@ -385,10 +387,9 @@ def _nrrd_facts(text: bytes) -> LabelFileFacts:
         if key in fields:
             raise RefusedFileError(f"NRRD header field {key!r} appears twice")
         fields[key] = value.strip()
-    for detached in ("data file", "datafile"):
-        if detached in fields:
-            raise RefusedFileError(f"NRRD data lies outside the file ({detached}: {fields[detached][:80]!r}); only "
-                                   "attached data (a single .nrrd file) is accepted")
+    if not found:
+        raise RefusedFileError(f"no attached data: the header does not end within {MAX_TEXT_HEADER_BYTES} bytes "
+                               "(a detached .nhdr header is not accepted)")
     n_dims = _integer(fields.get("dimension"), "dimension")
     if not 1 <= n_dims <= _MAX_DIMENSIONS:
         raise RefusedFileError(f"NRRD dimension {n_dims}; label maps have 3")

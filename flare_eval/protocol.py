@@ -18,6 +18,7 @@ The schema (all lengths in millimetres)::
                   "tie_method": "min"},
       "resources": {"gpu_allowance_mib": 2048, "time_limit_s": 3600,
                     "gpu_memory": "container"},
+      "scoring_limits": {"time_s": 600, "memory_mib": 8192},
       "container": {"input_mount": "/workspace/inputs", "output_mount": "/workspace/outputs",
                     "command": ["/bin/bash", "-c", "sh predict.sh"],
                     "input_name": "{case}_0000.nii.gz", "output_name": "{case}.nii.gz"}
@@ -35,6 +36,8 @@ from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from .execution import TaskLimits
 
 __all__ = [
     "ContainerInterface",
@@ -259,6 +262,7 @@ class Protocol:
     rounding: int | None = None
     ranking_scheme: str = "rank_then_aggregate"
     tie_break: str | None = None
+    scoring_limits: TaskLimits = TaskLimits()
 
     @property
     def score_columns(self) -> tuple[str, ...]:
@@ -354,9 +358,11 @@ def _load_json(protocol: str | Path, seen: tuple[str, ...]) -> tuple[dict[str, A
     """The protocol's fields, with those of the protocol it extends underneath."""
     text, source = _read_protocol_text(protocol)
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
+        data = json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
         raise ValueError(f"protocol file {source}: not valid JSON ({exc})") from exc
+    except RecursionError:
+        raise ValueError(f"protocol file {source}: nested too deeply to be a protocol") from None
     if not isinstance(data, dict):
         raise ValueError(f"protocol file {source}: top level must be a JSON object")
     base_name = data.pop("extends", None)
@@ -369,6 +375,17 @@ def _load_json(protocol: str | Path, seen: tuple[str, ...]) -> tuple[dict[str, A
         base_path = Path(source).parent / base_path
     base, _ = _load_json(base_path if base_path.suffix == ".json" else str(base_name), (*seen, source))
     return {**base, **data}, source
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:30]} is too large to be finite")
+    return value
+
+
+def _no_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a number a protocol may hold")
 
 
 def _read_protocol_text(protocol: str | Path) -> tuple[str, str]:
@@ -483,7 +500,17 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
         rounding=None if data.get("rounding") is None else int(data["rounding"]),
         ranking_scheme=_choice(ranking, "scheme", RANKING_SCHEMES, "rank_then_aggregate", source),
         tie_break=ranking.get("tie_break"),
+        scoring_limits=_scoring_limits(data.get("scoring_limits") or {}, source),
     )
+
+
+def _scoring_limits(raw: Any, source: str) -> TaskLimits:
+    if not isinstance(raw, dict) or set(raw) - {"time_s", "memory_mib"}:
+        raise ValueError(f"protocol file {source}: scoring_limits must be an object with time_s and/or memory_mib")
+    try:
+        return TaskLimits(**{key: float(value) for key, value in raw.items()})
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"protocol file {source}: scoring_limits: {exc}") from None
 
 
 def _choice(data: dict[str, Any], key: str, allowed: tuple[str, ...], default: str, source: str) -> str:

@@ -18,7 +18,10 @@ prediction on another grid       0, status              0 (with ``resample``:
                                  ``geometry_mismatch``  nearest neighbour,
                                                         ``resampled``)
 prediction unreadable/invalid    0, status              0
-                                 ``invalid_prediction``
+(a link, detached data, ...)     ``invalid_prediction``
+scoring beyond the protocol's    0, status              0
+``scoring_limits``               ``time_limit`` or
+                                 ``memory_limit``
 header claims another voxel      0, status              0; the data is never
 count than the GT (a bomb)       ``geometry_mismatch``  read (with ``resample``:
                                                         read up to
@@ -76,6 +79,8 @@ __all__ = [
     "STATUS_MISSING",
     "STATUS_GEOMETRY_MISMATCH",
     "STATUS_INVALID_PREDICTION",
+    "STATUS_TIME_LIMIT",
+    "STATUS_MEMORY_LIMIT",
     "MAX_RESAMPLE_BYTES",
 ]
 
@@ -87,6 +92,9 @@ SCORED_STATUSES = (STATUS_OK, STATUS_REORIENTED, STATUS_RESAMPLED)
 STATUS_MISSING = "missing"
 STATUS_GEOMETRY_MISMATCH = "geometry_mismatch"
 STATUS_INVALID_PREDICTION = "invalid_prediction"
+#: The case's scoring exceeded the protocol's ``scoring_limits`` (see `flare_eval.execution.TaskLimits`).
+STATUS_TIME_LIMIT = "time_limit"
+STATUS_MEMORY_LIMIT = "memory_limit"
 
 #: Largest prediction (bytes once read) that ``resample`` reads when its grid differs from the ground truth's.
 MAX_RESAMPLE_BYTES = 2 * 1024**3
@@ -519,15 +527,16 @@ def _score_case_from_bytes(team: str | None, pair: CasePair, gt_bytes: bytes, pr
     return team, rows, [original(m) for m in messages]
 
 
-def _worker_died(arguments: tuple, reason: str):
-    """The result of a case whose scoring process died: 0 for every organ, with a message naming the files."""
-    team, pair, protocol, _ = arguments
-    message = f"scoring {pair.pred_path} against {pair.gt_path} failed: {reason}"
+def _worker_died(arguments: tuple, failure):
+    """The result of a case whose scoring exceeded a limit or died: 0 for every organ, the message naming the files."""
+    team, pair, protocol = arguments[0], arguments[1], arguments[-2]
+    status = {"time": STATUS_TIME_LIMIT, "memory": STATUS_MEMORY_LIMIT}.get(failure.kind, STATUS_INVALID_PREDICTION)
+    message = f"scoring {pair.pred_path} against {pair.gt_path} failed: {failure}"
     if protocol.regions:
-        rows = [{"case": pair.case, "region": region.name, "status": STATUS_INVALID_PREDICTION, "message": message}
+        rows = [{"case": pair.case, "region": region.name, "status": status, "message": message}
                 for region in protocol.regions]
     else:
-        rows = [{"case": pair.case, **asdict(s)} for s in _failed_case(protocol, STATUS_INVALID_PREDICTION, message)]
+        rows = [{"case": pair.case, **asdict(s)} for s in _failed_case(protocol, status, message)]
     return team, rows, [f"case {pair.case}: {message}"]
 
 
@@ -590,7 +599,8 @@ def _score_many(
     bar = tqdm(total=len(jobs), desc="scoring", unit="case", disable=None if progress is None else not progress)
     try:
         for team, rows, messages in run_tasks(task, arguments, workers=local_workers, client=client,
-                                              prepare=prepare, on_failure=_worker_died):
+                                              prepare=prepare, on_failure=_worker_died,
+                                              limits=protocol.scoring_limits):
             for message in messages:
                 warnings.warn(message, FlareEvalWarning, stacklevel=4)
             frame = pd.DataFrame(rows, columns=base)

@@ -1,11 +1,12 @@
-"""Local task execution: a worker process that dies fails its own task, never the batch."""
+"""Bounded task execution: a task that hangs, eats memory or kills its worker fails alone; the batch goes on."""
 
 import os
-from concurrent.futures.process import BrokenProcessPool
+import time
 
+import numpy as np
 import pytest
 
-from flare_eval.execution import run_tasks
+from flare_eval.execution import TaskFailed, TaskLimits, run_bounded, run_tasks
 
 
 def square_or_die(x):
@@ -14,15 +15,111 @@ def square_or_die(x):
     return x * x
 
 
+def hang_or_square(x):
+    if x == 1:
+        while True:  # no sleep: a loop inside a library that never returns would look the same
+            pass
+    return x * x
+
+
+def allocate_or_square(x):
+    if x == 2:
+        return int(np.ones(2 * 2**30, np.uint8).sum())  # 2 GiB, beyond the limit below
+    return x * x
+
+
+def raise_value_error(x):
+    raise ValueError(f"bad input {x}")
+
+
+def own_pid(_):
+    return os.getpid()
+
+
+def noted(arguments, failure):
+    return ("failed", arguments[0], failure.kind, str(failure))
+
+
 def test_a_dying_worker_fails_only_its_own_task():
-    results = list(run_tasks(square_or_die, [(i,) for i in range(6)], workers=2,
-                             on_failure=lambda arguments, reason: ("failed", arguments[0], reason)))
+    results = list(run_tasks(square_or_die, [(i,) for i in range(6)], workers=2, on_failure=noted))
     squares = sorted(r for r in results if isinstance(r, int))
     failed = [r for r in results if isinstance(r, tuple)]
     assert squares == [0, 1, 4, 16, 25]
-    assert len(failed) == 1 and failed[0][:2] == ("failed", 3) and "worker process died" in failed[0][2]
+    assert len(failed) == 1 and failed[0][:3] == ("failed", 3, "died") and "worker process died" in failed[0][3]
 
 
 def test_without_a_failure_handler_a_dying_worker_raises():
-    with pytest.raises(BrokenProcessPool):
+    with pytest.raises(TaskFailed, match="worker process died"):
         list(run_tasks(square_or_die, [(i,) for i in range(5)], workers=2))
+
+
+def test_a_task_past_its_time_limit_is_stopped_and_named():
+    # The limit is far above what the other tasks need, whatever the machine's load.
+    results = list(run_bounded(hang_or_square, [(i,) for i in range(4)], workers=2,
+                               limits=TaskLimits(time_s=5), on_failure=noted))
+    assert sorted(r for r in results if isinstance(r, int)) == [0, 4, 9]
+    assert [r[:3] for r in results if isinstance(r, tuple)] == [("failed", 1, "time")]
+    assert "time limit of 5 s" in next(r for r in results if isinstance(r, tuple))[3]
+
+
+def test_a_task_past_its_memory_limit_fails_alone():
+    results = list(run_bounded(allocate_or_square, [(i,) for i in range(4)], workers=1,
+                               limits=TaskLimits(memory_mib=1024), on_failure=noted))
+    assert sorted(r for r in results if isinstance(r, int)) == [0, 1, 9]
+    failed = [r for r in results if isinstance(r, tuple)]
+    assert [r[:3] for r in failed] == [("failed", 2, "memory")] and "1024 MiB" in failed[0][3]
+
+
+def test_exceptions_of_a_task_are_raised_in_the_caller():
+    with pytest.raises(ValueError, match="bad input 7"):
+        list(run_bounded(raise_value_error, [(7,)]))
+
+
+def test_workers_are_reused_and_all_stopped_when_the_caller_stops():
+    pids = list(run_bounded(own_pid, [(i,) for i in range(6)], workers=1))
+    assert len(set(pids)) == 1 and pids[0] != os.getpid()
+    # A caller that stops early (Ctrl-C, an error) closes the generator: no worker outlives it.
+    batch = run_bounded(hang_or_square, [(0,), (1,), (2,)], workers=2, limits=TaskLimits(time_s=600))
+    assert next(batch) == 0
+    children = _children()
+    assert children
+    batch.close()
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in children)
+
+
+def _children():
+    import multiprocessing
+
+    return [p.pid for p in multiprocessing.active_children()] or _forkserver_grandchildren()
+
+
+def _forkserver_grandchildren():
+    # forkserver workers are children of the fork server, not of this process
+    import psutil
+
+    return [child.pid for child in psutil.Process().children(recursive=True)
+            if "forkserver" not in " ".join(child.cmdline())]
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_limits_must_be_positive_and_finite():
+    with pytest.raises(ValueError, match="time_s"):
+        TaskLimits(time_s=float("inf"))
+    with pytest.raises(ValueError, match="memory_mib"):
+        TaskLimits(memory_mib=0)
+
+

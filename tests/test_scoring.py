@@ -7,7 +7,7 @@ import surface_distance as deepmind
 from conftest import write_nifti
 from official_reference import official_scores, official_scores_of_arrays
 
-from flare_eval import FlareEvalWarning, load_protocol, official_table, score, score_case, score_folder
+from flare_eval import FlareEvalWarning, execution, load_protocol, official_table, score, score_case, score_folder
 from flare_eval.scoring import summarize_scores
 
 SPACING = (0.8, 0.8, 2.5)
@@ -166,6 +166,17 @@ def test_summary_statistics(examples):
     assert mean_row.DSC_mean == pytest.approx(scores.groupby("case").DSC.mean().mean())
 
 
+def recording_run_tasks(scored: list):
+    """`run_tasks` that first notes the case of every task it is given (the tasks run in other processes)."""
+    original = execution.run_tasks
+
+    def run_tasks(function, argument_tuples, **options):
+        scored.extend(arguments[1].case for arguments in argument_tuples)
+        return original(function, argument_tuples, **options)
+
+    return run_tasks
+
+
 def test_score_writes_tables_and_resumes(examples, tmp_path, monkeypatch):
     out = tmp_path / "out"
     first, files = score(examples.predictions / "teamB", examples.labels, out, workers=1, progress=False)
@@ -177,11 +188,7 @@ def test_score_writes_tables_and_resumes(examples, tmp_path, monkeypatch):
     # Simulate an interrupted run: one case finished in the partial file.
     first[first.case == "case_0001"].to_csv(out / "scores.partial.csv", index=False)
     scored = []
-    import flare_eval.scoring as scoring
-
-    original = scoring._score_case_task
-    monkeypatch.setattr(scoring, "_score_case_task",
-                        lambda team, pair, *a: scored.append(pair.case) or original(team, pair, *a))
+    monkeypatch.setattr(execution, "run_tasks", recording_run_tasks(scored))
     resumed, _ = score(examples.predictions / "teamB", examples.labels, out, workers=1, progress=False)
     assert scored == ["case_0002", "case_0003"]
     pd.testing.assert_frame_equal(resumed[["case", "label", "DSC", "NSD"]], first[["case", "label", "DSC", "NSD"]])
@@ -197,11 +204,7 @@ def test_torn_partial_scores_drop_the_torn_case_and_rescore_it(examples, tmp_pat
     torn = "".join(lines[: 1 + 13 + 5]) + lines[1 + 13 + 5][:20]
     (out / "scores.partial.csv").write_text(torn)
     scored = []
-    import flare_eval.scoring as scoring
-
-    original = scoring._score_case_task
-    monkeypatch.setattr(scoring, "_score_case_task",
-                        lambda team, pair, *a: scored.append(pair.case) or original(team, pair, *a))
+    monkeypatch.setattr(execution, "run_tasks", recording_run_tasks(scored))
     with pytest.warns(UserWarning, match=r"scores.partial.csv: dropped an incomplete last line"):
         resumed, _ = score(examples.predictions / "teamB", examples.labels, out, workers=1, progress=False)
     assert scored == ["case_0002", "case_0003"]
