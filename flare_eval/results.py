@@ -14,12 +14,20 @@ import pandas as pd
 
 from .protocol import Protocol, load_protocol
 
-__all__ = ["assemble_results", "region_results", "PENALIZED_STATUSES", "RESULT_COLUMNS", "STATUS_NO_RUN"]
+__all__ = ["assemble_results", "region_results", "penalized", "PENALIZED_STATUSES", "RESULT_COLUMNS", "STATUS_NO_RUN"]
 
-#: Container statuses that get the worst value of every metric.
-PENALIZED_STATUSES = ("timeout", "crashed", "no_output", "invalid_prediction", "invalid_submission")
+#: Container statuses that get the worst value of every metric. Every status but ``ok`` and ``no_run`` does
+#: (see `penalized`), so a status added later can never slip through unpenalised; these are the known ones.
+PENALIZED_STATUSES = ("timeout", "crashed", "no_output", "invalid_prediction", "invalid_submission",
+                      "engine_error")
 #: A case with a prediction but no container run recorded (e.g. scored from a folder).
 STATUS_NO_RUN = "no_run"
+_UNPENALIZED_STATUSES = ("ok", STATUS_NO_RUN)
+
+
+def penalized(statuses: pd.Series) -> pd.Series:
+    """Whether each container status gets the worst values: every status but ``ok`` and ``no_run``."""
+    return ~statuses.astype(object).fillna(STATUS_NO_RUN).isin(_UNPENALIZED_STATUSES)
 RESULT_COLUMNS = ["team", "case", "DSC", "NSD", "Time", "AUC_GPU", "AUC_CPU", "status"]
 _RESOURCE_METRICS = {"Time": "time_s", "AUC_GPU": "auc_gpu_mib_s", "AUC_CPU": "auc_cpu_pct_s"}
 
@@ -96,8 +104,8 @@ def _region_results_with_status(scores: pd.DataFrame, resources: pd.DataFrame | 
 def _apply_penalties(table: pd.DataFrame, protocol: Protocol) -> pd.DataFrame:
     """Cases without a run get status ``no_run``; failed ones the protocol's worst value of every metric."""
     table["status"] = table["status"].astype(object).fillna(STATUS_NO_RUN)
-    penalized = table["status"].isin(PENALIZED_STATUSES)
+    failed = penalized(table["status"])
     for metric in protocol.ranking_metrics:
         if metric.name in table:
-            table.loc[penalized, metric.name] = metric.worst
+            table.loc[failed, metric.name] = metric.worst
     return table.sort_values(["team", "case"], ignore_index=True)

@@ -72,12 +72,27 @@ HOSTILE_TEAMS = {
     "twin1": "echo I-AM-TWIN1\n" + COPY_ANSWERS,
     "twin2": "echo I-AM-TWIN2\n" + COPY_ANSWERS,
     "thief": "echo I-AM-THIEF\n" + COPY_ANSWERS,
+    # An image the engine cannot start: a user that does not exist (also an honest mistake).
+    "nouser": COPY_ANSWERS,
+    # A regular file where the outputs folder is mounted: the engine refuses to start it.
+    "outfile": COPY_ANSWERS,
+    # Output names that are not UTF-8, or that would forge a line of the log.
+    "weirdname": ": > \"/workspace/outputs/$(printf 'bad\\377name')\"\n"
+                 ": > \"/workspace/outputs/$(printf 'x\\n[flare-eval] all fine')\"\n" + COPY_ANSWERS,
+    # 3000 nested folders, deeper than Python's recursion and PATH_MAX.
+    "deeptree": "cd /workspace/outputs && i=0; while [ $i -lt 3000 ]; do mkdir d && cd d; i=$((i+1)); done\n"
+                + COPY_ANSWERS,
+    # VOLUME in the image: the engine makes an anonymous volume per container.
+    "volume": "echo data > /data/junk\n" + COPY_ANSWERS,
 }
+#: Image configuration or root files a hostile team changes beyond its script.
+HOSTILE_CHANGES = {"nouser": ("USER nosuchuser",), "volume": ("VOLUME /data",)}
+HOSTILE_ROOT_FILES = {"outfile": {"workspace/outputs": b"not a folder"}}
 #: Every test image carries TEST_IMAGE_LABEL, so the suite removes all it built (tests/conftest.py).
 TEST_IMAGE_LABEL = "flare-eval-test"
 IMAGE_CHANGES = ("WORKDIR /workspace", f"LABEL {TEST_IMAGE_LABEL}=1")
 APPLETS = ["sh", "cat", "cp", "ls", "sleep", "mkdir", "true", "echo", "ln", "rm", "basename", "wget", "touch", "date",
-           "truncate", "chmod", "grep", "mknod", "yes", "head", "tr"]
+           "truncate", "chmod", "grep", "mknod", "yes", "head", "tr", "printf"]
 
 
 def busybox_path() -> Path:
@@ -118,14 +133,15 @@ def bomb_bytes() -> bytes:
 
 
 def build_archive(client, predict_sh: str, answers_dir: Path, target: Path, tag: str,
-                  changes=None) -> str:
+                  changes=None, root_files=None) -> str:
     """Build one busybox image running ``predict_sh``, save it as ``target`` carrying ``tag``; return its ID.
 
+    ``changes`` are added to `IMAGE_CHANGES`; ``root_files`` (path -> bytes) are added to the image's root.
     The image is removed from the engine afterwards (the harness must load it from the archive).
     """
     repository, _, name = tag.rpartition(":")
-    client.api.import_image_from_data(_root_tar(predict_sh, answers_dir), repository=repository, tag=name,
-                                      changes=list(changes or IMAGE_CHANGES))
+    client.api.import_image_from_data(_root_tar(predict_sh, answers_dir, root_files=root_files),
+                                      repository=repository, tag=name, changes=[*IMAGE_CHANGES, *(changes or ())])
     image = client.images.get(tag)
     data = b"".join(image.save(named=tag))
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +150,7 @@ def build_archive(client, predict_sh: str, answers_dir: Path, target: Path, tag:
     return image.id
 
 
-def _root_tar(predict_sh: str, answers_dir: Path, answer_suffix: str = ".nii.gz") -> bytes:
+def _root_tar(predict_sh: str, answers_dir: Path, answer_suffix: str = ".nii.gz", root_files=None) -> bytes:
     buffer = io.BytesIO()
     busybox = busybox_path()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -162,6 +178,8 @@ def _root_tar(predict_sh: str, answers_dir: Path, answer_suffix: str = ".nii.gz"
         for answer in sorted(answers_dir.glob(f"*{answer_suffix}")):
             add_file(f"answers/{answer.name}", answer.read_bytes(), 0o644)
         add_file("answers/bomb.nii.gz", bomb_bytes(), 0o644)
+        for name, data in (root_files or {}).items():
+            add_file(name, data, 0o644)
     return buffer.getvalue()
 
 

@@ -5,18 +5,28 @@ beside the invalid archives that never run. Set FLARE_EVAL_REQUIRE_DOCKER=1 to f
 """
 
 import gzip
+import io
 import json
 import os
 import resource
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import numpy as np
 import pytest
 from conftest import PEAK_RSS_KIB
-from teams import COPY_ANSWERS, HOSTILE_TEAMS, bomb_bytes, build_archive, make_cases
+from teams import (
+    COPY_ANSWERS,
+    HOSTILE_CHANGES,
+    HOSTILE_ROOT_FILES,
+    HOSTILE_TEAMS,
+    bomb_bytes,
+    build_archive,
+    make_cases,
+)
 
 from flare_eval import ContainerLimits, collect_results, run_containers
 from flare_eval.cli import main
@@ -41,11 +51,18 @@ def hostile(engine, tmp_path_factory):
     for team, script in HOSTILE_TEAMS.items():
         tag = {"twin1": "nnunet:latest", "twin2": "nnunet:latest", "thief": ORGANIZER_TAG}.get(
             team, f"flare-eval-test/{team}:latest")
-        ids[team] = build_archive(engine, script, answers_dir, submissions / f"{team}.tar", tag)
+        ids[team] = build_archive(engine, script, answers_dir, submissions / f"{team}.tar", tag,
+                                  changes=HOSTILE_CHANGES.get(team), root_files=HOSTILE_ROOT_FILES.get(team))
     # The organizer's own image holds the tag the thief's archive claims.
     organizer_id = build_archive(engine, "echo ORGANIZER\n", answers_dir, folder / "organizer.tar", ORGANIZER_TAG)
     with open(folder / "organizer.tar", "rb") as handle:
         engine.images.load(handle)
+    # Archives whose manifest the engine would read otherwise than the check: a second manifest.json behind a
+    # path that normalises to it (moving the organizer's tag), and a manifest nested deeper than any parser's stack.
+    write_dotdot_archive(submissions / "thief.tar", submissions / "dotdot.tar", ORGANIZER_TAG, "z/../manifest.json")
+    write_dotdot_archive(submissions / "thief.tar", submissions / "dupe.tar", ORGANIZER_TAG, "./manifest.json")
+    write_nested_archive(submissions / "nested.tar")
+    volumes_before = {v.id for v in engine.volumes.list()}
     (submissions / "empty.tar").write_bytes(b"")
     (submissions / "corrupt.tar.gz").write_bytes(gzip.compress(b"this is not a tar archive" * 100))
     (submissions / "...tar").write_bytes(b"x")
@@ -56,8 +73,29 @@ def hostile(engine, tmp_path_factory):
         resources = run_containers(submissions, images, runs, gpus=None, limits=limits, progress=False)
     yield {"folder": folder, "runs": runs, "resources": resources.set_index("team"), "ids": ids, "labels": labels,
            "images": images, "organizer_id": organizer_id, "warnings": [str(w.message) for w in caught],
-           "answers_dir": answers_dir}
+           "answers_dir": answers_dir, "new_volumes": {v.id for v in engine.volumes.list()} - volumes_before}
     engine.images.remove(organizer_id, force=True)
+
+
+def write_dotdot_archive(source, target, tag, entry):
+    """``source`` with an extra ``entry`` (a path to manifest.json): the same image, claiming ``tag``."""
+    with tarfile.open(source) as tar:
+        manifest = json.loads(tar.extractfile("manifest.json").read())
+    manifest[0]["RepoTags"] = [tag]
+    data = json.dumps(manifest).encode()
+    target.write_bytes(source.read_bytes())
+    with tarfile.open(target, "a") as tar:
+        info = tarfile.TarInfo(entry)
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+
+
+def write_nested_archive(target):
+    data = b"[" * 100_000 + b"]" * 100_000
+    with tarfile.open(target, "w") as tar:
+        info = tarfile.TarInfo("manifest.json")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
 
 
 def log_of(hostile, team):
@@ -68,8 +106,10 @@ def test_every_valid_team_ran_and_each_failure_is_that_teams_status(hostile):
     status = hostile["resources"]["status"].to_dict()
     assert status == {
         "bomb": "invalid_prediction", "sparse": "invalid_prediction", "junk": "ok", "lockdir": "ok", "probe": "ok",
-        "flood": "ok", "twin1": "ok", "twin2": "ok", "thief": "ok",
-        "empty": "invalid_submission", "corrupt": "invalid_submission",
+        "flood": "ok", "twin1": "ok", "twin2": "ok", "thief": "ok", "nouser": "crashed", "outfile": "crashed",
+        "weirdname": "ok", "deeptree": "ok", "volume": "ok",
+        "empty": "invalid_submission", "corrupt": "invalid_submission", "dotdot": "invalid_submission",
+        "dupe": "invalid_submission", "nested": "invalid_submission",
     }
     assert "its header claims 2000x2000x2000 voxels" in log_of(hostile, "bomb")
     assert "more than the limit" in log_of(hostile, "sparse")
@@ -191,7 +231,8 @@ def test_memory_above_the_host_is_refused_up_front(tmp_path, capsys):
 
 def test_interrupt_exits_130_with_one_line_and_watchdog_removes_orphans(hostile, engine, tmp_path):
     subs = tmp_path / "subs"
-    build_archive(engine, "sleep 600\n", hostile["answers_dir"], subs / "hang.tar", "flare-eval-test/hang:latest")
+    hang_id = build_archive(engine, "sleep 600\n", hostile["answers_dir"], subs / "hang.tar",
+                            "flare-eval-test/hang:latest")
     command = [sys.executable, "-m", "flare_eval.cli", "run-containers", str(subs), "--inputs",
                str(hostile["images"]), "--out", str(tmp_path / "runs"), "--gpus", "none", "--no-progress",
                "--keep-images"]
@@ -227,7 +268,7 @@ def test_interrupt_exits_130_with_one_line_and_watchdog_removes_orphans(hostile,
     while time.monotonic() < deadline and ours():
         time.sleep(0.5)
     assert ours() == []
-    engine.images.remove("flare-eval-test/hang:latest", force=True)
+    engine.images.remove(hang_id, force=True)  # kept, under flare-eval's own tag, not the archive's
 
 
 def test_settings_record_the_limits_in_force(hostile):
@@ -307,3 +348,100 @@ def test_a_non_root_harness_survives_files_it_cannot_remove(hostile, engine, tmp
         assert ",ok," in rows  # the case was recorded all the same
     finally:
         shutil.rmtree(folder, ignore_errors=True)  # as root, everything goes
+
+
+def test_images_the_engine_cannot_start_are_that_teams_crash(hostile):
+    assert "could not create or start the container" in log_of(hostile, "nouser")
+    assert "nosuchuser" in log_of(hostile, "nouser")
+    assert "could not create or start the container" in log_of(hostile, "outfile")
+    for team in ("nouser", "outfile"):
+        assert np.isnan(hostile["resources"].loc[team, "exit_code"])
+
+
+def test_archives_are_read_as_the_engine_reads_them(hostile, engine):
+    assert "climbs with '..'" in log_of(hostile, "dotdot")
+    assert "names 'manifest.json' a second time" in log_of(hostile, "dupe")
+    assert "nests" in log_of(hostile, "nested") and "levels deep" in log_of(hostile, "nested")
+    assert engine.images.get(ORGANIZER_TAG).id == hostile["organizer_id"]
+
+
+def test_hostile_output_names_are_logged_as_one_escaped_line_each(hostile):
+    log = log_of(hostile, "weirdname")
+    assert "bad\\xffname: unexpected name" in log
+    assert "x\\n[flare-eval] all fine: unexpected name" in log
+    assert "\n[flare-eval] all fine" not in log
+
+
+def test_deep_trees_and_volumes_leave_nothing_behind(hostile):
+    scratch = hostile["runs"] / ".scratch"
+    assert not scratch.exists() or not any(scratch.iterdir())
+    assert "declares VOLUME /data" in log_of(hostile, "volume")
+    assert hostile["new_volumes"] == set()
+
+
+def test_a_container_that_exits_as_its_time_runs_out_is_a_timeout_not_a_crash(hostile, engine, tmp_path,
+                                                                                monkeypatch):
+    """The engine answers 409 to a kill of a container that has just exited; the case is recorded all the same."""
+    import docker
+
+    subs = tmp_path / "subs"
+    build_archive(engine, "sleep 4\n" + COPY_ANSWERS, hostile["answers_dir"], subs / "late.tar",
+                  "flare-eval-test/late:latest")
+    kill = docker.models.containers.Container.kill
+    refused = []
+
+    def kill_after_exit(container, *args, **kwargs):
+        container.wait(timeout=60)  # the exit races the kill; here the exit always wins
+        try:
+            return kill(container, *args, **kwargs)
+        except docker.errors.APIError as exc:
+            refused.append(exc.status_code)
+            raise
+
+    monkeypatch.setattr(docker.models.containers.Container, "kill", kill_after_exit)
+    resources = run_containers(subs, hostile["images"], tmp_path / "runs", gpus=None, progress=False,
+                               limits=ContainerLimits(timeout_s=2))
+    assert refused == [409]
+    assert resources.status.tolist() == ["timeout"]
+
+
+def test_a_compression_bomb_archive_is_refused_before_it_is_inflated(tmp_path):
+    """4 GiB of zeros in a few MB of gzip: refused once it has inflated a bounded amount, not read to the end."""
+    from flare_eval.harness.docker import _ARCHIVE_RATIO_FROM_BYTES, InvalidSubmissionError, inspect_archive
+
+    class Zeros(io.RawIOBase):
+        def __init__(self, size):
+            self.left = size
+
+        def readable(self):
+            return True
+
+        def readinto(self, buffer):
+            n = min(len(buffer), self.left)
+            buffer[:n] = bytes(n)
+            self.left -= n
+            return n
+
+    archive = tmp_path / "bomb.tar.gz"
+    with gzip.open(archive, "wb", compresslevel=1) as raw, tarfile.open(fileobj=raw, mode="w|") as tar:
+        for i in range(2):
+            info = tarfile.TarInfo(f"layer{i}.tar")
+            info.size = 2 * _ARCHIVE_RATIO_FROM_BYTES
+            tar.addfile(info, io.BufferedReader(Zeros(info.size)))
+    started = time.process_time()
+    with pytest.raises(InvalidSubmissionError, match="inflates more than 100 times its size"):
+        inspect_archive(archive)
+    # CPU time, not wall time: far less than inflating the whole archive would take.
+    assert time.process_time() - started < 60
+
+
+def test_a_header_that_would_hang_simpleitk_is_refused_by_the_output_check(tmp_path):
+    from flare_eval.harness.runner import keep_outputs
+
+    outputs = tmp_path / "outputs"
+    outputs.mkdir()
+    (outputs / "result.mha").write_bytes(b"ObjectType = Image\nNDims = -3\nDimSize = 4 4 4\nElementType = MET_UCHAR\n"
+                                         b"ElementDataFile = LOCAL\n" + bytes(64))
+    kept, dropped, refused = keep_outputs(outputs, "*.mha", tmp_path / "kept", "case.mha")
+    assert kept is None and refused
+    assert dropped == ["result.mha: MetaImage NDims = -3; label maps have 3"]

@@ -253,3 +253,21 @@ def test_unreadable_ground_truth_stops_the_run(tmp_path):
 def test_array_api_requires_spacing():
     with pytest.raises(ValueError, match="pass spacing_mm"):
         score_case(np.zeros((3, 3, 3), np.uint8), np.zeros((3, 3, 3), np.uint8))
+
+
+@pytest.mark.parametrize(("limits", "status", "bound"), [
+    ({"memory_mib": 64}, "memory_limit", "memory limit of 64 MiB"),
+    ({"time_s": 0.001}, "time_limit", "time limit of 0.001 s"),
+])
+def test_a_case_past_the_protocols_scoring_limits_is_marked_and_the_run_goes_on(examples, tmp_path, limits, status,
+                                                                                bound):
+    import json
+
+    protocol = tmp_path / "tight.json"
+    protocol.write_text(json.dumps({"extends": "flare22", "scoring_limits": limits}))
+    with pytest.warns(FlareEvalWarning, match=bound):
+        scores = score_folder(examples.predictions / "teamA", examples.labels, str(protocol), workers=2,
+                              progress=False)
+    assert set(scores.status) == {status}
+    assert scores.DSC.max() == 0 and bound in scores.message.iloc[0]
+    assert scores.case.nunique() == len(list(examples.labels.glob("*.nii.gz")))

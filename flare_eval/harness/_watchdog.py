@@ -20,7 +20,7 @@ def main(name: str, deadline_s: float) -> None:
     import docker
 
     try:
-        docker.from_env(timeout=60).containers.get(name).remove(force=True)
+        docker.from_env(timeout=60).containers.get(name).remove(force=True, v=True)
     except docker.errors.DockerException:
         pass  # already removed, or no engine: nothing left to stop
 

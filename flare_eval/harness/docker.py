@@ -19,14 +19,17 @@ from __future__ import annotations
 import calendar
 import json
 import os
+import posixpath
 import re
 import secrets
 import subprocess
 import sys
 import tarfile
 import time
+import warnings
+import zlib
 from dataclasses import dataclass, field, replace
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from ..protocol import ContainerInterface
@@ -61,7 +64,12 @@ LOG_LIMIT_BYTES = 1_000_000
 _ENGINE_LOG_FILE = "1m"
 #: Largest manifest read from an image archive, and most members looked at.
 _MANIFEST_MAX_BYTES = 1_000_000
+_MANIFEST_MAX_DEPTH = 32
 _ARCHIVE_MAX_MEMBERS = 100_000
+#: An archive may inflate at most this many times its size once it has inflated this much (image layers are
+#: stored uncompressed inside the archive, so a whole archive compresses a few times, not a thousand).
+_ARCHIVE_MAX_RATIO = 100
+_ARCHIVE_RATIO_FROM_BYTES = 256 * 1024**2
 _MEMORY_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _ID = re.compile(r"^(?:blobs/sha256/|)([0-9a-f]{64})(?:\.json)?$")
 
@@ -199,7 +207,10 @@ class ContainerRun:
     engine's start-to-exit time of the container's process. ``times_s``,
     ``cpu_time_s`` and ``gpu_mib`` are the raw samples, on the clock of
     ``time_s`` (none lies after it). ``total_cpu_s`` is the container's CPU
-    time read after it exited.
+    time read after it exited. ``start_error`` says why the engine could not
+    create or start the container (the image's fault), ``engine_error`` why
+    the engine failed while it ran; ``volumes`` lists the anonymous volumes
+    the image declared (removed with the container).
     """
 
     exit_code: int | None
@@ -214,6 +225,9 @@ class ContainerRun:
     gpu_mib: list[float] | None = None
     gpu_mode: str = "none"
     started_at: str = ""
+    start_error: str = ""
+    engine_error: str = ""
+    volumes: list[str] = field(default_factory=list)
 
 
 def docker_client() -> docker.DockerClient:
@@ -239,60 +253,121 @@ def docker_client() -> docker.DockerClient:
 def inspect_archive(archive: Path) -> ArchiveInfo:
     """Read an image archive's ``manifest.json`` (as ``docker save`` writes it) without loading the image.
 
-    Reads are bounded: the archive is streamed, at most
-    ``_ARCHIVE_MAX_MEMBERS`` entries are looked at and the manifest may hold
-    at most ``_MANIFEST_MAX_BYTES``.
+    The archive is read as the engine will read it: every entry's path is
+    normalised, and an entry that is absolute, climbs out with ``..``, names
+    a path a second time (after normalisation: ``z/../manifest.json`` is
+    ``manifest.json``), is a device or pipe, or links outside the archive or
+    onto its index files is refused. Reads are bounded: the archive is
+    streamed once, at most ``_ARCHIVE_MAX_MEMBERS`` entries are looked at, it
+    may inflate at most ``_ARCHIVE_MAX_RATIO`` times its size (past
+    ``_ARCHIVE_RATIO_FROM_BYTES``), and the manifest may hold at most
+    ``_MANIFEST_MAX_BYTES`` and nest at most ``_MANIFEST_MAX_DEPTH`` levels.
 
     Raises
     ------
     InvalidSubmissionError
-        If the archive is unreadable, empty or corrupt, has no manifest or a
-        malformed one, or holds no image or several.
+        If the archive is unreadable, empty, corrupt or refused by the rules
+        above, has no manifest or a malformed one, or holds no image or several.
     """
     manifest = None
+    seen: set[str] = set()
     try:
-        with tarfile.open(archive, mode="r|*") as tar:
+        with open(archive, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             for count, member in enumerate(tar, start=1):
                 if count > _ARCHIVE_MAX_MEMBERS:
                     raise InvalidSubmissionError(f"{archive}: more than {_ARCHIVE_MAX_MEMBERS} entries")
-                if member.name.lstrip("./") == "manifest.json" and member.isfile():
+                name = _archive_entry_name(archive, member, seen)
+                inflated = member.offset_data + member.size
+                if inflated > _ARCHIVE_RATIO_FROM_BYTES and inflated > _ARCHIVE_MAX_RATIO * max(raw.tell(), 1):
+                    raise InvalidSubmissionError(f"{archive}: inflates more than {_ARCHIVE_MAX_RATIO} times its "
+                                                 "size (a compression bomb?); not loaded")
+                if name == "manifest.json" and member.isfile():
                     if member.size > _MANIFEST_MAX_BYTES:
                         raise InvalidSubmissionError(f"{archive}: manifest.json of {member.size} bytes is too large")
                     manifest = tar.extractfile(member).read(_MANIFEST_MAX_BYTES)
                 tar.members = []  # a streamed archive needs no index; keep memory flat
-    except (OSError, tarfile.TarError, EOFError) as exc:
+    except (OSError, tarfile.TarError, EOFError, zlib.error) as exc:
         raise InvalidSubmissionError(f"{archive}: not a readable image archive ({exc})") from exc
     if manifest is None:
         raise InvalidSubmissionError(f"{archive}: no manifest.json; write the archive with `docker save`")
-    try:
-        entries = json.loads(manifest)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidSubmissionError(f"{archive}: manifest.json is not valid JSON ({exc})") from exc
+    entries = _parse_manifest(archive, manifest)
     if not isinstance(entries, list) or len(entries) != 1 or not isinstance(entries[0], dict):
         found = len(entries) if isinstance(entries, list) else "a malformed manifest"
         raise InvalidSubmissionError(f"{archive}: expected exactly one image in the archive, found {found}")
     config, tags = entries[0].get("Config"), entries[0].get("RepoTags") or []
     match = _ID.match(config) if isinstance(config, str) else None
     if match is None:
-        raise InvalidSubmissionError(f"{archive}: manifest.json names no image configuration ({config!r})")
+        raise InvalidSubmissionError(f"{archive}: manifest.json names no image configuration ({str(config)[:80]!r})")
     if not isinstance(tags, list) or not all(isinstance(t, str) and len(t) < 256 for t in tags) or len(tags) > 16:
         raise InvalidSubmissionError(f"{archive}: manifest.json has malformed RepoTags")
     return ArchiveInfo(image_id=f"sha256:{match.group(1)}", tags=tuple(tags))
 
 
-def load_image_archive(client: docker.DockerClient, archive: Path, info: ArchiveInfo | None = None) -> str:
+#: Files of an image archive that tell the engine what to load: no link may point at them.
+_ARCHIVE_INDEX_FILES = {"manifest.json", "index.json", "repositories", "oci-layout"}
+
+
+def _archive_entry_name(archive: Path, member: tarfile.TarInfo, seen: set[str]) -> str:
+    """The entry's normalised path, once the entry is known to be one the engine reads the same way."""
+    raw = member.name
+    parts = PurePosixPath(raw).parts
+    if raw.startswith("/"):
+        raise InvalidSubmissionError(f"{archive}: entry {raw[:100]!r} is an absolute path")
+    if ".." in parts:
+        raise InvalidSubmissionError(f"{archive}: entry {raw[:100]!r} climbs with '..' (docker save never writes one)")
+    name = posixpath.normpath(raw)
+    if name in seen:
+        raise InvalidSubmissionError(f"{archive}: entry {raw[:100]!r} names {name!r} a second time")
+    seen.add(name)
+    if member.issym() or member.islnk():
+        target = member.linkname
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target) if member.issym() else target)
+        if target.startswith("/") or resolved.startswith("..") or resolved in _ARCHIVE_INDEX_FILES:
+            raise InvalidSubmissionError(f"{archive}: link {raw[:100]!r} -> {target[:100]!r} leaves the image data")
+    elif not (member.isfile() or member.isdir()):
+        raise InvalidSubmissionError(f"{archive}: entry {raw[:100]!r} is a device or pipe, not image data")
+    return name
+
+
+def _parse_manifest(archive: Path, manifest: bytes):
+    try:
+        text = manifest.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidSubmissionError(f"{archive}: manifest.json is not UTF-8 text ({exc})") from exc
+    depth = deepest = 0
+    for character in text:  # bounded before json sees it: a deeply nested file exhausts the parser's stack
+        if character in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif character in "]}":
+            depth -= 1
+    if deepest > _MANIFEST_MAX_DEPTH:
+        raise InvalidSubmissionError(f"{archive}: manifest.json nests {deepest} levels deep, more than "
+                                     f"{_MANIFEST_MAX_DEPTH}")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise InvalidSubmissionError(f"{archive}: manifest.json is not valid JSON ({str(exc)[:200]})") from exc
+
+
+def load_image_archive(client: docker.DockerClient, archive: Path, info: ArchiveInfo | None = None,
+                       team: str = "") -> str:
     """Load an image archive written by ``docker save``; return the image's ID (``sha256:...``).
 
     The archive's tags are not trusted: a tag that named another image before
-    the load (the organizer's, another team's) is put back on that image, so no
-    archive can move it. The caller runs the image by the returned ID.
+    the load (the organizer's, another team's) is put back on that image, and
+    the tags the archive brought are taken off again, so no archive can move
+    or leave a tag; the image carries ``flare-eval-submission/<team>:<id>``
+    instead while it is on the engine. What the engine reports it loaded is
+    checked against the manifest: an archive that made the engine load any
+    other image is refused. The caller runs the image by the returned ID.
 
     Raises
     ------
     InvalidSubmissionError
         If the archive is not a valid single-image archive (see
-        `inspect_archive`), the engine refuses it, or the loaded image is not
-        the one the manifest names.
+        `inspect_archive`), the engine refuses it, or what it loaded is not
+        the one image the manifest names.
     """
     import docker
 
@@ -303,39 +378,97 @@ def load_image_archive(client: docker.DockerClient, archive: Path, info: Archive
             before[tag] = client.images.get(tag).id
         except (docker.errors.ImageNotFound, docker.errors.APIError):
             pass
+    loaded: set[str] = set()
     try:
         with open(archive, "rb") as handle:
-            for _ in client.api.load_image(handle):
-                pass
+            for event in client.api.load_image(handle):
+                loaded.update(_loaded_references(event))
     except (OSError, docker.errors.DockerException) as exc:
         raise InvalidSubmissionError(f"{archive}: the engine cannot load it as an image ({exc})") from exc
     finally:
-        for tag, previous in before.items():
-            if previous != info.image_id:
-                repository, _, name = tag.rpartition(":")
-                client.api.tag(previous, repository, name, force=True)
+        _restore_tags(client, info, before)
     if not image_exists(client, info.image_id):
         raise InvalidSubmissionError(f"{archive}: the engine did not load the image {info.image_id} its manifest names")
+    own = f"{SUBMISSION_REPOSITORY}/{re.sub(r'[^a-z0-9_.-]', '-', team.lower()) or 'team'}"
+    client.api.tag(info.image_id, own, info.image_id.removeprefix("sha256:")[:12])
+    for tag in info.tags:
+        if tag not in before:
+            _untag(client, tag)
+    # The manifest's own tags were put back above; anything else the engine loaded is another image.
+    others = {reference for reference in loaded - set(info.tags)
+              if reference != info.image_id and _image_id_of(client, reference) not in (info.image_id, None)}
+    if others:
+        raise InvalidSubmissionError(f"{archive}: the engine also loaded {', '.join(sorted(others))[:300]}, which "
+                                     f"the manifest does not name (only {info.image_id})")
     return info.image_id
+
+
+#: Repository of the tags flare-eval puts on loaded submissions (never the archive's own).
+SUBMISSION_REPOSITORY = "flare-eval-submission"
+
+
+def _loaded_references(event) -> list[str]:
+    """Image IDs and tags in one line of the engine's load progress ("Loaded image: ...")."""
+    text = event.get("stream", "") if isinstance(event, dict) else ""
+    references = []
+    for line in str(text).splitlines():
+        for prefix in ("Loaded image ID: ", "Loaded image: "):
+            if line.startswith(prefix):
+                references.append(line[len(prefix):].strip())
+    return references
+
+
+def _image_id_of(client: docker.DockerClient, reference: str) -> str | None:
+    import docker
+
+    try:
+        return client.images.get(reference).id
+    except docker.errors.DockerException:
+        return None
+
+
+def _restore_tags(client: docker.DockerClient, info: ArchiveInfo, before: dict[str, str]) -> None:
+    import docker
+
+    for tag, previous in before.items():
+        if previous != info.image_id:
+            repository, _, name = tag.rpartition(":")
+            try:
+                client.api.tag(previous, repository, name, force=True)
+            except docker.errors.DockerException as exc:
+                warnings.warn(f"could not put tag {tag} back on image {previous}: {exc}", RuntimeWarning,
+                              stacklevel=3)
+
+
+def _untag(client: docker.DockerClient, tag: str) -> None:
+    """Take one tag off its image, leaving the image (it carries flare-eval's own tag)."""
+    import docker
+
+    try:
+        client.api.remove_image(tag, noprune=True)
+    except docker.errors.DockerException:
+        pass
 
 
 def remove_image(client: docker.DockerClient, image_id: str) -> None:
     """Remove an image by ID (with its tags); one that is in use or already gone is left as it is."""
     import docker
+    import requests
 
     try:
         client.images.remove(image_id, force=True, noprune=False)
-    except docker.errors.APIError:  # ImageNotFound included
+    except (docker.errors.DockerException, requests.exceptions.RequestException):  # ImageNotFound included
         pass
 
 
 def image_exists(client: docker.DockerClient, reference: str) -> bool:
-    """Whether the engine already has ``reference``."""
+    """Whether the engine already has ``reference`` (False also when the engine cannot say)."""
     import docker
+    import requests
 
     try:
         client.images.get(reference)
-    except docker.errors.ImageNotFound:
+    except (docker.errors.DockerException, requests.exceptions.RequestException):
         return False
     return True
 
@@ -344,7 +477,7 @@ def remove_stale_containers(client: docker.DockerClient, runs_label: str) -> lis
     """Remove containers left by an earlier, killed harness for the same runs folder; return their names."""
     stale = client.containers.list(all=True, filters={"label": f"{LABEL}.runs={runs_label}"})
     for container in stale:
-        container.remove(force=True)
+        container.remove(force=True, v=True)
     return [container.name for container in stale]
 
 
@@ -354,31 +487,36 @@ def remove_orphaned_containers(client: docker.DockerClient, runs_label: str, ali
     for container in client.containers.list(all=True, filters={"label": f"{LABEL}.runs={runs_label}"}):
         worker = container.labels.get(f"{LABEL}.worker", "")
         if worker and worker not in alive_workers:
-            container.remove(force=True)
+            container.remove(force=True, v=True)
             removed.append(container.name)
     return removed
 
 
 def _remove_by_name(client: docker.DockerClient, name: str, *, may_be_creating: bool = False,
                     patience_s: float = 10.0) -> None:
-    """Remove a container, waiting out the engine's transient refusals (a container still being started).
+    """Remove a container and its anonymous volumes, waiting out the engine's transient refusals.
 
     ``may_be_creating``: the harness was interrupted while the engine was
-    creating the container, which may appear only after a moment.
+    creating the container, which may appear only after a moment. An engine
+    that keeps refusing is warned about, never raised: the watchdog removes
+    the container at its deadline.
     """
     import docker
+    import requests
 
     deadline = time.monotonic() + patience_s
     while True:
         try:
-            client.containers.get(name).remove(force=True)
+            client.containers.get(name).remove(force=True, v=True)
             return
         except docker.errors.NotFound:
             if not may_be_creating or time.monotonic() > deadline:
                 return
-        except docker.errors.APIError:
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             if time.monotonic() > deadline:
-                raise
+                warnings.warn(f"container {name} could not be removed ({exc}); its watchdog removes it at its "
+                              "deadline", RuntimeWarning, stacklevel=3)
+                return
         time.sleep(0.2)
 
 
@@ -421,8 +559,12 @@ def run_container(
     import docker
     import requests
 
-    cgroup_driver = client.info().get("CgroupDriver", "cgroupfs")
+    engine_errors = (docker.errors.DockerException, requests.exceptions.RequestException)
     token = secrets.token_hex(6)
+    try:
+        cgroup_driver = client.info().get("CgroupDriver", "cgroupfs")
+    except engine_errors as exc:
+        return _failed_run(f"the engine did not answer before the container was created ({exc})", engine=True)
     parent = f"flare_eval-{token}.slice" if cgroup_driver == "systemd" else f"/flare-eval/{token}"
     cgroup = CgroupCpu(cgroup_relative_path(parent, cgroup_driver))
     device_requests = []
@@ -468,29 +610,36 @@ def run_container(
                 },
                 detach=True,
             )
-        except docker.errors.ImageNotFound as exc:
             creating = False
-            raise ContainerError(f"team {team}: image {image!r} not found on the engine") from exc
-        except docker.errors.APIError as exc:
+            volumes = _declared_volumes(container)
+            container.start()
+        except engine_errors as exc:
             creating = False
-            raise ContainerError(f"team {team}, case {case}: the engine refused to create the container ({exc})") \
-                from exc
-        creating = False
-        container.start()
+            # A team's image the engine cannot start (USER nosuchuser, a bad WORKDIR, a file where a mount
+            # goes) is that case's failure; the message is the engine's.
+            return _failed_run(f"the engine could not create or start the container: {_engine_message(exc)}",
+                               time_s=time.monotonic() - start)
         try:
-            container.wait(timeout=limits.timeout_s)
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-            timed_out = True
-            container.kill()
-            container.wait(timeout=60)
-        time_s = time.monotonic() - start
-        sampler.stop()
-        total_cpu_s = cgroup.usage_s()
-        container.reload()
-        state = container.attrs["State"]
+            try:
+                container.wait(timeout=limits.timeout_s)
+            except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                timed_out = True
+                try:
+                    container.kill()
+                except docker.errors.APIError:
+                    pass  # it exited just as the time ran out (409: not running); it still took the whole limit
+                container.wait(timeout=60)
+            time_s = time.monotonic() - start
+            sampler.stop()
+            total_cpu_s = cgroup.usage_s()
+            container.reload()
+            state = container.attrs["State"]
+            logs = _log_tail(container)
+        except engine_errors as exc:
+            return _failed_run(f"the engine failed while the container ran: {_engine_message(exc)}", engine=True,
+                               time_s=time.monotonic() - start, timed_out=timed_out)
         started, finished = _engine_seconds(state.get("StartedAt", "")), _engine_seconds(state.get("FinishedAt", ""))
         engine_time_s = finished - started if started and finished and finished >= started else float("nan")
-        logs = _log_tail(container)
         # A reading taken after the exit was seen belongs to no one's run time.
         n_kept = max(1, sum(t <= time_s for t in sampler.times_s))
         return ContainerRun(
@@ -506,6 +655,7 @@ def run_container(
             gpu_mib=sampler.gpu_mib[:n_kept] if gpu is not None else None,
             gpu_mode=sampler.gpu_mode,
             started_at=state.get("StartedAt", "") if started else "",
+            volumes=volumes,
         )
     finally:
         sampler.stop()
@@ -514,6 +664,24 @@ def run_container(
         cgroup.remove()
         watchdog.kill()
         watchdog.wait()
+
+
+def _failed_run(message: str, *, engine: bool = False, time_s: float = 0.0, timed_out: bool = False) -> ContainerRun:
+    """The run of a container that the engine could not start (``engine`` False) or lost track of."""
+    return ContainerRun(exit_code=None, timed_out=timed_out, oom_killed=False, time_s=time_s,
+                        engine_time_s=float("nan"), total_cpu_s=0.0, logs="",
+                        start_error="" if engine else message, engine_error=message if engine else "")
+
+
+def _engine_message(exc: Exception) -> str:
+    text = getattr(exc, "explanation", None) or str(exc)
+    return str(text)[:2000]
+
+
+def _declared_volumes(container) -> list[str]:
+    """The paths the image declares with VOLUME: the engine makes an anonymous volume for each."""
+    declared = (container.attrs.get("Config") or {}).get("Volumes") or {}
+    return sorted(str(path) for path in declared)[:100]
 
 
 def _log_tail(container) -> str:

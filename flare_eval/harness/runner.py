@@ -29,6 +29,7 @@ import shutil
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import tempfile
 import threading
@@ -89,6 +90,7 @@ __all__ = [
     "STATUS_NO_OUTPUT",
     "STATUS_INVALID_PREDICTION",
     "STATUS_INVALID_SUBMISSION",
+    "STATUS_ENGINE_ERROR",
     "TEAM_NAME_PATTERN",
     "check_team_name",
     "team_summary",
@@ -100,6 +102,9 @@ STATUS_CRASHED = "crashed"
 STATUS_NO_OUTPUT = "no_output"
 STATUS_INVALID_PREDICTION = "invalid_prediction"
 STATUS_INVALID_SUBMISSION = "invalid_submission"
+#: The engine failed while running a case (not the team's doing as far as anyone can tell); penalised like the
+#: others, and listed so the organizer can rerun it (delete its row from resources.csv).
+STATUS_ENGINE_ERROR = "engine_error"
 RESOURCE_COLUMNS = [
     "team", "case", "time_s", "engine_time_s", "auc_gpu_mib_s", "auc_cpu_pct_s", "max_gpu_mib", "max_cpu_pct",
     "gpu_measured", "gpu_mode", "exit_code", "status", "n_samples", "image", "image_id", "host", "worker", "n_cpus",
@@ -234,31 +239,33 @@ def keep_outputs(
 
     with os.scandir(output_dir) as entries:
         for entry in entries:
+            shown = printable(entry.name)
             mode = entry.stat(follow_symlinks=False).st_mode
             if stat.S_ISLNK(mode):
-                drop(f"{entry.name}: a symbolic link, not a file")
+                drop(f"{shown}: a symbolic link, not a file")
             elif not stat.S_ISREG(mode):
-                drop(f"{entry.name}: not a regular file")
+                drop(f"{shown}: not a regular file")
             elif not fnmatch.fnmatchcase(entry.name, expected):
-                drop(f"{entry.name}: unexpected name (expected {expected})")
+                drop(f"{shown}: unexpected name (expected {printable(expected)})")
             elif len(matching) < 2:
                 matching.append(entry)
             else:
-                drop(f"{entry.name}: one of several files matching {expected}, expected one")
+                drop(f"{shown}: one of several files matching {printable(expected)}, expected one")
     kept, refused = None, False
     for entry in sorted(matching, key=lambda e: e.name):
         info = entry.stat(follow_symlinks=False)
+        shown = printable(entry.name)
         refused = True
         if len(matching) > 1:
-            drop(f"{entry.name}: one of several files matching {expected}, expected one")
+            drop(f"{shown}: one of several files matching {printable(expected)}, expected one")
         elif info.st_size == 0:
-            drop(f"{entry.name}: empty file")
+            drop(f"{shown}: empty file")
         elif info.st_size > max_bytes:
-            drop(f"{entry.name}: {info.st_size} bytes, more than the limit of {max_bytes} for this case")
+            drop(f"{shown}: {info.st_size} bytes, more than the limit of {max_bytes} for this case")
         else:
             problem = _header_problem(Path(entry.path), max_voxels)
             if problem:
-                drop(f"{entry.name}: {problem}")
+                drop(f"{shown}: {printable(problem)}")
                 continue
             predictions_dir.mkdir(parents=True, exist_ok=True)
             kept, refused = predictions_dir / kept_name, False
@@ -266,6 +273,21 @@ def keep_outputs(
     if n_unlisted:
         dropped.append(f"... and {n_unlisted} more entries")
     return kept, dropped, refused
+
+
+def printable(name: str) -> str:
+    """A name a container chose, as one line of text: undecodable bytes and control characters escaped.
+
+    A file name may hold a newline (to forge a line of the log) or bytes that
+    are not UTF-8 (which the log writer would choke on).
+    """
+    text = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text if text.isprintable() else ascii(text)[1:-1]
+
+
+def glob_literal(text: str) -> str:
+    """``text`` as a glob pattern that matches only itself (case ids may hold ``*``, ``?`` or ``[``)."""
+    return "".join(f"[{c}]" if c in "*?[]" else c for c in text)
 
 
 def _header_problem(path: Path, max_voxels: int | None) -> str:
@@ -281,11 +303,16 @@ def _header_problem(path: Path, max_voxels: int | None) -> str:
 
 
 def case_status(run: ContainerRun, has_prediction: bool, prediction_refused: bool = False) -> str:
-    """``timeout``, ``crashed`` (non-zero exit or killed for memory), ``invalid_prediction``, ``no_output`` or ``ok``.
+    """``engine_error``, ``timeout``, ``crashed`` (could not start, non-zero exit or killed for memory),
+    ``invalid_prediction``, ``no_output`` or ``ok``.
 
     ``prediction_refused``: the expected file was there but not kept (too large,
     or a header that is unreadable or claims too many voxels).
     """
+    if run.engine_error:
+        return STATUS_ENGINE_ERROR
+    if run.start_error:
+        return STATUS_CRASHED
     if run.timed_out:
         return STATUS_TIMEOUT
     if run.exit_code != 0 or run.oom_killed:
@@ -665,26 +692,21 @@ def _empty_scratch(scratch: Path) -> None:
 
 
 def _remove_tree(path: Path) -> None:
-    """Remove a folder a container wrote into, also entries it made read-only or mode 000; warn if that fails.
+    """Remove a folder a container wrote into, however deep, also entries it made read-only or mode 000.
 
-    Write permission is given back, folder by folder, before each removal. What
-    still cannot be removed (a root-owned folder when the harness is not root)
-    is reported and tried again at the next start; it never fails the run.
+    GNU ``chmod -R`` and ``rm -rf`` walk a tree of any depth by descriptor
+    (a container can nest thousands of folders, beyond Python's recursion
+    and PATH_MAX), never follow links, and stay on one file system. What
+    still cannot be removed (a root-owned folder when the harness is not
+    root) is reported and tried again at the next start; it never fails the
+    run.
     """
-    def make_writable_and_retry(function, name, _):
-        parent = os.path.dirname(name)
-        try:
-            os.chmod(parent, 0o700)
-            if os.path.isdir(name) and not os.path.islink(name):
-                os.chmod(name, 0o700)
-                shutil.rmtree(name, ignore_errors=True)
-            else:
-                function(name)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=make_writable_and_retry)
-    if path.exists():
+    if not os.path.lexists(path):
+        return
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "check": False}
+    subprocess.run(["chmod", "-R", "u+rwx", "--", str(path)], **quiet)
+    subprocess.run(["rm", "-rf", "--one-file-system", "--", str(path)], **quiet)
+    if os.path.lexists(path):
         warnings.warn(f"could not remove {path} (files a container made that this user may not delete); "
                       "remove it as root, it is tried again at the next start", HarnessWarning, stacklevel=3)
 
@@ -700,7 +722,7 @@ def _run_here(engine, todo, cases, settings, gpus, record, keep_images: bool = F
         for submission, case in todo:
             team = submission.team
             if team not in loaded:
-                had_before[team] = image_exists(engine, submission.image_id)
+                had_before[team] = image_exists(engine, submission.image_id) if submission.image_id else False
                 loaded[team] = _load_submission(engine, submission, (manifests or {}).get(team))
             image = loaded[team]
             if starting is not None:
@@ -726,13 +748,18 @@ def _load_submission(engine, submission: Submission, manifest: ArchiveInfo | Non
     over the archive; an archive replaced since then loads another image,
     which `load_image_archive` refuses.
     """
+    import docker
+    import requests
+
     if submission.archive is None:
         return submission.image_id
     try:
-        return load_image_archive(engine, submission.archive, manifest)
-    except InvalidSubmissionError as exc:
-        warnings.warn(f"team {submission.team}: invalid submission, not run: {exc}", HarnessWarning, stacklevel=3)
-        return exc
+        return load_image_archive(engine, submission.archive, manifest, team=submission.team)
+    except (InvalidSubmissionError, docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+        error = exc if isinstance(exc, InvalidSubmissionError) else InvalidSubmissionError(
+            f"{submission.archive}: the engine failed while loading it ({exc})")
+        warnings.warn(f"team {submission.team}: invalid submission, not run: {error}", HarnessWarning, stacklevel=3)
+        return error
 
 
 def _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record) -> None:
@@ -794,12 +821,12 @@ def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_
     if kind != "image" and (image not in _LOADED_IMAGES or not image_exists(engine, image)):
         try:
             if kind == "archive_path":
-                loaded = load_image_archive(engine, Path(source[2]))
+                loaded = load_image_archive(engine, Path(source[2]), team=team)
             else:
                 with tempfile.TemporaryDirectory(prefix="flare-eval-") as scratch:
                     archive = Path(scratch) / source[2]
                     archive.write_bytes(source[3])
-                    loaded = load_image_archive(engine, archive)
+                    loaded = load_image_archive(engine, archive, team=team)
         except InvalidSubmissionError as exc:
             return _invalid_submission(Submission(team, image=reference), case, str(exc))
         if loaded != image:
@@ -883,7 +910,8 @@ def execute_case(client, image: str, team: str, case: str, image_path: Path, set
         run = run_container(client, image, team=team, case=case, input_dir=input_dir, output_dir=output_dir,
                             interface=interface, limits=limits, gpu=gpu, runs_label=settings.runs_label,
                             interval_s=settings.interval_s, worker=worker, gpu_memory=settings.gpu_memory)
-        kept, dropped, refused = keep_outputs(output_dir, interface.output_name.replace("{case}", case), kept_dir,
+        kept, dropped, refused = keep_outputs(output_dir, interface.output_name.replace("{case}", glob_literal(case)),
+                                              kept_dir,
                                               interface.prediction_name(case), max_bytes=max_bytes,
                                               max_voxels=n_voxels)
         prediction = kept.read_bytes() if kept is not None else None
@@ -892,6 +920,13 @@ def execute_case(client, image: str, team: str, case: str, image_path: Path, set
     summary = summarize_run(run.times_s, run.cpu_time_s, run.gpu_mib, time_s=run.time_s,
                             total_cpu_s=run.total_cpu_s, n_cpus=n_cpus, allowance_mib=settings.allowance_mib)
     log = run.logs
+    if run.start_error:
+        log += f"\n[flare-eval] {run.start_error}\n"
+    if run.engine_error:
+        log += f"\n[flare-eval] {run.engine_error}\n"
+    if run.volumes:
+        log += (f"\n[flare-eval] the image declares VOLUME {', '.join(map(printable, run.volumes))}: anonymous "
+                "volumes were removed with the container\n")
     if dropped:
         log += "\n[flare-eval] dropped from the output folder:\n" + "\n".join(f"  {line}" for line in dropped) + "\n"
     if run.timed_out:
@@ -921,5 +956,5 @@ def record_case(outcome: CaseOutcome, team_dir: Path, output_name: str) -> None:
     write_table(outcome.samples, team_dir / "samples" / f"{case}.csv")
     log_path = team_dir / "logs" / f"{case}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text(outcome.log, encoding="utf-8")
+    log_path.write_text(outcome.log, encoding="utf-8", errors="backslashreplace")
     append_rows(pd.DataFrame([outcome.row], columns=RESOURCE_COLUMNS), team_dir / "resources.csv")

@@ -383,11 +383,11 @@ def natural_order(labels) -> list[str]:
 
 def _penalized(results: pd.DataFrame) -> pd.Series:
     """Rows whose values a penalty filled in (a case that timed out, crashed, left no or an invalid output)."""
-    from ..results import PENALIZED_STATUSES
+    from ..results import penalized
 
     if "status" not in results:
         return pd.Series(False, index=results.index)
-    return results["status"].isin(PENALIZED_STATUSES)
+    return penalized(results["status"])
 
 
 def dot_box_figure(results: pd.DataFrame, metric: str, team_order: Sequence[str], *, ax=None) -> Figure:
