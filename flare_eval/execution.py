@@ -60,8 +60,9 @@ class TaskLimits:
     time_s : float
         Wall-clock seconds one task may take.
     memory_mib : float
-        Address space of the worker process in MiB (``RLIMIT_AS``): a task
-        that asks for more gets a ``MemoryError`` or dies, and fails alone.
+        Address space in MiB that one task may add to its worker process
+        (enforced with ``RLIMIT_AS``): a task that asks for more gets a
+        ``MemoryError`` or dies, and fails alone.
     """
 
     time_s: float = 600.0
@@ -189,7 +190,9 @@ def _worker_main(connection, memory_bytes: int) -> None:
     import resource
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides what an interruption stops
-    resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
+    # The bound is on what a task adds to the worker as it started (a forked worker shares its caller's imports).
+    limit = _address_space_bytes() + memory_bytes
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     _keep_large_allocations()
     while True:
         try:
@@ -228,13 +231,36 @@ class _Worker:
 
 
 def _context():
-    import multiprocessing
+    """How workers start: forked from a caller that runs one thread, else from a fork server.
 
-    # forkserver: workers start from a clean process (no threads of the caller's copied mid-lock) and the
-    # scoring modules are imported once in the server, not once per worker.
+    Forking copies what the caller has imported (no start-up cost) and needs no
+    ``if __name__ == "__main__"`` guard in a user's script; but a thread of the
+    caller's could hold a lock at the moment of the fork, so a caller with
+    threads (a notebook kernel, a Dask worker) gets workers from a fork server,
+    which imports the scoring modules once.
+    """
+    import multiprocessing
+    import threading
+
+    # tqdm's monitor thread only wakes to check progress bars; it holds no lock a worker takes.
+    others = [t for t in threading.enumerate() if t is not threading.main_thread() and t.name != "tqdm_monitor"]
+    if not others and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["flare_eval.scoring", "flare_eval.io"])
     return context
+
+
+def _address_space_bytes() -> int:
+    """This process's current address space (VmSize), 0 where /proc does not tell."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _start_worker(context, limits: TaskLimits) -> _Worker:

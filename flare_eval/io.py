@@ -261,6 +261,8 @@ def _read_nifti(path: Path, descriptor: int, facts: LabelFileFacts
             image = kind.from_stream(stream)
             data = np.asanyarray(image.dataobj)
             zooms = image.header.get_zooms()
+    except MemoryError:
+        raise  # a bound of the worker, not a fault of the file
     except Exception as exc:  # nibabel raises many types for corrupt files
         raise InvalidLabelMapError(f"{path}: cannot be read as NIfTI ({type(exc).__name__}: {exc})") from exc
     return data, tuple(float(z) for z in zooms[:3]), image.affine

@@ -115,7 +115,6 @@ def brats_lesion_wise(
     """
     spacing = _check_spacing(spacing_mm, 3)
     gt, pred = np.asarray(mask_gt, bool), np.asarray(mask_pred, bool)
-    voxel_mm3 = float(np.prod(spacing))
     n_voxels = gt.size
     box = _mask_box(gt | pred)
     if box is not None:
@@ -150,7 +149,7 @@ def brats_lesion_wise(
         reach = _dilate(lesion_crop, dilation_iterations)
         matches = np.unique(predicted[grown][reach & pred[grown]])
         matched_any.update(int(m) for m in matches)
-        if np.count_nonzero(lesion_crop) * voxel_mm3 <= min_lesion_mm3:
+        if volume_mm3(np.count_nonzero(lesion_crop), spacing) <= min_lesion_mm3:
             continue
         if matches.size:
             n_tp += 1
@@ -174,7 +173,25 @@ def brats_lesion_wise(
         lesion_dice = float(np.sum(dices)) / denominator
         lesion_hd95 = (float(np.sum(distances)) + penalty_mm * n_fp) / denominator
     return LesionWiseScores(lesion_dice, lesion_hd95, legacy_dice, legacy_hd95, n_tp, n_fp, n_fn,
-                            sensitivity, specificity, gt_vx * voxel_mm3)
+                            sensitivity, specificity, volume_mm3(gt_vx, spacing))
+
+
+def volume_mm3(n_voxels: int, spacing_mm: Sequence[float]) -> float:
+    """Volume of ``n_voxels`` voxels in mm^3, as ``((n * sx) * sy) * sz`` in double precision.
+
+    The official BraTS code multiplies in this order; ``n * (sx * sy * sz)``
+    rounds differently on some spacings, and a lesion of exactly the
+    threshold volume would then be kept where the official code drops it.
+
+    Examples
+    --------
+    >>> volume_mm3(3, (0.1, 0.7, 1.0)) == ((3 * 0.1) * 0.7) * 1.0
+    True
+    """
+    volume = float(n_voxels)
+    for size in spacing_mm:
+        volume *= float(size)
+    return volume
 
 
 def _grow(box: tuple[slice, ...], margin: int, shape: tuple[int, ...]) -> tuple[slice, ...]:
@@ -197,7 +214,8 @@ def false_volumes_ml(labels_gt: np.ndarray, labels_pred: np.ndarray, spacing_mm:
     false-positive volume; a ground-truth component that no predicted voxel
     touches counts fully as false-negative volume. mL = voxels x voxel volume /
     1000, with ``spacing_mm`` (autoPET takes the prediction's), the voxel volume
-    computed in single precision as the organizers' code does from the header.
+    a single-precision product of the spacings divided by 1000 in double
+    precision, as the organizers' code computed it under NumPy 1.x.
 
     Examples
     --------
@@ -207,8 +225,9 @@ def false_volumes_ml(labels_gt: np.ndarray, labels_pred: np.ndarray, spacing_mm:
     (2.0, 8.0)
     """
     spacing = _check_spacing(spacing_mm, 3)
-    # In single precision, as the organizers multiply the header's float32 pixdims: identical to the last bit.
-    voxel_ml = float(np.float32(spacing[0]) * np.float32(spacing[1]) * np.float32(spacing[2]) / np.float32(1000))
+    # The product in single precision, as the organizers multiply the header's float32 pixdims; the division in
+    # double, as NumPy 1.x (the NumPy of 2022) divided a float32 scalar by a Python int.
+    voxel_ml = float(np.float32(spacing[0]) * np.float32(spacing[1]) * np.float32(spacing[2])) / 1000.0
     box = _mask_box((labels_gt != 0) | (labels_pred != 0))
     if box is None:
         return 0.0, 0.0

@@ -108,7 +108,10 @@ SPACING_SOURCES = ("ground_truth", "prediction")
 #: ``rank_then_aggregate``: FLARE's; ``aggregate_then_rank``: KiTS23's (rank each metric's mean over cases,
 #: average the ranks, rank again, ties broken by ``tie_break``'s mean).
 RANKING_SCHEMES = ("rank_then_aggregate", "aggregate_then_rank")
-INVALID_LABEL_RULES = ("ignore", "zero_scores")
+#: A prediction holding a value outside the protocol's labels: ``ignore`` (background, with a warning),
+#: ``zero_scores`` (FLARE24: DSC = NSD = 0), ``refuse`` (status ``invalid_prediction``, scored as empty; for
+#: metrics on raw values, where another value would inflate the score).
+INVALID_LABEL_RULES = ("ignore", "zero_scores", "refuse")
 
 
 @dataclass(frozen=True)

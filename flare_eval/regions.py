@@ -87,9 +87,8 @@ def _score_region(gt: np.ndarray, pred: np.ndarray, spacing: np.ndarray, region:
                 scores.gt_volume_mm3)))
             continue
         if metric.kind == "false_volumes":
-            region_gt = np.where(mask_gt, gt, 0)
-            region_pred = np.where(mask_pred, pred, 0)
-            values.update(zip(metric.columns, false_volumes_ml(region_gt, region_pred, spacing,
+            # autoPET: components of every non-zero value of the raw arrays, as the official code finds them.
+            values.update(zip(metric.columns, false_volumes_ml(gt, pred, spacing,
                                                                connectivity=metric.connectivity or 18)))
             continue
         if metric.kind == "dice_raw":

@@ -442,13 +442,37 @@ def _score_region_pair(
 
     loaded = _load_prediction(gt_map, pred, options, spacing_mm)
     labels = loaded.labels if loaded.labels is not None else np.zeros_like(gt_map.array)
+    status, message = loaded.status, loaded.message
+    if protocol.invalid_labels == "refuse" and loaded.labels is not None:
+        outside = metrics._labels_outside(labels, protocol.labels)
+        if outside:
+            status = STATUS_INVALID_PREDICTION
+            message = (f"prediction holds values {preview([str(v) for v in outside])} outside the protocol's labels "
+                       f"{sorted({0, *protocol.labels})}; protocol {protocol.name} refuses it (scored as empty)")
+            labels = np.zeros_like(gt_map.array)
     spacing = gt_map.spacing_mm
     if protocol.spacing_from == "prediction" and loaded.status == STATUS_OK and loaded.label_map is not None:
         # KiTS, BraTS and autoPET read the spacing from the prediction's header (on this grid, equal to within
         # the grid check's tolerance).
         spacing = loaded.label_map.spacing_mm
-    rows = score_regions(gt_map.array, labels, spacing, protocol)
-    return [{**row, "status": loaded.status, "message": loaded.message} for row in rows]
+    rows = [{**row, "status": status, "message": message} for row in score_regions(gt_map.array, labels, spacing,
+                                                                                  protocol)]
+    return [_within_range(row, protocol) for row in rows]
+
+
+def _within_range(row: dict, protocol: Protocol) -> dict:
+    """A row whose values all lie in their ranking metric's range; any that does not marks the case invalid.
+
+    No valid prediction can leave a range (Dice in [0, 1]); one that does found a hole in a metric's
+    definition (raw values, say), and gets the metric's worst value instead of a rank.
+    """
+    wrong = [m for m in protocol.ranking_metrics
+             if m.name in row and row[m.name] == row[m.name] and not m.contains(float(row[m.name]))]
+    if not wrong:
+        return row
+    found = ", ".join(f"{m.name} = {row[m.name]:g} outside [{m.minimum}, {m.maximum}]" for m in wrong)
+    return {**row, **{m.name: m.worst for m in wrong}, "status": STATUS_INVALID_PREDICTION,
+            "message": f"{found}: scored the worst value; " + row.get("message", "")}
 
 
 def score_columns(protocol: Protocol) -> list[str]:

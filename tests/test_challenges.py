@@ -295,3 +295,74 @@ def test_flare24_one_empty_scores_zero():
     pred[2:5, 2:5, 2:5] = 1
     assert [score_regions(gt, pred, (1, 1, 1), protocol)[0][m] for m in ("DSC", "NSD")] == [0.0, 0.0]
     assert [score_regions(pred, gt, (1, 1, 1), protocol)[0][m] for m in ("DSC", "NSD")] == [0.0, 0.0]
+
+
+# Fidelity corners (issue 20: raw values; issue 22: the official code's arithmetic) ----------------------
+
+def _autopet_case():
+    gt = np.zeros((12, 12, 12), np.uint8)
+    gt[2:4, 2:4, 2:4] = 1  # 8 voxels
+    return gt
+
+
+@pytest.mark.parametrize("bad", [2, 255, -63])
+def test_autopet_refuses_values_other_than_0_and_1(bad):
+    gt = _autopet_case()
+    pred = gt.astype(np.int16)
+    pred[3, 3, 3] = bad  # on raw values the official Dice would be 2 * (7 + bad) / (8 + 7 + bad): above 1, or worse
+    row = fe.score_case(pred, gt, "autopet2022", spacing_mm=(1, 1, 1)).iloc[0]
+    assert row.status == "invalid_prediction" and "outside the protocol's labels" in row.message
+    assert row.Dice == 0 and row.FP_volume_ml == 0 and row.FN_volume_ml == pytest.approx(8 * 0.001)
+
+
+def test_a_value_outside_its_metric_range_is_the_worst_value_and_invalid(tmp_path):
+    """Without the refusal, raw Dice can leave [0, 1]: the range check still stops it from ranking first."""
+    import json
+
+    protocol = tmp_path / "raw.json"
+    protocol.write_text(json.dumps({"extends": "autopet2022", "invalid_labels": "ignore"}))
+    gt = _autopet_case()
+    pred = gt.astype(np.int16)
+    pred[2:4, 2:4, 2:4] = 255
+    row = fe.score_case(pred, gt, str(protocol), spacing_mm=(1, 1, 1)).iloc[0]
+    assert row.status == "invalid_prediction" and row.Dice == 0
+    assert "Dice = 1.99" in row.message and "outside [0.0, 1.0]" in row.message
+
+
+def test_autopet_false_volumes_count_components_of_every_non_zero_value(tmp_path):
+    """Hand-worked: the official code finds 18-connected components per value over the raw arrays."""
+    import json
+
+    protocol = tmp_path / "raw.json"
+    protocol.write_text(json.dumps({"extends": "autopet2022", "invalid_labels": "ignore"}))
+    gt = _autopet_case()
+    pred = gt.copy()
+    pred[8:11, 8, 8] = 2  # 3 voxels of another value, touching no ground truth: false positive
+    pred[4, 2, 2] = 2  # 1 voxel of value 2 beside the lesion: a component of its own, touching none
+    row = score_regions(gt, pred, (1, 1, 1), fe.load_protocol(str(protocol)))[0]
+    assert row["FP_volume_ml"] == pytest.approx(4 * 0.001) and row["FN_volume_ml"] == 0
+
+
+def test_autopet_voxel_volume_is_a_float32_product_divided_in_double():
+    """The official pixdim[1]*pixdim[2]*pixdim[3]/1000 under NumPy 1.x: float32 product, double division."""
+    spacing = (0.7, 0.9, 3.3)
+    gt = np.zeros((6, 6, 6), np.uint8)
+    pred = gt.copy()
+    pred[0, 0, 0:3] = 1  # 3 voxels of false positive
+    product = np.float32(0.7) * np.float32(0.9) * np.float32(3.3)
+    assert false_volumes_ml(gt, pred, spacing)[0] == 3 * (float(product) / 1000)
+    # The single-precision division (NumPy 2's reading of the same line) differs in the last bits here.
+    assert 3 * (float(product) / 1000) != 3 * float(product / np.float32(1000))
+
+
+def test_brats_lesion_volume_follows_the_official_order_at_the_threshold():
+    """((n * sx) * sy) * sz is exactly 50 mm^3 here (dropped: not above 50); n * (sx * sy * sz) is just above."""
+    n, sx, sy = 26, 0.3, 1.1
+    sz = 50.0 / (n * sx * sy)
+    assert ((n * sx) * sy) * sz <= 50 < n * (sx * sy * sz)  # the two orders disagree on this spacing
+    gt = np.zeros((40, 12, 12), bool)
+    gt[5:5 + n, 6, 6] = True  # one lesion of 26 voxels, missed by the prediction
+    scores = brats_lesion_wise(gt, np.zeros_like(gt), (sx, sy, sz), dilation_iterations=3, min_lesion_mm3=50,
+                               penalty_mm=374)
+    assert scores.n_fn == 0 and scores.lesion_wise_dice == 1.0 and scores.lesion_wise_hd95_mm == 0.0
+    assert scores.gt_volume_mm3 == ((n * sx) * sy) * sz
