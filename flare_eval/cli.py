@@ -83,9 +83,11 @@ def _add_score_parser(commands) -> None:
         "score",
         help="DSC and NSD of every organ of every case",
         description="Score a folder of predictions against a folder of ground-truth label maps. "
-        "Writes OUT/scores.csv (long), OUT/scores_official.csv (official wide layout, 4 decimals) "
-        "and OUT/summary.csv, and prints the per-organ summary (per region and metric for the KiTS23, "
-        "BraTS 2023, FLARE24 and autoPET presets). An interrupted run resumes.",
+        "Writes OUT/scores.csv (long, full precision), OUT/scores_official.csv (the challenge's wide layout: "
+        "4 decimals for the FLARE 2021-2023 presets and FLARE24, which rounds every value; full precision for "
+        "KiTS23, BraTS 2023 and autoPET, whose official code does not round), OUT/summary.csv and "
+        "OUT/settings.json, and prints the per-organ summary (per region and metric for the region presets). "
+        "An interrupted run resumes.",
     )
     score.add_argument("pred", type=Path,
                        help="folder of predictions (<case>.nii.gz or <case>_0000.nii.gz; also .nii, .mha, .mhd, .nrrd)")
@@ -134,6 +136,10 @@ def _add_rank_parser(commands) -> None:
     ranking.add_argument("--samples", type=_positive_int, default=1000, help="bootstrap samples (default: 1000)")
     ranking.add_argument("--seed", type=_non_negative_int, default=DEFAULT_SEED,
                          help=f"random seed of the bootstrap (default: {DEFAULT_SEED}, recorded in settings.json)")
+    ranking.add_argument("--bootstrap-copies", choices=("separate", "joint"), default="separate",
+                         help="how a case drawn k times by the bootstrap is ranked: separate (each draw its own "
+                         "pseudo-case; default) or joint (the k copies ranked together, ties at the minimum, as "
+                         "challengeR's bootstrap does)")
     ranking.add_argument("--adjust", choices=("holm", "none"), default="holm",
                          help="multiple-testing adjustment over the pairs of one metric (default: holm)")
     ranking.add_argument("--alpha", type=float, default=0.05, help="significance level (default: 0.05)")
@@ -483,7 +489,7 @@ def _rank(args: argparse.Namespace) -> int:
     if not 0 < args.alpha < 1:
         raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
     outputs = rank_results(args.results, args.out, args.protocol, n_samples=args.samples, seed=args.seed,
-                           adjust=args.adjust, alpha=args.alpha)
+                           adjust=args.adjust, alpha=args.alpha, bootstrap_copies=args.bootstrap_copies)
     print(outputs.ranking.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"\nKendall's tau over {outputs.bootstrap.n_samples} bootstrap samples (seed {outputs.bootstrap.seed}):")
     print(outputs.bootstrap.summary().to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -16,6 +16,7 @@ the file header; there is no default spacing.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,7 +44,10 @@ __all__ = [
     "Pairing",
     "pair_cases",
     "LABEL_MAP_SUFFIXES",
+    "TEAM_NAME_PATTERN",
+    "check_team_name",
     "write_table",
+    "write_settings",
     "append_rows",
     "drop_torn_tail",
     "read_table",
@@ -52,6 +56,9 @@ __all__ = [
 ]
 
 LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
+#: Team names become folder names and table cells: a letter or digit first (never ``.``, ``-`` or a CSV formula's
+#: ``=``, ``+``, ``@``), then letters, digits, ``_``, ``.``, ``-``.
+TEAM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 # nnU-Net names images <case>_0000.nii.gz; some teams keep that suffix on predictions.
 _CHANNEL_SUFFIX = "_0000"
@@ -95,6 +102,21 @@ class LabelMap:
             f"LabelMap(shape={self.array.shape}, dtype={self.array.dtype}, spacing_mm={spacing}, "
             f"orientation={self.orientation}, path={str(self.path) if self.path else None!r})"
         )
+
+
+def check_team_name(team: str) -> None:
+    """Raise ValueError unless ``team`` matches `TEAM_NAME_PATTERN` (it names folders under the runs folder).
+
+    Examples
+    --------
+    >>> check_team_name("team-A_2.1")
+    >>> check_team_name("..")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: team name '..' is not allowed: use letters, digits, ...
+    """
+    if not TEAM_NAME_PATTERN.match(team):
+        raise ValueError(f"team name {team!r} is not allowed: use letters, digits, '_', '.' and '-', starting with "
+                         "a letter or digit (at most 100 characters)")
 
 
 def case_id(path: Path) -> str | None:
@@ -439,6 +461,18 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     table.to_csv(temporary, index=False, encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def write_settings(settings: dict, path: str | Path) -> Path:
+    """Write an output folder's ``settings.json`` atomically (values that JSON lacks written as text)."""
+    import json
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
     os.replace(temporary, path)
     return path
 

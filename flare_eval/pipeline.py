@@ -7,7 +7,6 @@ writes its output tables atomically. The CLI calls these.
 
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ import pandas as pd
 
 from ._text import preview
 from ._version import __version__
-from .io import read_resources, read_scores, read_table, write_table
+from .io import read_resources, read_scores, read_table, write_settings, write_table
 from .protocol import Protocol, load_protocol
 from .ranking import (
     DEFAULT_SEED,
@@ -70,6 +69,7 @@ def rank_results(
     seed: int | None = DEFAULT_SEED,
     adjust: str = "holm",
     alpha: float = 0.05,
+    bootstrap_copies: str = "separate",
 ) -> RankingOutputs:
     """Rank the teams of a ``results.csv`` and write the ranking tables.
 
@@ -84,6 +84,8 @@ def rank_results(
     (protocol, seed, number of samples, adjustment, alpha, version) so that
     the run can be reproduced. The seed defaults to the fixed
     `flare_eval.ranking.DEFAULT_SEED` (None draws one, recorded either way).
+    ``bootstrap_copies`` is `flare_eval.ranking.bootstrap_stability`'s
+    ``copies`` (``joint`` reproduces challengeR's bootstrap).
 
     Warnings about filled-in values name the results file.
     """
@@ -97,7 +99,7 @@ def rank_results(
         warnings.warn(f"{results_csv}: {warning.message}", RankingWarning, stacklevel=2)
 
     ranking = rank(matrix)
-    bootstrap = bootstrap_stability(matrix, n_samples=n_samples, seed=seed)
+    bootstrap = bootstrap_stability(matrix, n_samples=n_samples, seed=seed, copies=bootstrap_copies)
     tests = significance(matrix, adjust=adjust, alpha=alpha)
     paper = best_versus_rest(matrix, metric=matrix.metrics[0].name, adjust=adjust, alpha=alpha)
     methods = ranking_methods(matrix, alpha=alpha)
@@ -117,12 +119,13 @@ def rank_results(
         "teams": len(matrix.teams),
         "cases": len(matrix.cases),
         "bootstrap_samples": bootstrap.n_samples,
+        "bootstrap_copies": bootstrap_copies,
         "seed": bootstrap.seed,
         "adjust": adjust,
         "alpha": alpha,
         "flare_eval_version": __version__,
     }
-    (out_dir / "settings.json").write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+    write_settings(settings, out_dir / "settings.json")
     return RankingOutputs(ranking, bootstrap, tests, paper, methods, agreement, out_dir)
 
 

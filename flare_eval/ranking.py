@@ -392,6 +392,10 @@ def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     return float(tau[0]) if single else tau
 
 
+#: How `bootstrap_stability` ranks the copies of a case drawn more than once.
+BOOTSTRAP_COPIES = ("separate", "joint")
+
+
 @dataclass(frozen=True)
 class BootstrapResult:
     """Outcome of `bootstrap_stability`.
@@ -447,14 +451,29 @@ def bootstrap_stability(
     n_samples: int = 1000,
     seed: int | None = None,
     draws: np.ndarray | None = None,
+    copies: str = "separate",
 ) -> BootstrapResult:
     """Ranking stability under resampling of the cases.
 
     Each sample draws ``n_cases`` cases with replacement (the same draws for
-    every team), each draw counting as its own pseudo-case, recomputes the
-    full ranking, and compares it with the ranking on all cases by Kendall's
-    tau-b; also for each metric's ranking alone (teams ordered by their mean
-    rank in that metric).
+    every team), recomputes the full ranking, and compares it with the
+    ranking on all cases by Kendall's tau-b; also for each metric's ranking
+    alone (teams ordered by their mean rank in that metric).
+
+    A case drawn k times enters a rank-then-aggregate ranking in one of two
+    ways (``copies``):
+
+    ``separate`` (default)
+        Each draw is its own pseudo-case: the teams are ranked within it, so
+        the case contributes k times its ranks (1 + b, b teams strictly better).
+    ``joint`` (challengeR's ``bootstrap``)
+        The k copies keep their case id and are ranked together, ties at the
+        minimum: each team's k entries get rank 1 + k * b, so a case drawn
+        twice weighs four times its ranks. Use it to reproduce a stability
+        analysis made with challengeR.
+
+    Aggregate-then-rank schemes average values before ranking, where the two
+    readings agree.
 
     Parameters
     ----------
@@ -468,6 +487,8 @@ def bootstrap_stability(
     draws : (n_samples, n_cases) array of int, optional
         Explicit samples: the indices (into the sorted case ids) drawn for each
         sample. Overrides ``n_samples`` and ``seed`` (then recorded as -1).
+    copies : {"separate", "joint"}
+        How the copies of a case drawn more than once are ranked (see above).
 
     Returns
     -------
@@ -483,6 +504,8 @@ def bootstrap_stability(
     True
     """
     matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    if copies not in BOOTSTRAP_COPIES:
+        raise ValueError(f"copies must be one of {BOOTSTRAP_COPIES}, got {copies!r}")
     n_cases = len(matrix.cases)
     if draws is None:
         if n_samples < 1:
@@ -497,6 +520,9 @@ def bootstrap_stability(
         n_samples, seed = draws.shape[0], -1
     counts = np.zeros((n_samples, n_cases), dtype=np.float64)
     np.add.at(counts, (np.repeat(np.arange(n_samples), n_cases), draws.ravel()), 1.0)
+    # Jointly ranked, a case drawn k times adds k entries of rank 1 + k(r - 1): up to a term equal for every team,
+    # k^2 times its ranks.
+    rank_weights = counts**2 if copies == "joint" else counts
 
     ranks = _case_ranks(matrix)  # (M, C, T)
     if matrix.scheme == "aggregate_then_rank":
@@ -506,7 +532,7 @@ def bootstrap_stability(
         weights = _weights(matrix.metrics)
         weighted = np.tensordot(weights, ranks, axes=1)  # (C, T)
         full_scores = weighted.sum(axis=0)
-        sample_scores = counts @ weighted  # (B, T): the common factor 1/(n_cases * sum w) does not change ranks
+        sample_scores = rank_weights @ weighted  # (B, T): common factors and terms do not change ranks
         full_rank = _rank_scores(full_scores)
         sample_ranks = _rank_scores(sample_scores)
     samples = pd.DataFrame({
@@ -519,7 +545,7 @@ def bootstrap_stability(
             metric_samples = _aggregate_then_rank(matrix, counts)[2][:, m]
         else:
             metric_full = _rank_scores(ranks[m].sum(axis=0))
-            metric_samples = _rank_scores(counts @ ranks[m])
+            metric_samples = _rank_scores(rank_weights @ ranks[m])
         samples[f"kendall_tau_{metric.name}"] = kendall_tau_b(metric_full, metric_samples)
 
     distribution = pd.DataFrame({

@@ -45,17 +45,20 @@ import pandas as pd
 
 from . import metrics
 from ._text import preview
+from ._version import __version__
 from .io import (
     CasePair,
     InvalidLabelMapError,
     LabelMap,
     append_rows,
     case_id,
+    check_team_name,
     drop_torn_tail,
     pair_cases,
     read_header,
     read_label_map,
     read_table,
+    write_settings,
     write_table,
 )
 from .protocol import Protocol, load_protocol
@@ -728,6 +731,10 @@ def score_folder(
 def team_folders(pred_root: str | Path) -> list[Path]:
     """The team folders of ``pred_root``: its sub-folders, sorted.
 
+    A folder whose name is not a team name (`flare_eval.io.check_team_name`:
+    one starting with ``=`` would be a formula in a spreadsheet) is left out
+    with a warning.
+
     Raises
     ------
     FileNotFoundError
@@ -738,7 +745,14 @@ def team_folders(pred_root: str | Path) -> list[Path]:
     pred_root = Path(pred_root)
     if not pred_root.is_dir():
         raise FileNotFoundError(f"predictions folder {pred_root} does not exist or is not a folder")
-    folders = sorted(p for p in pred_root.iterdir() if p.is_dir())
+    folders = []
+    for folder in sorted(p for p in pred_root.iterdir() if p.is_dir()):
+        try:
+            check_team_name(folder.name)
+        except ValueError as exc:
+            warnings.warn(f"{folder}: left out: {exc}", FlareEvalWarning, stacklevel=2)
+            continue
+        folders.append(folder)
     if not folders:
         raise ValueError(f"{pred_root} has no team folders (one sub-folder of predictions per team)")
     return folders
@@ -889,7 +903,8 @@ def score(
 
     Writes ``out_dir/scores.csv`` (long, unrounded), ``out_dir/scores_official.csv``
     (the official wide layout, 4 decimals) and ``out_dir/summary.csv`` (see
-    `summarize_scores`). While it runs, each finished case is appended to
+    `summarize_scores`), and ``out_dir/settings.json`` (the protocol, its
+    scoring limits, the options and the version). While it runs, each finished case is appended to
     ``out_dir/scores.partial.csv``; a later call finds the cases there and does
     not score them again (unless ``force``), so an interrupted run loses at
     most the cases in flight.
@@ -944,5 +959,9 @@ def score(
         official=write_table(official_table(scores, protocol), out_dir / "scores_official.csv"),
         summary=write_table(summarize_scores(scores, protocol), out_dir / "summary.csv"),
     )
+    write_settings({"protocol": protocol.name, "protocol_source": protocol.source, "predictions": str(pred_dir),
+                    "ground_truth": str(gt_dir), "teams": teams, "strict": strict, "resample": resample,
+                    "scoring_limits": asdict(protocol.scoring_limits), "flare_eval_version": __version__},
+                   out_dir / "settings.json")
     partial.unlink(missing_ok=True)
     return scores, files

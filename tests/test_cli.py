@@ -31,7 +31,8 @@ def test_score_examples(examples, tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "Liver" in out and "DSC_median" in out and "mean" in out
-    assert {p.name for p in tmp_path.iterdir()} == {"scores.csv", "scores_official.csv", "summary.csv"}
+    assert {p.name for p in tmp_path.iterdir()} == {"scores.csv", "scores_official.csv", "summary.csv",
+                                                     "settings.json"}
     scores = pd.read_csv(tmp_path / "scores.csv")
     assert list(scores.columns[:6]) == ["case", "label", "organ", "DSC", "NSD", "status"]
 

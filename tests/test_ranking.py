@@ -150,8 +150,8 @@ def test_bootstrap_equals_naive_recomputation_including_duplicates():
 
 
 def test_duplicated_case_counts_twice_not_jointly():
-    # challengeR's bug ranks a case drawn twice jointly with its copy (ranks 1, 3, 5):
-    # here a draw of case 0 twice must equal ranking a table with two separate copies.
+    # challengeR ranks a case drawn twice jointly with its copy (ranks 1, 3, 5; copies="joint" below):
+    # by default a draw of case 0 twice must equal ranking a table with two separate copies.
     table = HAND
     draws = np.array([[0, 0]])
     result = bootstrap_stability(table, draws=draws)
@@ -159,6 +159,48 @@ def test_duplicated_case_counts_twice_not_jointly():
     expected = rank(doubled).set_index("team")["rank"].reindex(result.teams).to_numpy()
     np.testing.assert_array_equal(result.ranks[0], expected)
     assert result.seed == -1
+
+
+def joint_bootstrap_ranking(table, draws, cases, protocol):
+    """challengeR's reading, built literally: the copies of a case keep its id and are ranked together.
+
+    Within each case id, every entry (k copies of each team) is ranked against all the others, ties at the
+    minimum (pandas' ``method="min"``, R's ``ties.method = "min"``); a team's score is the weighted mean of its
+    entries' ranks; the final ranks are the scores ranked, ties at the minimum.
+    """
+    sample = pd.concat([table[table.case == cases[index]] for index in draws], ignore_index=True)
+    total = 0.0
+    for metric in protocol.ranking_metrics:
+        entry_ranks = sample.groupby("case")[metric.name].rank(method="min", ascending=not metric.higher_is_better)
+        total = total + metric.weight * entry_ranks
+    score = total.groupby(sample["team"]).mean()
+    return score.rank(method="min")
+
+
+def test_joint_copies_reproduce_challenger_duplicate_ranking():
+    rng = np.random.default_rng(7)
+    rows = [(t, str(c), *rng.random(2), *rng.integers(1, 4, 3)) for t in "pqrstu" for c in range(7)]
+    table = table_from(rows)
+    protocol = load_protocol("flare22")
+    result = bootstrap_stability(table, n_samples=40, seed=3, copies="joint")
+    separate = bootstrap_stability(table, n_samples=40, seed=3)
+    matrix = prepare_results(table)
+    assert any(max(np.bincount(d)) >= 3 for d in result.draws)  # some case drawn three times or more
+    for s, draws in enumerate(result.draws):
+        expected = joint_bootstrap_ranking(table, draws, matrix.cases, protocol).reindex(matrix.teams)
+        np.testing.assert_array_equal(result.ranks[s], expected.to_numpy())
+    assert not np.array_equal(result.ranks, separate.ranks)  # the two readings do differ on these draws
+    # Each metric alone follows the same rule.
+    dsc_only = dataclasses.replace(protocol, ranking_metrics=protocol.ranking_metrics[:1])
+    for s, draws in enumerate(result.draws[:10]):
+        expected = joint_bootstrap_ranking(table, draws, matrix.cases, dsc_only).reindex(matrix.teams)
+        full = joint_bootstrap_ranking(table, range(len(matrix.cases)), matrix.cases, dsc_only).reindex(matrix.teams)
+        assert result.samples.kendall_tau_DSC[s] == pytest.approx(stats.kendalltau(full, expected).statistic)
+
+
+def test_copies_must_be_named():
+    with pytest.raises(ValueError, match="copies must be one of"):
+        bootstrap_stability(HAND, n_samples=2, copies="challenger")
 
 
 def test_bootstrap_is_reproducible_and_summarised(example_results):

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import re
 import shutil
 import signal
 import socket
@@ -44,14 +43,17 @@ import numpy as np
 import pandas as pd
 
 from ..io import (
+    TEAM_NAME_PATTERN,
     InvalidLabelMapError,
     append_rows,
     case_id,
+    check_team_name,
     convert_image,
     drop_torn_tail,
     read_header,
     read_resources,
     read_table,
+    write_settings,
     write_table,
 )
 from ..protocol import ContainerInterface, Protocol, load_protocol
@@ -111,8 +113,6 @@ RESOURCE_COLUMNS = [
     "gpu_name", "gpu_driver", "started_at",
 ]
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar")
-#: Team names become folder names: a letter or digit first, then letters, digits, ``_``, ``.``, ``-``.
-TEAM_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 _CHANNEL = "_0000"
 DEFAULT_MAX_OUTPUT_BYTES = 2 * 1024**3
 #: A prediction may take at most this many bytes per voxel of the case's image (float64 is 8), plus a header.
@@ -139,21 +139,6 @@ class Submission:
     archive: Path | None = None
     image: str | None = None
     image_id: str | None = None
-
-
-def check_team_name(team: str) -> None:
-    """Raise ValueError unless ``team`` matches `TEAM_NAME_PATTERN` (it names folders under the runs folder).
-
-    Examples
-    --------
-    >>> check_team_name("team-A_2.1")
-    >>> check_team_name("..")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ValueError: team name '..' is not allowed: use letters, digits, ...
-    """
-    if not TEAM_NAME_PATTERN.match(team):
-        raise ValueError(f"team name {team!r} is not allowed: use letters, digits, '_', '.' and '-', starting with "
-                         "a letter or digit (at most 100 characters)")
 
 
 def find_submissions(folder: str | Path) -> list[Submission]:
@@ -543,7 +528,7 @@ def run_containers(
             if scheduler is None:
                 _run_here(engine, todo, cases, settings, gpus, record, keep_images, starting, manifests)
             else:
-                _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record)
+                _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record, keep_images)
     finally:
         bar.close()
         if scheduler is not None:
@@ -600,7 +585,6 @@ def _named_submissions(submissions: list[Submission]) -> tuple[list[Submission],
 def _write_run_settings(path: Path, protocol: Protocol, limits: ContainerLimits, interface: ContainerInterface,
                         gpus, keep_images: bool, max_output_bytes: int) -> None:
     """Record the limits and relaxations in force, and the machine, beside the runs (atomically)."""
-    import json
     import platform
     from dataclasses import asdict
 
@@ -624,9 +608,7 @@ def _write_run_settings(path: Path, protocol: Protocol, limits: ContainerLimits,
                     "n_cpus": os.cpu_count(), "memory_bytes": host_memory_bytes()},
         "flare_eval_version": __version__,
     }
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
+    write_settings(settings, path)
 
 
 @dataclass(frozen=True)
@@ -762,7 +744,7 @@ def _load_submission(engine, submission: Submission, manifest: ArchiveInfo | Non
         return error
 
 
-def _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record) -> None:
+def _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record, keep_images: bool = False) -> None:
     from ..execution import SHIP_MODES, connect, run_tasks, workers_see_files
 
     if ship not in SHIP_MODES:
@@ -797,6 +779,8 @@ def _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record) -> Non
         for outcome in run_tasks(_case_on_worker, arguments, client=client, resources={"GPU": 1}, retries=1,
                                  prepare=with_input_bytes):
             record(outcome)
+        if not keep_images:
+            client.run(_remove_loaded_images)
     finally:
         if client is not scheduler:
             client.close()
@@ -804,6 +788,17 @@ def _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record) -> Non
 
 #: Image IDs this worker process loaded from archives (IDs, never tags: two teams' tags cannot collide).
 _LOADED_IMAGES: set[str] = set()
+
+
+def _remove_loaded_images() -> int:
+    """On a Dask worker: remove the images this worker process loaded from archives; return how many."""
+    engine = docker_client()
+    removed = 0
+    for image in sorted(_LOADED_IMAGES):
+        remove_image(engine, image)
+        removed += 1
+    _LOADED_IMAGES.clear()
+    return removed
 
 
 def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_data: str | bytes,

@@ -457,17 +457,21 @@ def _failures(results: pd.DataFrame | None, resources: pd.DataFrame, runs_dir: P
     failed = pd.concat(frames, ignore_index=True)
     if failed.empty:
         return "<p>Every case of every team ended ok.</p>"
+    failed = failed.sort_values(["team", "case"], ignore_index=True)
+    shown = failed.copy()
+    for column in ("team", "case", "status"):  # a team chose these names; the table below is not escaped for us
+        shown[column] = shown[column].astype(str).map(html.escape)
     if runs_dir is not None:
         links = []
         for row in failed.itertuples():
             log = runs_dir / row.team / "logs" / f"{row.case}.log"
             target = html.escape(os.path.relpath(log, out_dir).replace(os.sep, "/"))
             links.append(f'<a href="{target}">log</a>' if log.exists() else "")
-        failed["log"] = links
+        shown["log"] = links
     worst = _penalty_values(protocol)
     return (f"<p>{len(failed)} case(s) did not end ok; each got the protocol's worst values ({html.escape(worst)}) "
             "in the ranking, and is drawn as a hollow marker in the figures of case values.</p>"
-            + _table(failed.sort_values(["team", "case"]), 1, escape=False))
+            + _table(shown, 1, escape=False))
 
 
 def _organ_summary(scores: pd.DataFrame, metric: str, team_order: list[str], protocol: Protocol) -> pd.DataFrame:
