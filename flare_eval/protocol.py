@@ -191,6 +191,12 @@ class RankingMetric:
         The metric's valid range, bounds included (None: unbounded). A value
         outside it is an error, never ranked: DSC and NSD lie in [0, 1],
         times and AUCs are at least 0.
+    region : str or None
+        Of a region protocol: the region whose value of ``score_column`` this
+        metric ranks (BraTS ranks each region's lesion-wise Dice on its own).
+        None: the case's mean over the regions that have ``score_column``.
+    score_column : str or None
+        The column of ``scores.csv`` the metric is made from (default: ``name``).
     """
 
     name: str
@@ -199,6 +205,13 @@ class RankingMetric:
     worst: float
     minimum: float | None = None
     maximum: float | None = None
+    region: str | None = None
+    score_column: str | None = None
+
+    @property
+    def source(self) -> str:
+        """The ``scores.csv`` column this metric is made from."""
+        return self.score_column or self.name
 
     def contains(self, value: float) -> bool:
         """Whether ``value`` lies in the metric's valid range."""
@@ -291,6 +304,21 @@ class Protocol:
             if organ.label == label:
                 return organ
         raise KeyError(f"label {label} is not part of protocol {self.name!r}; labels: {self.labels}")
+
+    def tie_break_parts(self) -> tuple[str, str] | None:
+        """``(score column, region)`` of the tie-break column ``<column>_<region>`` (KiTS23: Dice, tumor).
+
+        The region is found among the protocol's regions by name, so a region
+        whose name holds ``_`` (``kidney_and_mass``) can be the tie-break's.
+        """
+        if not self.tie_break:
+            return None
+        for region in sorted(self.regions, key=lambda r: -len(r.name)):
+            column = self.tie_break[: -len(region.name) - 1]
+            if self.tie_break.endswith("_" + region.name) and column in self.score_columns:
+                return column, region.name
+        raise ValueError(f"protocol {self.name!r}: tie_break {self.tie_break!r} is not <score column>_<region> for "
+                         f"any of the regions {[r.name for r in self.regions]}")
 
     def slice_range_applies(self, label: int) -> bool:
         """Whether ``label`` is evaluated only on the ground truth's slice range."""
@@ -470,7 +498,12 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
             worst=float(_require(item, "worst", source, where)),
             minimum=None if item.get("minimum") is None else float(item["minimum"]),
             maximum=None if item.get("maximum") is None else float(item["maximum"]),
+            region=None if item.get("region") is None else str(item["region"]),
+            score_column=None if item.get("score_column") is None else str(item["score_column"]),
         )
+        if metric.region is not None and metric.region not in {r.name for r in regions}:
+            raise ValueError(f"protocol file {source}: {where}region {metric.region!r} is not one of the "
+                             f"protocol's regions {[r.name for r in regions]}")
         if not metric.contains(metric.worst):
             raise ValueError(f"protocol file {source}: {where}worst {metric.worst:g} lies outside the metric's "
                              f"range [{metric.minimum}, {metric.maximum}]")

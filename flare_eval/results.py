@@ -76,17 +76,23 @@ def region_results(scores: pd.DataFrame, protocol: str | Protocol) -> pd.DataFra
     """Results of a region protocol (KiTS23, BraTS, ...): one row per team and case.
 
     Each ranking metric is the case's mean over the regions that have it
-    (KiTS23: Dice and SD averaged over its three regions); a tie-break column
-    named ``<metric>_<region>`` (KiTS23: ``Dice_tumor``) is that region's value.
+    (KiTS23: Dice and SD averaged over its three regions), or one region's
+    value where the metric names a region (BraTS: ``LesionWise_Dice_WT``); a
+    tie-break column named ``<metric>_<region>`` (KiTS23: ``Dice_tumor``) is
+    that region's value.
     """
     protocol = load_protocol(protocol)
     keys = ["team", "case"] if "team" in scores else ["case"]
-    names = [m.name for m in protocol.ranking_metrics]
-    table = scores.groupby(keys, sort=True)[names].mean().reset_index()
+    table = scores[keys].drop_duplicates().sort_values(keys, ignore_index=True)
+    chosen = [(m.name, m.source, m.region) for m in protocol.ranking_metrics]
     if protocol.tie_break:
-        metric, _, region = protocol.tie_break.rpartition("_")
-        chosen = scores[scores["region"] == region].set_index(keys)[metric].rename(protocol.tie_break)
-        table = table.merge(chosen.reset_index(), on=keys, how="left")
+        chosen.append((protocol.tie_break, *protocol.tie_break_parts()))
+    for name, source, region in chosen:
+        if region is None:  # the case's mean over the regions that have the column
+            values = scores.groupby(keys, sort=True)[source].mean().rename(name)
+        else:
+            values = scores[scores["region"] == region].set_index(keys)[source].rename(name)
+        table = table.merge(values.reset_index(), on=keys, how="left")
     return table
 
 

@@ -366,3 +366,40 @@ def test_brats_lesion_volume_follows_the_official_order_at_the_threshold():
                                penalty_mm=374)
     assert scores.n_fn == 0 and scores.lesion_wise_dice == 1.0 and scores.lesion_wise_hd95_mm == 0.0
     assert scores.gt_volume_mm3 == ((n * sx) * sy) * sz
+
+
+def test_brats_ranks_each_region_and_metric_within_each_case_then_averages(tmp_path):
+    """Hand-worked: averaging the regions first puts A first; ranking per region, as BraTS does, puts B first."""
+    import json
+
+    dice = {"A": (1.0, 0.0, 0.0), "B": (0.3, 0.3, 0.3), "C": (0.2, 0.2, 0.5)}
+    rows = [{"team": team, "case": "c1", "region": region, "LesionWise_Dice": value, "LesionWise_HD95": 10.0}
+            for team, values in dice.items() for region, value in zip(("WT", "TC", "ET"), values)]
+    scores = pd.DataFrame(rows)
+    protocol = fe.load_protocol("brats2023-gli")
+    results = fe.region_results(scores, protocol)
+    assert list(results.columns[2:5]) == ["LesionWise_Dice_WT", "LesionWise_Dice_TC", "LesionWise_Dice_ET"]
+    # Dice ranks: WT A1 B2 C3, TC B1 C2 A3, ET C1 B2 A3; HD95 all tied at 1: sums A 7+3, B 5+3, C 6+3.
+    ranking = fe.rank(results, protocol).set_index("team")
+    assert ranking["rank"].to_dict() == {"B": 1, "C": 2, "A": 3}
+    assert ranking.loc["B", "score"] == pytest.approx((5 + 3) / 6)
+    averaged = tmp_path / "averaged.json"
+    averaged.write_text(json.dumps({"extends": "brats2023-gli", "ranking": {"metrics": [
+        {"name": "LesionWise_Dice", "higher_is_better": True, "worst": 0.0},
+        {"name": "LesionWise_HD95", "higher_is_better": False, "worst": 374.0}]}}))
+    other = fe.load_protocol(str(averaged))
+    assert fe.rank(fe.region_results(scores, other), other).iloc[0]["team"] == "A"
+
+
+def test_a_tie_break_region_may_hold_underscores(tmp_path):
+    import json
+
+    custom = tmp_path / "kits.json"
+    custom.write_text(json.dumps({"extends": "kits23", "ranking": {
+        "scheme": "aggregate_then_rank", "tie_break": "Dice_kidney_and_mass",
+        "metrics": [{"name": "Dice", "higher_is_better": True, "worst": 0.0}]}}))
+    protocol = fe.load_protocol(str(custom))
+    assert protocol.tie_break_parts() == ("Dice", "kidney_and_mass")
+    scores = pd.DataFrame({"team": ["a"] * 3, "case": ["1"] * 3, "region": ["kidney_and_mass", "mass", "tumor"],
+                           "Dice": [0.9, 0.8, 0.7], "SD": [0.5, 0.5, 0.5]})
+    assert fe.region_results(scores, protocol)["Dice_kidney_and_mass"].tolist() == [0.9]
