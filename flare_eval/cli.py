@@ -22,6 +22,8 @@ from .ranking import DEFAULT_SEED
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
 EXIT_BAD_INPUT = 2
+#: An unexpected error inside flare-eval (a bug): one line on stderr, the traceback in a file.
+EXIT_INTERNAL = 3
 #: As a shell reports a command ended by Ctrl-C (128 + SIGINT).
 EXIT_INTERRUPTED = 130
 
@@ -58,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate and rank segmentation algorithms the way the FLARE challenges did.",
         epilog="exit codes: 0 success; 1 finished, but some cases had problems (missing or invalid "
         "predictions, failed containers, invalid submissions; listed on stderr); 2 bad input or arguments, or a "
-        "full disk; 130 interrupted (finished cases are kept: rerun to resume)",
+        "full disk; 3 an internal error (one line on stderr, the traceback in a file it names); 130 interrupted "
+        "(finished cases are kept: rerun to resume). A closed stdout (| head) ends the output quietly.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -416,13 +419,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"flare-eval {args.command}: interrupted; every finished case is kept: run the same command "
                   "again to resume", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            # The reader of stdout has gone (| head): say nothing more, and let no flush at exit complain.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_OK
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
+                return _internal_error(args.command, exc)
             where = os.path.dirname(exc.filename) if exc.filename else "the output folder"
             print(f"flare-eval {args.command}: error: no space left on the disk of {where}; every finished case "
                   "is kept: free some space and run the same command again to resume", file=sys.stderr)
             return EXIT_BAD_INPUT
+        except Exception as exc:  # a bug: one line, never a traceback on the terminal
+            return _internal_error(args.command, exc)
+
+
+def _internal_error(command: str, exc: BaseException) -> int:
+    """Write the traceback to a file, say in one line what went wrong and where the traceback is."""
+    import tempfile
+    import time
+    import traceback
+
+    handle, path = tempfile.mkstemp(prefix=f"flare-eval-{command}-{time.strftime('%Y%m%d-%H%M%S')}-",
+                                    suffix=".traceback.txt")
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(f"flare-eval {__version__}, command {command}, argv {sys.argv!r}\n")
+        out.write("".join(traceback.format_exception(exc)))
+    print(f"flare-eval {command}: internal error: {type(exc).__name__}: {exc} (a bug in flare-eval; the "
+          f"traceback is in {path}: please report it)", file=sys.stderr)
+    return EXIT_INTERNAL
 
 
 def _container_error() -> type[Exception]:
@@ -543,12 +568,17 @@ def _run_containers(args: argparse.Namespace) -> int:
 
 def _collect(args: argparse.Namespace) -> int:
     from .pipeline import collect_results
+    from .results import penalized
 
     results_csv = args.out or args.runs / "results.csv"
     _note_replacing(results_csv.parent, results_csv.name)
     results = collect_results(args.runs, args.labels, args.out, args.protocol, workers=args.workers,
                               progress=False if args.no_progress else None, scheduler=args.scheduler,
                               ship=args.ship)
+    failed = results[penalized(results["status"])]
+    for row in failed.itertuples():
+        print(f"{row.team} {row.case}: {row.status}; log: {args.runs / row.team / 'logs' / f'{row.case}.log'}",
+              file=sys.stderr)
     if not args.quiet:
         metrics = [c for c in results.columns if c not in ("team", "case", "status")]
         per_team = results.groupby("team")[metrics].mean().add_prefix("mean_")
@@ -557,7 +587,7 @@ def _collect(args: argparse.Namespace) -> int:
         per_team["not_ok"] = per_team["not_ok"].fillna(0).astype(int)
         print(per_team.reset_index().to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"wrote {args.out or args.runs / 'results.csv'}")
-    return EXIT_OK
+    return EXIT_PROBLEMS if len(failed) else EXIT_OK
 
 
 def _evaluate(args: argparse.Namespace) -> int:

@@ -7,6 +7,9 @@ writes its output tables atomically. The CLI calls these.
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,21 +170,63 @@ def collect_results(
     if not team_dirs:
         raise ValueError(f"runs folder {runs_dir} holds no team folders (with predictions/ or resources.csv)")
     scores = []
-    for team_dir in team_dirs:
-        (team_dir / "predictions").mkdir(exist_ok=True)
-        with warnings.catch_warnings():
-            # Missing predictions are expected here: their status comes from resources.csv.
-            warnings.simplefilter("ignore", FlareEvalWarning)
-            team_scores, _ = score(team_dir / "predictions", labels_dir, team_dir, protocol, workers=workers,
-                                   progress=progress, force=True, scheduler=scheduler, ship=ship)
-        scores.append(team_scores.assign(team=team_dir.name))
+    # Every team is scored into a staging folder first: a run that cannot score anything (the wrong labels
+    # folder, the wrong protocol) fails before it replaces any team's earlier tables.
+    staging = Path(tempfile.mkdtemp(prefix=".collect-", dir=runs_dir))
+    (staging / ".none").mkdir()  # the predictions of a team that has none
+    try:
+        for team_dir in team_dirs:
+            predictions = team_dir / "predictions"
+            with warnings.catch_warnings():
+                # Missing predictions are expected here: their status comes from resources.csv.
+                warnings.simplefilter("ignore", FlareEvalWarning)
+                team_scores, _ = score(predictions if predictions.is_dir() else staging / ".none", labels_dir,
+                                       staging / team_dir.name, protocol, workers=workers, progress=progress,
+                                       force=True, scheduler=scheduler, ship=ship)
+            scores.append(team_scores.assign(team=team_dir.name))
+        scores = pd.concat(scores, ignore_index=True)
+        _refuse_if_nothing_scored(scores, labels_dir)
+        for team_dir in team_dirs:
+            for produced in sorted((staging / team_dir.name).iterdir()):
+                os.replace(produced, team_dir / produced.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _warn_absent_labels(scores, protocol, labels_dir)
     resources = read_resources(runs_dir)
     if not resources.empty and warn_unmeasured:
         _warn_unmeasured_gpu(resources)
-    results = assemble_results(pd.concat(scores, ignore_index=True), None if resources.empty else resources,
-                               protocol)
+    results = assemble_results(scores, None if resources.empty else resources, protocol)
     write_table(results, Path(out_csv) if out_csv else runs_dir / "results.csv")
     return results
+
+
+def _refuse_if_nothing_scored(scores: pd.DataFrame, labels_dir: Path) -> None:
+    """Predictions were there, yet not one case could be scored: the inputs are wrong, not the teams."""
+    from .scoring import SCORED_STATUSES, STATUS_MISSING
+
+    present = scores[scores["status"] != STATUS_MISSING]
+    if len(present) and not present["status"].isin(SCORED_STATUSES).any():
+        example = present.iloc[0]
+        raise ValueError(f"not one prediction could be scored against {labels_dir} (e.g. team {example['team']}, "
+                         f"case {example['case']}: {example['status']}: {example['message']}); nothing was "
+                         "replaced: check the labels folder and the protocol")
+
+
+def _warn_absent_labels(scores: pd.DataFrame, protocol: Protocol, labels_dir: Path) -> None:
+    """A protocol label that no ground truth of the run holds is the likely sign of the wrong protocol."""
+    from .scoring import SCORED_STATUSES
+
+    if "gt_voxels" not in scores or "label" not in scores:
+        return
+    scored = scores[scores["status"].isin(SCORED_STATUSES)]
+    if scored.empty:
+        return
+    present = scored.groupby("label")["gt_voxels"].sum()
+    absent = [organ for organ in protocol.organs if present.get(organ.label, 0) == 0]
+    if absent:
+        warnings.warn(f"{len(absent)} of the {len(protocol.organs)} labels of protocol {protocol.name} never occur "
+                      f"in any ground truth of {labels_dir} ({preview([f'{o.label} {o.code}' for o in absent])}): "
+                      "is this the right --protocol?", CollectWarning, stacklevel=3)
 
 
 def _warn_unmeasured_gpu(resources: pd.DataFrame) -> None:

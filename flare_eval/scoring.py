@@ -514,11 +514,34 @@ def _score_case_task(team: str | None, pair: CasePair, protocol: Protocol, optio
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", FlareEvalWarning)
         gt_map = read_label_map(pair.gt_path, follow_link=True)
+        _check_ground_truth(gt_map, protocol)
         if protocol.regions:
             rows = [{"case": pair.case, **row} for row in _score_region_pair(gt_map, pair.pred_path, protocol, options)]
         else:
             rows = [{"case": pair.case, **asdict(s)} for s in _score_pair(gt_map, pair.pred_path, protocol, options)]
     return team, rows, [str(w.message) for w in caught]
+
+
+#: A ground truth with more distinct values outside the protocol's labels than this is not a label map.
+_MAX_FOREIGN_VALUES = 32
+
+
+def _check_ground_truth(gt_map: LabelMap, protocol: Protocol) -> None:
+    """Refuse a ground truth that is an image, not a label map (``--labels imagesTs/``, the wrong folder).
+
+    Labels are never negative, and a label map holds a handful of values; a
+    CT holds negative values, an MR image thousands of intensities.
+    """
+    low = int(gt_map.array.min())
+    if low < 0:
+        raise InvalidLabelMapError(f"{gt_map.path}: holds negative values (down to {low}): an image, not a label "
+                                   "map? give the folder of ground-truth label maps")
+    foreign = metrics._labels_outside(gt_map.array, protocol.labels)
+    if len(foreign) > _MAX_FOREIGN_VALUES:
+        raise InvalidLabelMapError(f"{gt_map.path}: holds {len(foreign)} distinct values outside the labels of "
+                                   f"protocol {protocol.name} (e.g. {preview([str(v) for v in foreign])}): an "
+                                   "image, not a label map? give the folder of ground-truth label maps, or the "
+                                   "right --protocol")
 
 
 def _score_case_from_bytes(team: str | None, pair: CasePair, gt_bytes: bytes, pred_bytes: bytes | None,

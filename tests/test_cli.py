@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 import pytest
 from conftest import write_nifti
@@ -212,3 +214,86 @@ def test_score_loads_neither_docker_nor_plotting_code(examples, tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+# The organizer's night of the deadline: wrong arguments never damage results, exit codes mean what they say ---
+
+@pytest.fixture
+def demo_runs(examples, tmp_path):
+    """The bundled teams' runs folder with their predictions, as `make demo` lays it out."""
+    import shutil
+
+    runs = tmp_path / "runs"
+    for team in ("teamA", "teamB", "teamC"):
+        shutil.copytree(examples.runs / team, runs / team)
+        shutil.copytree(examples.predictions / team, runs / team / "predictions")
+    return runs
+
+
+def test_collect_with_images_as_labels_exits_2_and_replaces_nothing(demo_runs, examples, tmp_path, capsys):
+    assert main(["collect", str(demo_runs), "--labels", str(examples.labels), "--no-progress", "--quiet"]) == 1
+    before = {path: path.read_bytes() for path in sorted(demo_runs.glob("*/scores.csv"))}
+    images = tmp_path / "imagesTs"
+    for label in sorted(examples.labels.glob("*.nii.gz")):
+        reference = nib.load(label)
+        ct = np.full(reference.shape, -1000, np.int16)  # air, as a CT holds it
+        write_nifti(images / label.name, ct, reference.header.get_zooms()[:3], affine=reference.affine)
+    code = main(["collect", str(demo_runs), "--labels", str(images), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "holds negative values" in err and "an image, not a label map" in err
+    assert {path: path.read_bytes() for path in sorted(demo_runs.glob("*/scores.csv"))} == before
+    assert not list(demo_runs.glob(".collect-*"))
+
+
+def test_collect_exits_1_with_failed_cases_and_lists_them(demo_runs, examples, capsys):
+    code = main(["collect", str(demo_runs), "--labels", str(examples.labels), "--no-progress"])
+    results = pd.read_csv(demo_runs / "results.csv", dtype={"team": str, "case": str})
+    failed = results[~results.status.isin(["ok", "no_run"])]
+    assert len(failed) and code == 1
+    err = capsys.readouterr().err
+    for row in failed.itertuples():
+        assert f"{row.team} {row.case}: {row.status}" in err
+
+
+def test_the_wrong_protocol_is_named_when_its_labels_never_occur(tmp_path, capsys):
+    labels = np.zeros((8, 8, 8), np.uint8)
+    labels[2:5, 2:5, 2:5] = 1
+    labels[5:7, 5:7, 5:7] = 2
+    write_nifti(tmp_path / "gt" / "c.nii.gz", labels)
+    write_nifti(tmp_path / "pred" / "c.nii.gz", labels)
+    for team in ("a", "b"):
+        write_nifti(tmp_path / "runs" / team / "predictions" / "c.nii.gz", labels)
+    with pytest.warns(UserWarning, match=r"11 of the 13 labels of protocol flare22 never occur .* right --protocol"):
+        from flare_eval import collect_results
+
+        collect_results(tmp_path / "runs", tmp_path / "gt", progress=False)
+
+
+def test_an_internal_error_exits_3_with_one_line_and_a_traceback_file(monkeypatch, capsys, tmp_path):
+    import flare_eval.cli as cli
+
+    def broken(args):
+        raise KeyError("label")
+
+    monkeypatch.setattr(cli, "_protocols", broken)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    assert main(["protocols"]) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "internal error: KeyError: 'label'" in err and "Traceback" not in err
+    written = list(tmp_path.glob("flare-eval-protocols-*.traceback.txt"))
+    assert len(written) == 1 and "Traceback" in written[0].read_text() and str(written[0]) in err
+
+
+def test_a_closed_stdout_pipe_ends_quietly(examples, tmp_path):
+    command = (f"{sys.executable} -m flare_eval rank {examples.results} --out {tmp_path / 'r'} --samples 50 "
+               "2>err.txt | head -1")
+    result = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    err = (tmp_path / "err.txt").read_text()
+    assert result.stdout.strip() and "Traceback" not in err and "BrokenPipe" not in err
+
+
+def test_report_of_a_folder_with_nothing_to_report_exits_2(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "report")]) == 2
+    assert "holds no results.csv and no runs" in capsys.readouterr().err
+    assert not (tmp_path / "report" / "index.html").exists()

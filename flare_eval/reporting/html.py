@@ -69,6 +69,8 @@ def find_report_inputs(
     ------
     FileNotFoundError
         If ``source`` does not exist.
+    ValueError
+        If it holds neither a results table nor runs: nothing to report.
     """
     source = Path(source)
     if not source.exists():
@@ -84,6 +86,9 @@ def find_report_inputs(
     runs = folder(runs_dir, base / "runs", ".")
     if runs is None and any(base.glob("*/scores.csv")):
         runs = base
+    if results is None and runs is None:
+        raise ValueError(f"{source} holds no results.csv and no runs (<team>/scores.csv): give a results.csv or "
+                         "a folder written by evaluate or collect")
     return ReportInputs(
         results_csv=results,
         ranking_dir=folder(ranking_dir, base / "ranking", "ranking.csv"),
