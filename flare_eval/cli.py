@@ -358,6 +358,10 @@ def _add_container_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpuset-cpus", default=None, help="CPUs a container may use, e.g. 0-7 (default: all)")
     parser.add_argument("--user", default=None,
                         help="uid[:gid] the containers run as (default: the image's own user)")
+    parser.add_argument("--max-consecutive-failures", type=_positive_int, default=None, metavar="N",
+                        help="fail fast: stop running a team whose first N cases all timed out or crashed; its "
+                        "other cases get status stopped_after_failures, penalised (default: the protocol's; FLARE: "
+                        "never, every case runs)")
     parser.add_argument("--keep-images", action="store_true",
                         help="keep the images loaded from archives on the engine (default: removed after each team)")
     parser.add_argument("--command", dest="container_command", default=None,
@@ -381,7 +385,7 @@ def _container_settings(args: argparse.Namespace):
 
     limits = ContainerLimits(memory=args.memory, shm_size=args.shm_size, pids_limit=args.pids_limit,
                              timeout_s=args.timeout, cpus=args.cpus, cpuset_cpus=args.cpuset_cpus,
-                             user=args.user).checked()
+                             user=args.user, max_consecutive_failures=args.max_consecutive_failures).checked()
     submissions = find_submissions(args.submissions) if args.submissions else []
     for item in args.image:
         team, sep, image = item.partition("=")

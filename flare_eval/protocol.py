@@ -17,7 +17,7 @@ The schema (all lengths in millimetres)::
                                "minimum": 0.0, "maximum": 1.0}, ...],
                   "tie_method": "min"},
       "resources": {"gpu_allowance_mib": 2048, "time_limit_s": 3600,
-                    "gpu_memory": "container"},
+                    "gpu_memory": "container", "max_consecutive_failures": null},
       "scoring_limits": {"time_s": 600, "memory_mib": 8192},
       "container": {"input_mount": "/workspace/inputs", "output_mount": "/workspace/outputs",
                     "command": ["/bin/bash", "-c", "sh predict.sh"],
@@ -279,6 +279,7 @@ class Protocol:
     ranking_scheme: str = "rank_then_aggregate"
     tie_break: str | None = None
     scoring_limits: TaskLimits = TaskLimits()
+    max_consecutive_failures: int | None = None
 
     @property
     def score_columns(self) -> tuple[str, ...]:
@@ -537,7 +538,17 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
         ranking_scheme=_choice(ranking, "scheme", RANKING_SCHEMES, "rank_then_aggregate", source),
         tie_break=ranking.get("tie_break"),
         scoring_limits=_scoring_limits(data.get("scoring_limits") or {}, source),
+        max_consecutive_failures=_positive_int_or_none(res.get("max_consecutive_failures"),
+                                                       "resources.max_consecutive_failures", source),
     )
+
+
+def _positive_int_or_none(value: Any, field: str, source: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"protocol file {source}: {field} must be a positive whole number or null, got {value!r}")
+    return value
 
 
 def _scoring_limits(raw: Any, source: str) -> TaskLimits:

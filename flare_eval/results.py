@@ -19,7 +19,7 @@ __all__ = ["assemble_results", "region_results", "penalized", "PENALIZED_STATUSE
 #: Container statuses that get the worst value of every metric. Every status but ``ok`` and ``no_run`` does
 #: (see `penalized`), so a status added later can never slip through unpenalised; these are the known ones.
 PENALIZED_STATUSES = ("timeout", "crashed", "no_output", "invalid_prediction", "invalid_submission",
-                      "engine_error")
+                      "engine_error", "stopped_after_failures")
 #: A case with a prediction but no container run recorded (e.g. scored from a folder).
 STATUS_NO_RUN = "no_run"
 _UNPENALIZED_STATUSES = ("ok", STATUS_NO_RUN)

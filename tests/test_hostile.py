@@ -445,3 +445,25 @@ def test_a_header_that_would_hang_simpleitk_is_refused_by_the_output_check(tmp_p
     kept, dropped, refused = keep_outputs(outputs, "*.mha", tmp_path / "kept", "case.mha")
     assert kept is None and refused
     assert dropped == ["result.mha: MetaImage NDims = -3; label maps have 3"]
+
+
+def test_fail_fast_stops_a_dead_team_after_its_first_failures(engine, tmp_path):
+    images, labels, answers = make_cases(tmp_path, n_cases=3)
+    answers_dir = tmp_path / "answers"
+    for case, answer in answers.items():
+        write_label_map(answer, np.diag([0.8, 0.8, 2.5, 1.0]), answers_dir / f"{case}.nii.gz")
+    subs = tmp_path / "subs"
+    build_archive(engine, "echo boom >&2\nexit 3\n", answers_dir, subs / "dead.tar", "flare-eval-test/dead:latest")
+    build_archive(engine, COPY_ANSWERS, answers_dir, subs / "alive.tar", "flare-eval-test/alive:latest")
+    with pytest.warns(HarnessWarning, match="team dead: its first 2 cases all timed out or crashed"):
+        resources = run_containers(subs, images, tmp_path / "runs", gpus=None, progress=False,
+                                   limits=ContainerLimits(max_consecutive_failures=2))
+    statuses = resources.groupby("team")["status"].apply(list).to_dict()
+    assert statuses == {"alive": ["ok", "ok", "ok"], "dead": ["crashed", "crashed", "stopped_after_failures"]}
+    log = (tmp_path / "runs" / "dead" / "logs" / "case2.log").read_text()
+    assert "first 2 cases all timed out or crashed" in log
+    settings = json.loads((tmp_path / "runs" / "settings.json").read_text())
+    assert settings["limits"]["max_consecutive_failures"] == 2
+    with pytest.warns(UserWarning):
+        results = collect_results(tmp_path / "runs", labels, progress=False).set_index(["team", "case"])
+    assert results.loc[("dead", "case2"), "DSC"] == 0 and results.loc[("dead", "case2"), "Time"] == 3600

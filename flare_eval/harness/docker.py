@@ -138,6 +138,11 @@ class ContainerLimits:
     deadline_grace_s : float
         A detached watchdog removes the container this long after its
         timeout, even if the harness was killed meanwhile.
+    max_consecutive_failures : int or None
+        Fail fast: a team whose first N cases all timed out or crashed is not
+        run further; its remaining cases get status ``stopped_after_failures``
+        (penalised). None: the protocol's ``resources.max_consecutive_failures``
+        (FLARE: none, every case runs, as officially).
     """
 
     memory: str | None = None
@@ -150,6 +155,7 @@ class ContainerLimits:
     cpuset_cpus: str | None = None
     user: str | None = None
     deadline_grace_s: float = 60.0
+    max_consecutive_failures: int | None = None
 
     def checked(self) -> ContainerLimits:
         """These limits with the memory resolved and every value checked against this machine.
@@ -177,6 +183,8 @@ class ContainerLimits:
                 raise ValueError(f"{option} must be positive, got {value}")
         if self.cpus is not None and not self.cpus > 0:
             raise ValueError(f"--cpus must be positive, got {self.cpus}")
+        if self.max_consecutive_failures is not None and self.max_consecutive_failures < 1:
+            raise ValueError(f"--max-consecutive-failures must be positive, got {self.max_consecutive_failures}")
         return replace(self, memory=f"{memory_bytes // 1024**2}m")
 
 

@@ -93,6 +93,7 @@ __all__ = [
     "STATUS_INVALID_PREDICTION",
     "STATUS_INVALID_SUBMISSION",
     "STATUS_ENGINE_ERROR",
+    "STATUS_STOPPED",
     "TEAM_NAME_PATTERN",
     "check_team_name",
     "team_summary",
@@ -107,6 +108,8 @@ STATUS_INVALID_SUBMISSION = "invalid_submission"
 #: The engine failed while running a case (not the team's doing as far as anyone can tell); penalised like the
 #: others, and listed so the organizer can rerun it (delete its row from resources.csv).
 STATUS_ENGINE_ERROR = "engine_error"
+#: Fail fast: a team whose first cases all timed out or crashed is not run further (`ContainerLimits`).
+STATUS_STOPPED = "stopped_after_failures"
 RESOURCE_COLUMNS = [
     "team", "case", "time_s", "engine_time_s", "auc_gpu_mib_s", "auc_cpu_pct_s", "max_gpu_mib", "max_cpu_pct",
     "gpu_measured", "gpu_mode", "exit_code", "status", "n_samples", "image", "image_id", "host", "worker", "n_cpus",
@@ -461,6 +464,8 @@ def run_containers(
     if limits.timeout_s is None:
         # A stuck container must not stall the evaluation: the protocol's time limit (FLARE: 3600 s) applies.
         limits = replace(limits, timeout_s=protocol.time_limit_s)
+    if limits.max_consecutive_failures is None:
+        limits = replace(limits, max_consecutive_failures=protocol.max_consecutive_failures)
     interface = interface or protocol.container
     if isinstance(submissions, (str, Path)):
         submissions = find_submissions(submissions)
@@ -483,6 +488,7 @@ def run_containers(
                       HarnessWarning, stacklevel=2)
     todo = []
     manifests: dict[str, ArchiveInfo] = {}  # read once here, and trusted at load time only if still the same
+    history: dict[str, list[str]] = {}  # each team's statuses in the order its cases ran, earlier runs first
     for submission in submissions:
         identity = _identify(engine, submission)
         team_dir = runs_dir / submission.team
@@ -491,6 +497,7 @@ def run_containers(
             _set_aside(team_dir / "resources.csv", previous, identity)
             previous = None
         done = set() if previous is None else set(previous["case"])
+        history[submission.team] = [] if previous is None else previous["status"].astype(str).tolist()
         remaining = [case for case in cases if case not in done]
         if isinstance(identity, InvalidSubmissionError):
             for case in remaining:
@@ -516,6 +523,7 @@ def run_containers(
         nonlocal finished
         team, case = outcome.row["team"], outcome.row["case"]
         record_case(outcome, runs_dir / team, interface.prediction_name(case))
+        history.setdefault(team, []).append(outcome.row["status"])
         finished += 1
         bar.set_postfix(last=f"{team} {case} {outcome.row['status']} {outcome.row['time_s']:.1f}s")
         bar.update(1)
@@ -526,7 +534,9 @@ def run_containers(
     try:
         with _sigterm_as_interrupt():
             if scheduler is None:
-                _run_here(engine, todo, cases, settings, gpus, record, keep_images, starting, manifests)
+                _run_here(engine, todo, cases, settings, gpus, record, keep_images, starting, manifests,
+                          stopped=lambda team: _dead_from_start(history.get(team, []),
+                                                                limits.max_consecutive_failures))
             else:
                 _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record, keep_images)
     finally:
@@ -658,13 +668,18 @@ def _set_aside(resources_csv: Path, previous: pd.DataFrame, identity) -> None:
 
 
 def _invalid_submission(submission: Submission, case: str, message: str) -> CaseOutcome:
+    return _not_run(submission, case, STATUS_INVALID_SUBMISSION, f"invalid submission, not run: {message}")
+
+
+def _not_run(submission: Submission, case: str, status: str, message: str, image_id: str = "") -> CaseOutcome:
+    """The record of a case that no container ran, with its status and why."""
     row = {column: np.nan for column in RESOURCE_COLUMNS}
-    row.update(team=submission.team, case=case, status=STATUS_INVALID_SUBMISSION, gpu_measured=False,
-               n_samples=0, image=str(submission.archive or submission.image), image_id="",
+    row.update(team=submission.team, case=case, status=status, gpu_measured=False,
+               n_samples=0, image=str(submission.archive or submission.image), image_id=image_id,
                host=socket.gethostname(), worker="", gpu_mode=GPU_MODE_NONE, gpu_name="", gpu_driver="",
                started_at="")
     return CaseOutcome(row=row, samples=pd.DataFrame(columns=["time_s", "cpu_time_s", "cpu_pct", "gpu_mib"]),
-                       log=f"[flare-eval] invalid submission, not run: {message}\n", prediction=None)
+                       log=f"[flare-eval] {message}\n", prediction=None)
 
 
 def _empty_scratch(scratch: Path) -> None:
@@ -693,12 +708,19 @@ def _remove_tree(path: Path) -> None:
                       "remove it as root, it is tried again at the next start", HarnessWarning, stacklevel=3)
 
 
+def _dead_from_start(statuses: list[str], limit: int | None) -> bool:
+    """Whether a team's first ``limit`` cases all timed out or crashed (fail fast; None: never)."""
+    return limit is not None and len(statuses) >= limit and \
+        all(status in (STATUS_TIMEOUT, STATUS_CRASHED) for status in statuses[:limit])
+
+
 def _run_here(engine, todo, cases, settings, gpus, record, keep_images: bool = False, starting=None,
-              manifests: dict[str, ArchiveInfo] | None = None) -> None:
+              manifests: dict[str, ArchiveInfo] | None = None, stopped=None) -> None:
     gpu = _select_gpu(gpus)
     host = socket.gethostname()
     loaded: dict[str, str | InvalidSubmissionError] = {}
     had_before: dict[str, bool] = {}
+    announced: set[str] = set()
     last_case = {submission.team: case for submission, case in todo}
     try:
         for submission, case in todo:
@@ -711,6 +733,15 @@ def _run_here(engine, todo, cases, settings, gpus, record, keep_images: bool = F
                 starting(team, case)
             if isinstance(image, InvalidSubmissionError):
                 record(_invalid_submission(submission, case, str(image)))
+            elif stopped is not None and stopped(team):
+                limit = settings.limits.max_consecutive_failures
+                if team not in announced:
+                    announced.add(team)
+                    warnings.warn(f"team {team}: its first {limit} cases all timed out or crashed; its remaining "
+                                  f"cases are not run and get status {STATUS_STOPPED} "
+                                  "(--max-consecutive-failures)", HarnessWarning, stacklevel=3)
+                record(_not_run(submission, case, STATUS_STOPPED, f"not run: the team's first {limit} cases all "
+                                "timed out or crashed (--max-consecutive-failures)", image_id=image))
             else:
                 record(execute_case(engine, image, team, case, cases[case], settings, gpu, host,
                                     reference=str(submission.archive or submission.image)))
@@ -848,7 +879,8 @@ def _warn_if_machines_differ(resources: pd.DataFrame) -> None:
     columns = [c for c in ("gpu_name", "gpu_driver", "n_cpus") if c in resources]
     if resources.empty or not columns:
         return
-    distinct = resources[columns].astype(str).replace("nan", "").drop_duplicates()
+    ran = resources[resources["n_cpus"].notna()] if "n_cpus" in resources else resources  # not-run rows have none
+    distinct = ran[columns].astype(str).replace("nan", "").drop_duplicates()
     if len(distinct) > 1:
         described = "; ".join(", ".join(f"{c}={v}" for c, v in row.items()) for _, row in distinct.iterrows())
         warnings.warn(f"cases ran on different machines ({described}): times and AUCs may not be comparable",
