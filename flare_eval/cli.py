@@ -297,8 +297,9 @@ def _add_compare_parser(commands) -> None:
     comparison.add_argument("--out", type=Path, required=True, help="output folder")
     comparison.add_argument("--metric", choices=("DSC", "NSD"), default="DSC")
     comparison.add_argument("--samples", type=_positive_int, default=2000, help="bootstrap samples (default: 2000)")
-    comparison.add_argument("--seed", type=_non_negative_int, default=None,
-                            help="random seed (recorded in comparison.csv)")
+    comparison.add_argument("--seed", type=_non_negative_int, default=DEFAULT_SEED,
+                            help=f"random seed of the bootstrap (default: {DEFAULT_SEED}, as rank; recorded in "
+                            "comparison.csv)")
     comparison.set_defaults(handler=_compare)
 
 

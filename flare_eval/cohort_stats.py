@@ -310,7 +310,9 @@ def review_cases(
         The paper sent cases with DSC <= 0.75 back to senior radiologists.
     reference : str, optional
         The team whose predictions are the reference; default: the median DSC
-        over all teams, organ by organ.
+        over all teams, organ by organ, of the scored values only (a missing
+        or invalid prediction's penalty zero is left out, and counted in the
+        ``reference`` column's text).
 
     Returns
     -------
@@ -323,11 +325,19 @@ def review_cases(
         if reference not in teams:
             raise ValueError(f"reference team {reference!r} is not in the scores; teams: {sorted(teams)}")
         chosen = scores[scores["team"] == reference][["case", "label", "organ", "DSC"]]
+        described = reference
     else:
-        chosen = scores.groupby(["case", "label", "organ"], sort=True)["DSC"].median().reset_index()
+        from .scoring import SCORED_STATUSES
+
+        # A penalty zero (no prediction, an invalid one) says nothing about the annotation: left out of the median.
+        scored = scores[scores["status"].isin(SCORED_STATUSES)] if "status" in scores else scores
+        chosen = scored.groupby(["case", "label", "organ"], sort=True)["DSC"].median().reset_index()
+        left_out = len(scores) - len(scored)
+        described = "median of all teams" + (f" ({left_out} unscored values left out)" if left_out else "")
+        scores = scored
     counts = (scores.assign(low=scores["DSC"] <= threshold)
               .groupby(["case", "label"])["low"].sum().rename("teams_at_or_below").reset_index())
     flagged = chosen[chosen["DSC"] <= threshold].merge(counts, on=["case", "label"], how="left")
-    flagged = flagged.assign(reference=reference or "median of all teams", reviewed="")
+    flagged = flagged.assign(reference=described, reviewed="")
     columns = ["case", "label", "organ", "DSC", "reference", "teams_at_or_below", "reviewed"]
     return flagged[columns].sort_values(["DSC", "case", "label"], ignore_index=True)

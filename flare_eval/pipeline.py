@@ -483,7 +483,7 @@ def compare(
     *,
     metric: str = "DSC",
     n_samples: int = 2000,
-    seed: int | None = None,
+    seed: int | None = DEFAULT_SEED,
 ):
     """Compare two teams case by case; writes ``comparison.csv`` and ``differences.csv``.
 

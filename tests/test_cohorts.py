@@ -129,6 +129,30 @@ def test_review_list_threshold_reference_and_order():
     assert review_cases(scores, threshold=0.2).empty
 
 
+def test_review_median_leaves_out_penalty_zeros():
+    """Two dead teams' zeros must not drag the all-teams median below the threshold."""
+    scores = long_scores({
+        ("a", "c1"): [0.95, 0.90, 0.60], ("b", "c1"): [0.93, 0.88, 0.70],
+        ("dead1", "c1"): [0.0, 0.0, 0.0], ("dead2", "c1"): [0.0, 0.0, 0.0],
+    })
+    with_zeros = review_cases(scores)  # no status column: every value counts, zeros included
+    assert len(with_zeros) == 3 and with_zeros.DSC.max() == pytest.approx(0.465)
+    scores["status"] = np.where(scores["team"].str.startswith("dead"), "missing", "ok")
+    review = review_cases(scores)
+    assert list(zip(review.case, review.label)) == [("c1", 3)] and review.DSC.tolist() == [pytest.approx(0.65)]
+    assert set(review.reference) == {"median of all teams (6 unscored values left out)"}
+    assert review.teams_at_or_below.tolist() == [2]  # the dead teams' zeros are not counted either
+
+
+def test_compare_defaults_to_the_fixed_seed_of_rank(examples, tmp_path):
+    scores = str(examples.cohort_scores)
+    for out in ("p1", "p2"):
+        assert main(["compare", scores, "teamA", "teamA-nounlabeled", "--out", str(tmp_path / out)]) == 0
+    first, second = (pd.read_csv(tmp_path / out / "comparison.csv") for out in ("p1", "p2"))
+    pd.testing.assert_frame_equal(first, second)
+    assert set(first.seed) == {2022}
+
+
 def test_cohort_commands_on_the_examples(examples, tmp_path, capsys):
     scores = str(examples.cohort_scores)
     assert main(["cohorts", scores, "--metadata", str(examples.metadata), "--out", str(tmp_path / "c")]) == 0
