@@ -307,13 +307,13 @@ class QuantifyOutputs:
     volumes: pd.DataFrame
     agreement: pd.DataFrame | None
     summary: pd.DataFrame
-    folder: Path
+    folder: Path | None
 
 
 def quantify(
     pred_dir: str | Path,
     gt_dir: str | Path | None,
-    out_dir: str | Path,
+    out_dir: str | Path | None = None,
     protocol: str | Protocol = "flare22",
     *,
     progress: bool | None = None,
@@ -327,8 +327,9 @@ def quantify(
     diameter_mm``; ``source`` is ``prediction`` or ``ground_truth``),
     ``out_dir/volume_summary.csv`` (median, Q1, Q3 per organ and source) and,
     with ground truth, ``out_dir/agreement.csv`` (see
-    :func:`flare_eval.volumes.volume_agreement`). Cases without a prediction
-    are reported in a warning and left out of the agreement.
+    :func:`flare_eval.volumes.volume_agreement`); with ``out_dir`` None (in a
+    notebook) it writes nothing and returns the tables. Cases without a
+    prediction are reported in a warning and left out of the agreement.
     """
     from tqdm import tqdm
 
@@ -337,7 +338,7 @@ def quantify(
     from .volumes import measure_label_map, median_iqr_table, paired_volumes, volume_agreement
 
     protocol = load_protocol(protocol)
-    pred_dir, out_dir = Path(pred_dir), Path(out_dir)
+    pred_dir, out_dir = Path(pred_dir), None if out_dir is None else Path(out_dir)
     if gt_dir is not None:
         pairing = pair_cases(pred_dir, gt_dir)
         jobs = [(p.case, "ground_truth", p.gt_path) for p in pairing.pairs]
@@ -361,12 +362,12 @@ def quantify(
                       .assign(case=case, source=source))
     volumes = pd.concat(frames, ignore_index=True)[["case", "label", "organ", "source", "volume_ml", "diameter_mm"]]
     summary = median_iqr_table(volumes, "volume_ml", by=("label", "organ", "source"))
-    agreement = None
-    if gt_dir is not None:
-        agreement = volume_agreement(paired_volumes(volumes))
-        write_table(agreement, out_dir / "agreement.csv")
-    write_table(volumes, out_dir / "volumes.csv")
-    write_table(summary, out_dir / "volume_summary.csv")
+    agreement = None if gt_dir is None else volume_agreement(paired_volumes(volumes))
+    if out_dir is not None:
+        if agreement is not None:
+            write_table(agreement, out_dir / "agreement.csv")
+        write_table(volumes, out_dir / "volumes.csv")
+        write_table(summary, out_dir / "volume_summary.csv")
     return QuantifyOutputs(volumes, agreement, summary, out_dir)
 
 

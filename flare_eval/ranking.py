@@ -24,7 +24,7 @@ from __future__ import annotations
 import difflib
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
@@ -91,6 +91,11 @@ class ResultsMatrix:
         The protocol's ranking scheme (see `flare_eval.protocol.RANKING_SCHEMES`).
     tie_break : (n_cases, n_teams) ndarray or None
         Values of the protocol's tie-break column (higher is better; missing: 0).
+    warnings : tuple of str
+        What `prepare_results` warned about this table (filled-in values,
+        ignored columns), kept with it: pass the matrix to `rank`,
+        `bootstrap_stability`, `significance` and `ranking_methods` and each
+        warning is given once.
     """
 
     teams: tuple[str, ...]
@@ -100,6 +105,7 @@ class ResultsMatrix:
     observed: np.ndarray
     scheme: str = "rank_then_aggregate"
     tie_break: np.ndarray | None = None
+    warnings: tuple[str, ...] = ()
 
 
 def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22") -> ResultsMatrix:
@@ -132,11 +138,53 @@ def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22")
         value is used), and when columns are ignored.
     """
     protocol = load_protocol(protocol)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RankingWarning)
+        matrix = _prepare(results, protocol)
+    told = _TOLD.setdefault(_table_key(results, protocol), set())
+    messages = []
+    for warning in caught:
+        if not issubclass(warning.category, RankingWarning):
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+            continue
+        messages.append(str(warning.message))
+        if str(warning.message) not in told:  # the same table, prepared again by the next function: said once
+            told.add(str(warning.message))
+            warnings.warn(str(warning.message), RankingWarning, stacklevel=_caller_level())
+    while len(_TOLD) > 64:
+        _TOLD.pop(next(iter(_TOLD)))
+    return replace(matrix, warnings=tuple(messages))
+
+
+#: The warnings already given per results table (by content and protocol), so that each is given once.
+_TOLD: dict[tuple, set[str]] = {}
+
+
+def _table_key(results: pd.DataFrame, protocol: Protocol) -> tuple:
+    content = int(pd.util.hash_pandas_object(results, index=False).sum()) if len(results) else 0
+    return content, tuple(map(str, results.columns)), protocol.name, protocol.source
+
+
+def _caller_level() -> int:
+    """The stack level of the first frame outside this module: warnings point at the user's line."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__") == __name__:
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _prepare(results: pd.DataFrame, protocol: Protocol) -> ResultsMatrix:
     metrics = protocol.ranking_metrics
     if not metrics:
         raise ResultsTableError(f"protocol {protocol.name!r} defines no ranking metrics")
     names = [m.name for m in metrics]
     _check_columns(results, names, extra=[protocol.tie_break] if protocol.tie_break else [])
+    if "team" in results and pd.api.types.is_numeric_dtype(results["team"]):
+        warnings.warn("team ids are numbers here: ids with leading zeros (001) have lost them; read the CSV with "
+                      "flare_eval.io.read_table or pd.read_csv(..., dtype={'team': str})", RankingWarning,
+                      stacklevel=2)
     table = results.copy()
     table["team"] = table["team"].astype(str).str.strip()
     table["case"] = table["case"].astype(str).str.strip()

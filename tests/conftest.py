@@ -33,6 +33,14 @@ def write_nifti(path, array, spacing_mm=(1.0, 1.0, 1.0), dtype=None, affine=None
     return path
 
 
+@pytest.fixture(autouse=True)
+def _each_test_is_told_afresh():
+    """The ranking module gives each warning about a table once per process; every test is a new session."""
+    from flare_eval import ranking
+
+    ranking._TOLD.clear()
+
+
 @pytest.fixture
 def examples():
     from flare_eval import example_paths

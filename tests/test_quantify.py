@@ -77,3 +77,12 @@ def test_quantify_command(examples, tmp_path, capsys):
     assert main(["quantify", str(examples.predictions / "teamB"), "--out", str(tmp_path / "nogt"),
                  "--no-progress"]) == 0
     assert not (tmp_path / "nogt" / "agreement.csv").exists()
+
+
+def test_quantify_without_an_output_folder_only_returns_tables(examples, tmp_path, monkeypatch):
+    from flare_eval import quantify
+
+    monkeypatch.chdir(tmp_path)
+    outputs = quantify(examples.predictions / "teamA", examples.labels)
+    assert outputs.folder is None and len(outputs.volumes) and outputs.agreement is not None
+    assert list(tmp_path.iterdir()) == []

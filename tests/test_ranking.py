@@ -206,8 +206,7 @@ def test_copies_must_be_named():
 def test_bootstrap_is_reproducible_and_summarised(example_results):
     with pytest.warns(RankingWarning):
         a = bootstrap_stability(example_results, n_samples=50, seed=7)
-    with pytest.warns(RankingWarning):
-        b = bootstrap_stability(example_results, n_samples=50, seed=7)
+    b = bootstrap_stability(example_results, n_samples=50, seed=7)  # the same table: its warning was given
     pd.testing.assert_frame_equal(a.samples, b.samples)
     assert list(a.samples.columns) == ["sample", "kendall_tau", *[f"kendall_tau_{m}" for m in METRICS]]
     dist = a.rank_distribution
@@ -412,8 +411,7 @@ def test_holm_hand_worked():
 def test_holm_is_applied_per_metric(example_results):
     with pytest.warns(RankingWarning):
         raw = significance(example_results, adjust="none")
-    with pytest.warns(RankingWarning):
-        holm = significance(example_results)
+    holm = significance(example_results)  # the same table: warned once
     for metric in METRICS:
         mask = raw.metric == metric
         np.testing.assert_allclose(holm.p_adjusted[mask], holm_adjust(raw.p_value[mask].to_numpy()))
@@ -426,5 +424,30 @@ def test_best_versus_rest(example_results):
     assert set(table.team_a) == {medians.idxmax()}
     assert len(table) == 11 and table.team_b.nunique() == 11
     np.testing.assert_allclose(table.p_adjusted, holm_adjust(table.p_value.to_numpy()))
-    with pytest.raises(ValueError, match="metric must be one of"), pytest.warns(RankingWarning):
-        best_versus_rest(example_results, metric="HD95")
+    with pytest.raises(ValueError, match="metric must be one of"):
+        best_versus_rest(example_results, metric="HD95")  # the same table: its warning was given above
+
+
+def test_each_warning_about_a_table_is_given_once(example_results):
+    """rank, bootstrap, significance and ranking methods all prepare the table; its warnings come once."""
+    import warnings
+
+    from flare_eval.ranking import ranking_methods, significance
+
+    table = example_results.assign(note="x")  # a fresh table: an ignored column and a team lacking a case
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rank(table)
+        bootstrap_stability(table, n_samples=20, seed=1)
+        significance(table)
+        ranking_methods(table)
+    told = [str(w.message) for w in caught if issubclass(w.category, RankingWarning)]
+    assert len(told) == len(set(told)) >= 2
+    assert all(w.filename == __file__ for w in caught if issubclass(w.category, RankingWarning))
+    assert prepare_results(table).warnings == tuple(sorted(set(told), key=told.index))
+
+
+def test_numeric_team_ids_are_flagged():
+    numeric = HAND.assign(team=HAND.team.map({"a": 1, "b": 2, "c": 3}))
+    with pytest.warns(RankingWarning, match="leading zeros"):
+        prepare_results(numeric)
