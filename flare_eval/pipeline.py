@@ -154,7 +154,9 @@ def collect_results(
     scores ``predictions/`` against ``labels_dir`` (writing the team's
     ``scores.csv``, ``scores_official.csv`` and ``summary.csv`` beside them),
     then joins the team's ``resources.csv`` and applies the penalties (see
-    :mod:`flare_eval.results`). Writes ``out_csv`` (default
+    :mod:`flare_eval.results`). A team folder that holds label maps itself is
+    a predictions-only submission: its cases get status ``no_run`` and no
+    resource metrics (a region preset ranks them on accuracy alone). Writes ``out_csv`` (default
     ``runs_dir/results.csv``). ``scheduler`` and ``ship`` score on a Dask
     cluster (see :func:`flare_eval.score_folder`). One `CollectWarning` says
     which teams' cases ran without GPU measurement (``warn_unmeasured=False``
@@ -166,9 +168,11 @@ def collect_results(
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"runs folder {runs_dir} does not exist or is not a folder")
-    team_dirs = sorted(p for p in runs_dir.iterdir() if (p / "predictions").is_dir() or (p / "resources.csv").exists())
+    team_dirs = sorted(p for p in runs_dir.iterdir() if not p.name.startswith(".") and (
+        (p / "predictions").is_dir() or (p / "resources.csv").exists() or _holds_label_maps(p)))
     if not team_dirs:
-        raise ValueError(f"runs folder {runs_dir} holds no team folders (with predictions/ or resources.csv)")
+        raise ValueError(f"runs folder {runs_dir} holds no team folders (with predictions/, resources.csv or label "
+                         "maps)")
     scores = []
     # Every team is scored into a staging folder first: a run that cannot score anything (the wrong labels
     # folder, the wrong protocol) fails before it replaces any team's earlier tables.
@@ -176,7 +180,8 @@ def collect_results(
     (staging / ".none").mkdir()  # the predictions of a team that has none
     try:
         for team_dir in team_dirs:
-            predictions = team_dir / "predictions"
+            # A team folder of predictions alone (a predictions-only challenge) is its own predictions folder.
+            predictions = team_dir / "predictions" if not _holds_label_maps(team_dir) else team_dir
             with warnings.catch_warnings():
                 # Missing predictions are expected here: their status comes from resources.csv.
                 warnings.simplefilter("ignore", FlareEvalWarning)
@@ -198,6 +203,12 @@ def collect_results(
     results = assemble_results(scores, None if resources.empty else resources, protocol)
     write_table(results, Path(out_csv) if out_csv else runs_dir / "results.csv")
     return results
+
+
+def _holds_label_maps(folder: Path) -> bool:
+    from .io import case_id
+
+    return folder.is_dir() and any(case_id(p) is not None for p in folder.iterdir() if p.is_file())
 
 
 def _refuse_if_nothing_scored(scores: pd.DataFrame, labels_dir: Path) -> None:

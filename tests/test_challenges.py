@@ -403,3 +403,23 @@ def test_a_tie_break_region_may_hold_underscores(tmp_path):
     scores = pd.DataFrame({"team": ["a"] * 3, "case": ["1"] * 3, "region": ["kidney_and_mass", "mass", "tumor"],
                            "Dice": [0.9, 0.8, 0.7], "SD": [0.5, 0.5, 0.5]})
     assert fe.region_results(scores, protocol)["Dice_kidney_and_mass"].tolist() == [0.9]
+
+
+def test_a_predictions_only_challenge_from_team_folders_to_report(examples, tmp_path, capsys):
+    """The documented path: a folder of team folders of predictions -> collect -> rank -> report, no containers."""
+    import shutil
+
+    source = examples.challenges / "kits23"
+    shutil.copytree(source / "predictions", tmp_path / "teams")
+    out = tmp_path / "out"
+    assert main(["collect", str(tmp_path / "teams"), "--labels", str(source / "labels"), "--protocol", "kits23",
+                 "--out", str(out / "results.csv"), "--no-progress"]) == 0
+    results = pd.read_csv(out / "results.csv")
+    assert set(results.status) == {"no_run"} and "Time" not in results
+    assert main(["rank", str(out / "results.csv"), "--protocol", "kits23", "--out", str(out / "ranking"),
+                 "--samples", "20"]) == 0
+    assert main(["report", str(out), "--protocol", "kits23", "--runs", str(tmp_path / "teams"),
+                 "--out", str(out / "report")]) == 0
+    text = (out / "report" / "index.html").read_text()
+    assert "No container runs are recorded" in text and "Every case of every team ended ok" not in text
+    assert "<h2>Accuracy per region" in text

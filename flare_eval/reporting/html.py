@@ -460,6 +460,9 @@ def _failures(results: pd.DataFrame | None, resources: pd.DataFrame, runs_dir: P
     if not frames:
         return '<p class="note">No case statuses recorded (no runs/ folder).</p>'
     failed = pd.concat(frames, ignore_index=True)
+    if failed.empty and resources.empty:
+        return ('<p class="note">No container runs are recorded: the predictions were scored as they were '
+                "handed in (status no_run); a missing prediction scores as missing in the accuracy tables.</p>")
     if failed.empty:
         return "<p>Every case of every team ended ok.</p>"
     failed = failed.sort_values(["team", "case"], ignore_index=True)
