@@ -191,9 +191,9 @@ def _add_evaluate_parser(commands) -> None:
     """The ``evaluate`` subcommand."""
     evaluate = commands.add_parser(
         "evaluate",
-        help="the whole chain: run-containers, score, collect, rank",
-        description="Run the containers into OUT/runs, score and collect OUT/results.csv, and rank into "
-        "OUT/ranking (with two teams or more). Every step resumes.",
+        help="the whole chain: run-containers, score, collect, rank (and --report)",
+        description="Run the containers into OUT/runs, score and collect OUT/results.csv, rank into "
+        "OUT/ranking (with two teams or more) and, with --report, write OUT/report. Every step resumes.",
     )
     evaluate.add_argument("submissions", type=Path, nargs="?", help="folder of image archives")
     _add_container_arguments(evaluate)
@@ -202,6 +202,8 @@ def _add_evaluate_parser(commands) -> None:
     evaluate.add_argument("--samples", type=_positive_int, default=1000, help="bootstrap samples (default: 1000)")
     evaluate.add_argument("--seed", type=_non_negative_int, default=DEFAULT_SEED,
                           help=f"random seed of the bootstrap (default: {DEFAULT_SEED})")
+    evaluate.add_argument("--report", action="store_true", help="also write the report to OUT/report")
+    evaluate.add_argument("--pdf", action="store_true", help="with --report, also print it to OUT/report/report.pdf")
     evaluate.set_defaults(handler=_evaluate)
 
 
@@ -539,18 +541,36 @@ def _rank(args: argparse.Namespace) -> int:
 
 
 def _print_resources(resources, runs_dir: Path, quiet: bool = False) -> int:
-    """A line per team on stdout; a line per case that did not end ok on stderr, with its log."""
+    """A line per team on stdout; a line per case of this run that did not end ok on stderr, with its log.
+
+    Cases an earlier run finished are skipped, and their failures summarised in one line, not listed again.
+    """
     import pandas as pd
 
     from .harness.runner import team_summary
 
+    skipped = resources.attrs.get("skipped_cases", 0)
+    ran = resources.attrs.get("ran_now")
+    if skipped:
+        to_run = len(ran) if ran is not None else 0
+        print(f"note: {skipped} case(s) already finished in {runs_dir}, skipped (--force runs them again); "
+              + (f"{to_run} run now" if to_run else "nothing left to run"), file=sys.stderr)
     if not quiet:
         print(team_summary(resources).to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     failed = resources[resources["status"] != "ok"].drop_duplicates(["team", "case"], keep="last")
+    earlier = failed
+    if ran is not None:
+        now = failed.apply(lambda row: (row["team"], row["case"]) in ran, axis=1) if len(failed) else failed.index
+        earlier = failed[~now] if len(failed) else failed
+        failed = failed[now] if len(failed) else failed
+    if len(earlier) and ran is not None:
+        print(f"note: {len(earlier)} case(s) of earlier runs did not end ok ({', '.join(sorted(set(earlier.status)))}"
+              f"); their logs are in {runs_dir}/<team>/logs", file=sys.stderr)
     for row in failed.itertuples():
         exit_code = "" if pd.isna(row.exit_code) else f", exit code {int(row.exit_code)}"
         log = runs_dir / row.team / "logs" / f"{row.case}.log"
         print(f"{row.team} {row.case}: {row.status}{exit_code}; log: {log}", file=sys.stderr)
+    failed = pd.concat([failed, earlier]) if ran is not None else failed
     rejected = resources.attrs.get("rejected_submissions", [])
     for message in rejected:
         print(f"not run: {message}", file=sys.stderr)
@@ -607,6 +627,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     code = _print_resources(outputs.resources, args.out / "runs", args.quiet)
     if outputs.cases_without_input:
         code = EXIT_PROBLEMS
+    index = None
+    if args.report:
+        from .pipeline import report
+
+        index = report(args.out, args.out / "report", args.protocol, pdf=args.pdf)
     if args.quiet:
         return code
     if outputs.ranking is not None:
@@ -614,7 +639,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     else:
         print("one team only: no ranking")
     print(f"wrote {outputs.folder}/runs, {outputs.folder}/results.csv" +
-          (f", {outputs.folder}/ranking" if outputs.ranking is not None else ""))
+          (f", {outputs.folder}/ranking" if outputs.ranking is not None else "") +
+          (f", {index}" + (f" and {index.parent / 'report.pdf'}" if args.pdf else "") if index else ""))
+    if index is None:
+        print(f"next: flare-eval report {args.out} --protocol {args.protocol} --out {args.out / 'report'} "
+              "(or evaluate --report)")
     return code
 
 

@@ -228,6 +228,15 @@ def test_cli_evaluate_chain(workspace, tmp_path, capsys):
     ranking = pd.read_csv(tmp_path / "o" / "ranking" / "ranking.csv")
     assert ranking.team.iloc[-1] == "crasher"
     assert set(pd.read_csv(tmp_path / "o" / "results.csv").team) == {"good", "sleeper", "crasher"}
+    assert "next: flare-eval report" in out
+    # The same command again: nothing left to run, old failures summarised once, not listed as new; the report.
+    code = main(["evaluate", str(subs), "--inputs", str(images), "--labels", str(labels), "--out", str(tmp_path / "o"),
+                 "--gpus", "none", "--timeout", "20", "--no-progress", "--samples", "50", "--seed", "1", "--report"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert "already finished" in err and "nothing left to run" in err
+    assert "of earlier runs did not end ok (crashed)" in err and "crasher case0: crashed" not in err
+    assert (tmp_path / "o" / "report" / "index.html").is_file() and "next:" not in out
 
 
 def test_bad_archive_and_missing_engine_errors(tmp_path, capsys, monkeypatch):

@@ -445,7 +445,9 @@ def run_containers(
     Returns
     -------
     pandas.DataFrame
-        All rows of every team's ``resources.csv`` (earlier runs included).
+        All rows of every team's ``resources.csv`` (earlier runs included);
+        ``attrs["skipped_cases"]`` counts the cases an earlier run finished
+        and ``attrs["ran_now"]`` holds the (team, case) pairs of this run.
         A submission that cannot run (a bad archive, an image the engine does
         not have) has status ``invalid_submission`` on every case; a team
         name that cannot name a folder is left out with a `HarnessWarning`.
@@ -489,6 +491,8 @@ def run_containers(
     todo = []
     manifests: dict[str, ArchiveInfo] = {}  # read once here, and trusted at load time only if still the same
     history: dict[str, list[str]] = {}  # each team's statuses in the order its cases ran, earlier runs first
+    skipped = 0  # cases an earlier run finished
+    invalid_now: set[tuple[str, str]] = set()
     for submission in submissions:
         identity = _identify(engine, submission)
         team_dir = runs_dir / submission.team
@@ -499,7 +503,9 @@ def run_containers(
         done = set() if previous is None else set(previous["case"])
         history[submission.team] = [] if previous is None else previous["status"].astype(str).tolist()
         remaining = [case for case in cases if case not in done]
+        skipped += len(cases) - len(remaining)
         if isinstance(identity, InvalidSubmissionError):
+            invalid_now.update((submission.team, case) for case in remaining)
             for case in remaining:
                 record_case(_invalid_submission(submission, case, str(identity)), team_dir,
                             interface.prediction_name(case))
@@ -549,6 +555,8 @@ def run_containers(
     if resources.empty:
         resources = pd.DataFrame(columns=RESOURCE_COLUMNS)
     resources.attrs["rejected_submissions"] = rejected
+    resources.attrs["skipped_cases"] = skipped
+    resources.attrs["ran_now"] = {(submission.team, case) for submission, case in todo} | invalid_now
     _warn_if_machines_differ(resources)
     return resources
 
