@@ -316,3 +316,21 @@ def test_time_is_the_wall_clock_of_the_whole_run_and_samples_end_within_it(works
         samples = pd.read_csv(tmp_path / "runs" / "sleep3" / "samples" / f"{row.case}.csv")
         assert samples.time_s.iloc[-1] <= row.time_s
         assert samples.time_s.iloc[-1] >= 3.0 - 0.2
+
+
+def test_progress_bar_comes_after_warnings_and_ends_finished(workspace, tmp_path, capsys, monkeypatch):
+    import sys
+    import warnings
+
+    folder, images, labels, submissions = workspace
+    good = [s for s in fe.harness.find_submissions(submissions) if s.team == "good"]
+    # As the CLI shows warnings: one line on stderr each.
+    monkeypatch.setattr(warnings, "showwarning", lambda message, *a, **k: print(f"warning: {message}",
+                                                                              file=sys.stderr))
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        run_containers(good, images, tmp_path / "runs", gpus="auto", progress=True)
+    err = capsys.readouterr().err
+    bar = err.index("|")  # the first drawing of the bar
+    assert err.index("no GPU found") < bar
+    assert "finished" in err.rsplit("\r", 1)[-1] and "running good" not in err.rsplit("\r", 1)[-1]

@@ -515,6 +515,8 @@ def run_containers(
         if identity.archive is not None:
             manifests[submission.team] = identity.archive
         todo.extend((replace(submission, image_id=identity.image_id), case) for case in remaining)
+    # Chosen before the progress bar starts, so that a warning about the GPU is not drawn into the bar's line.
+    gpu = _select_gpu(gpus) if scheduler is None else None
     # A terminal gets a bar naming the case running now; a log file gets a line per finished case.
     interactive = progress if progress is not None else sys.stderr.isatty()
     lines = progress is None and not sys.stderr.isatty()
@@ -540,12 +542,17 @@ def run_containers(
     try:
         with _sigterm_as_interrupt():
             if scheduler is None:
-                _run_here(engine, todo, cases, settings, gpus, record, keep_images, starting, manifests,
+                _run_here(engine, todo, cases, settings, gpu, record, keep_images, starting, manifests,
                           stopped=lambda team: _dead_from_start(history.get(team, []),
                                                                 limits.max_consecutive_failures))
             else:
                 _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record, keep_images)
     finally:
+        if gpu is not None:
+            gpu.close()
+        if bar.n == bar.total:
+            bar.set_description("finished")
+            bar.set_postfix_str("")
         bar.close()
         if scheduler is not None:
             # Containers of workers lost mid-case, where they share this engine.
@@ -722,43 +729,38 @@ def _dead_from_start(statuses: list[str], limit: int | None) -> bool:
         all(status in (STATUS_TIMEOUT, STATUS_CRASHED) for status in statuses[:limit])
 
 
-def _run_here(engine, todo, cases, settings, gpus, record, keep_images: bool = False, starting=None,
+def _run_here(engine, todo, cases, settings, gpu: NvmlGpu | None, record, keep_images: bool = False, starting=None,
               manifests: dict[str, ArchiveInfo] | None = None, stopped=None) -> None:
-    gpu = _select_gpu(gpus)
     host = socket.gethostname()
     loaded: dict[str, str | InvalidSubmissionError] = {}
     had_before: dict[str, bool] = {}
     announced: set[str] = set()
     last_case = {submission.team: case for submission, case in todo}
-    try:
-        for submission, case in todo:
-            team = submission.team
-            if team not in loaded:
-                had_before[team] = image_exists(engine, submission.image_id) if submission.image_id else False
-                loaded[team] = _load_submission(engine, submission, (manifests or {}).get(team))
-            image = loaded[team]
-            if starting is not None:
-                starting(team, case)
-            if isinstance(image, InvalidSubmissionError):
-                record(_invalid_submission(submission, case, str(image)))
-            elif stopped is not None and stopped(team):
-                limit = settings.limits.max_consecutive_failures
-                if team not in announced:
-                    announced.add(team)
-                    warnings.warn(f"team {team}: its first {limit} cases all timed out or crashed; its remaining "
-                                  f"cases are not run and get status {STATUS_STOPPED} "
-                                  "(--max-consecutive-failures)", HarnessWarning, stacklevel=3)
-                record(_not_run(submission, case, STATUS_STOPPED, f"not run: the team's first {limit} cases all "
-                                "timed out or crashed (--max-consecutive-failures)", image_id=image))
-            else:
-                record(execute_case(engine, image, team, case, cases[case], settings, gpu, host,
-                                    reference=str(submission.archive or submission.image)))
-            if case == last_case[team] and not keep_images and submission.archive is not None \
-                    and not had_before[team]:
-                remove_image(engine, submission.image_id)
-    finally:
-        if gpu is not None:
-            gpu.close()
+    for submission, case in todo:
+        team = submission.team
+        if team not in loaded:
+            had_before[team] = image_exists(engine, submission.image_id) if submission.image_id else False
+            loaded[team] = _load_submission(engine, submission, (manifests or {}).get(team))
+        image = loaded[team]
+        if starting is not None:
+            starting(team, case)
+        if isinstance(image, InvalidSubmissionError):
+            record(_invalid_submission(submission, case, str(image)))
+        elif stopped is not None and stopped(team):
+            limit = settings.limits.max_consecutive_failures
+            if team not in announced:
+                announced.add(team)
+                warnings.warn(f"team {team}: its first {limit} cases all timed out or crashed; its remaining "
+                              f"cases are not run and get status {STATUS_STOPPED} "
+                              "(--max-consecutive-failures)", HarnessWarning, stacklevel=3)
+            record(_not_run(submission, case, STATUS_STOPPED, f"not run: the team's first {limit} cases all "
+                            "timed out or crashed (--max-consecutive-failures)", image_id=image))
+        else:
+            record(execute_case(engine, image, team, case, cases[case], settings, gpu, host,
+                                reference=str(submission.archive or submission.image)))
+        if case == last_case[team] and not keep_images and submission.archive is not None \
+                and not had_before[team]:
+            remove_image(engine, submission.image_id)
 
 
 def _load_submission(engine, submission: Submission, manifest: ArchiveInfo | None = None
