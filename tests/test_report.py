@@ -16,6 +16,9 @@ from flare_eval.reporting import plots
 from flare_eval.reporting.html import build_report, find_report_inputs
 
 ARTIFACTS = __import__("conftest").REPO / "test-artifacts"
+# The evaluation fixture joins the bundled made-up results.csv (50 cases) with runs scored on the three bundled
+# cases, so its sources disagree on purpose; the check that says so is tested on its own below.
+pytestmark = pytest.mark.filterwarnings("ignore::flare_eval.reporting.html.ReportWarning")
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +210,29 @@ def test_titles_are_never_clipped(n_teams):
 def test_subgroups_in_natural_order():
     assert plots.natural_order(["51-70", "<=50", ">70", "(missing)"]) == ["<=50", "51-70", ">70", "(missing)"]
     assert plots.natural_order(["10-20", "2-9", "100+"]) == ["2-9", "10-20", "100+"]
+
+
+def test_the_report_says_when_its_sources_disagree(examples, tmp_path):
+    """collect, rank, then scores rewritten by a later collect with other labels: the page must not hide it."""
+    import warnings
+
+    from flare_eval.reporting.html import ReportWarning
+
+    runs = tmp_path / "runs"
+    for team in ("teamA", "teamB", "teamC"):
+        shutil.copytree(examples.runs / team, runs / team)
+        shutil.copytree(examples.predictions / team, runs / team / "predictions")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fe.collect_results(runs, examples.labels, tmp_path / "results.csv", progress=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", ReportWarning)
+            build_report(find_report_inputs(tmp_path), tmp_path / "consistent")
+    assert "Sources that disagree" not in (tmp_path / "consistent" / "index.html").read_text()
+    scores = pd.read_csv(runs / "teamA" / "scores.csv")
+    scores["DSC"] = 0.0
+    scores.to_csv(runs / "teamA" / "scores.csv", index=False)
+    with pytest.warns(ReportWarning, match=r"DSC differs in 3 \(team, case\) pair\(s\)"):
+        build_report(find_report_inputs(tmp_path), tmp_path / "report")
+    text = (tmp_path / "report" / "index.html").read_text()
+    assert "Sources that disagree" in text and "rerun <code>flare-eval collect</code>" in text

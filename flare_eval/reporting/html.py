@@ -99,6 +99,51 @@ def find_report_inputs(
     )
 
 
+class ReportWarning(UserWarning):
+    """Something the report found in its sources that a reader of the page must know."""
+
+
+def _disagreements(results: pd.DataFrame | None, scores: pd.DataFrame | None, resources: pd.DataFrame,
+                   protocol: Protocol) -> list[str]:
+    """How results.csv, the teams' scores.csv and the runs differ: teams, cases, and the values themselves.
+
+    results.csv is recomputed from the scores and resources (one path, `flare_eval.results.assemble_results`);
+    a value that differs means one of them was rewritten after the other (a collect run with other labels).
+    """
+    from ..results import assemble_results
+
+    if results is None or scores is None:
+        return []
+    found = []
+    result_teams, score_teams = set(results["team"]), set(scores["team"])
+    run_teams = set(resources["team"]) if not resources.empty else score_teams
+    for name, teams in (("scores.csv", score_teams), ("the runs folder", run_teams)):
+        if teams != result_teams:
+            found.append(f"results.csv has teams {sorted(result_teams)[:8]}, {name} {sorted(teams)[:8]}")
+    try:
+        recomputed = assemble_results(scores, None if resources.empty else resources, protocol)
+    except (KeyError, ValueError) as exc:
+        return [*found, f"results.csv cannot be recomputed from the teams' scores.csv ({exc})"]
+    keys = ["team", "case"]
+    merged = results.merge(recomputed, on=keys, how="outer", suffixes=("", "_recomputed"), indicator=True)
+    for side, where in (("left_only", "results.csv only"), ("right_only", "the scores only")):
+        pairs = merged[merged["_merge"] == side]
+        if len(pairs):
+            found.append(f"{len(pairs)} (team, case) pair(s) in {where}, e.g. {pairs.iloc[0]['team']} "
+                         f"{pairs.iloc[0]['case']}")
+    both = merged[merged["_merge"] == "both"]
+    for metric in protocol.ranking_metrics:
+        if metric.name in results and f"{metric.name}_recomputed" in both:
+            a, b = both[metric.name].astype(float), both[f"{metric.name}_recomputed"].astype(float)
+            differ = ~(((a - b).abs() <= 1e-9) | (a.isna() & b.isna()))
+            if differ.any():
+                first = both[differ].iloc[0]
+                found.append(f"{metric.name} differs in {int(differ.sum())} (team, case) pair(s) between "
+                             f"results.csv and the teams' scores.csv (e.g. {first['team']} {first['case']}: "
+                             f"{first[metric.name]:.4g} against {first[f'{metric.name}_recomputed']:.4g})")
+    return found
+
+
 @dataclass
 class _Page:
     out_dir: Path
@@ -206,6 +251,16 @@ def build_report(
     ranking_settings = _read_json(inputs.ranking_dir / "settings.json") if inputs.ranking_dir else {}
     run_settings = _read_json(inputs.runs_dir / "settings.json") if inputs.runs_dir else {}
     page.section("Run facts", _run_facts(protocol, results, resources, ranking_settings, run_settings))
+    scores = None
+    if inputs.runs_dir is not None and any(inputs.runs_dir.glob("*/scores.csv")):
+        scores = read_scores(inputs.runs_dir)
+    disagreements = _disagreements(results, scores, resources, protocol)
+    if disagreements:
+        for line in disagreements:
+            warnings.warn(f"the report's sources disagree: {line}", ReportWarning, stacklevel=2)
+        page.section("Sources that disagree", "<p>The tables this report is made from do not describe the same "
+                     "evaluation; rerun <code>flare-eval collect</code> (and <code>rank</code>) before publishing:"
+                     "</p><ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in disagreements) + "</ul>")
 
     # Leaderboard
     if ranking is not None:
@@ -306,13 +361,11 @@ def build_report(
                                                    "Number of cases at each rank"))
 
     # Per-organ accuracy (per region for the region protocols: KiTS23, BraTS, ...)
-    if inputs.runs_dir is not None and any(inputs.runs_dir.glob("*/scores.csv")) and protocol.regions:
-        scores = read_scores(inputs.runs_dir)
+    if scores is not None and protocol.regions:
         summary = scores.groupby(["team", "region"], sort=False)[list(protocol.score_columns)].mean()
         page.section("Accuracy per region", "<p>Mean over the cases of each region's metrics.</p>"
                      + _table(summary.reset_index(), 4))
-    elif inputs.runs_dir is not None and any(inputs.runs_dir.glob("*/scores.csv")):
-        scores = read_scores(inputs.runs_dir)
+    elif scores is not None:
         order = [t for t in (team_order or []) if t in set(scores["team"])] or sorted(scores["team"].unique())
         page.section("Accuracy per organ", "".join(
             page.figure(f"organs_{metric}", plots.organ_scores_figure(scores, metric, order),
