@@ -609,6 +609,11 @@ def _refuse_folder_of_teams(pred_dir: Path) -> None:
 
 def _team_pairs(pred_dir: Path, gt_dir: Path, team: str | None) -> list[CasePair]:
     pairing = pair_cases(pred_dir, gt_dir)
+    if team is None and pairing.extra_predictions and all(p.pred_path is None for p in pairing.pairs):
+        # Not one case in common: the wrong folder (or another naming), not a team's missing predictions.
+        raise ValueError(f"no prediction in {pred_dir} has a ground-truth case in {gt_dir}: e.g. prediction "
+                         f"{pairing.extra_predictions[0].name!r}, ground truth {pairing.pairs[0].case!r}; check "
+                         "the folders (predictions are named <case>.nii.gz or <case>_0000.nii.gz)")
     if pairing.extra_predictions:
         names = ", ".join(p.name for p in pairing.extra_predictions)
         warnings.warn(f"{pred_dir}: prediction files with no ground truth were not scored: {names}",

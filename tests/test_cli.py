@@ -297,3 +297,13 @@ def test_report_of_a_folder_with_nothing_to_report_exits_2(tmp_path, capsys):
     assert main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "report")]) == 2
     assert "holds no results.csv and no runs" in capsys.readouterr().err
     assert not (tmp_path / "report" / "index.html").exists()
+
+
+def test_score_of_folders_without_a_case_in_common_exits_2(examples, tmp_path, capsys):
+    import shutil
+
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(next(examples.labels.glob("*.nii.gz")), other / "unrelated_case.nii.gz")
+    code = main(["score", str(other), str(examples.labels), "--out", str(tmp_path / "out"), "--no-progress"])
+    assert code == 2 and "has a ground-truth case" in capsys.readouterr().err
