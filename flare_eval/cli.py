@@ -281,6 +281,7 @@ def _add_cohorts_parser(commands) -> None:
     cohort.add_argument("--columns", default=None, help="comma-separated metadata columns (default: all)")
     cohort.add_argument("--bins", action="append", default=[], metavar="COLUMN=EDGES",
                         help="bin a numeric column at these inner edges, e.g. age=50,70 (the default for age)")
+    _add_protocol_argument(cohort)
     cohort.set_defaults(handler=_cohorts)
 
 
@@ -297,11 +298,14 @@ def _add_compare_parser(commands) -> None:
     comparison.add_argument("team_a")
     comparison.add_argument("team_b")
     comparison.add_argument("--out", type=Path, required=True, help="output folder")
-    comparison.add_argument("--metric", choices=("DSC", "NSD"), default="DSC")
+    comparison.add_argument("--metric", default=None,
+                            help="a metric column of the scores (default: the protocol's first accuracy metric: "
+                            "DSC for FLARE, Dice for KiTS23, LesionWise_Dice for BraTS)")
     comparison.add_argument("--samples", type=_positive_int, default=2000, help="bootstrap samples (default: 2000)")
     comparison.add_argument("--seed", type=_non_negative_int, default=DEFAULT_SEED,
                             help=f"random seed of the bootstrap (default: {DEFAULT_SEED}, as rank; recorded in "
                             "comparison.csv)")
+    _add_protocol_argument(comparison)
     comparison.set_defaults(handler=_compare)
 
 
@@ -318,6 +322,10 @@ def _add_review_parser(commands) -> None:
     review.add_argument("--out", type=Path, required=True, help="CSV file to write")
     review.add_argument("--threshold", type=float, default=0.75, help="DSC at or below which a case is listed")
     review.add_argument("--team", default=None, help="reference team (default: the median of all teams)")
+    review.add_argument("--metric", default=None,
+                        help="overlap metric compared with the threshold (default: the protocol's first accuracy "
+                        "metric: DSC for FLARE, Dice for KiTS23)")
+    _add_protocol_argument(review)
     review.set_defaults(handler=_review)
 
 
@@ -326,9 +334,19 @@ def _add_protocol_argument(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument(
         "--protocol",
-        default="flare22",
-        help=f"preset ({', '.join(available_protocols())}) or path of a protocol JSON file (default: flare22)",
+        default=None,
+        help=f"preset ({', '.join(available_protocols())}) or path of a protocol JSON file (default: the one "
+        "recorded in the settings.json of the folders this command reads or writes, else flare22; one that "
+        "differs from a recorded one is refused)",
     )
+
+
+def _resolved_protocol(args: argparse.Namespace, *places):
+    """The command's protocol (given, else recorded in the settings.json of ``places``); kept in ``args``."""
+    from .pipeline import resolve_protocol
+
+    args.protocol = resolve_protocol(args.protocol, *places)
+    return args.protocol
 
 
 def _add_scheduler_arguments(parser: argparse.ArgumentParser) -> None:
@@ -384,7 +402,6 @@ def _container_settings(args: argparse.Namespace):
 
     from .harness.docker import ContainerLimits
     from .harness.runner import Submission, find_submissions
-    from .protocol import load_protocol
 
     limits = ContainerLimits(memory=args.memory, shm_size=args.shm_size, pids_limit=args.pids_limit,
                              timeout_s=args.timeout, cpus=args.cpus, cpuset_cpus=args.cpuset_cpus,
@@ -399,7 +416,8 @@ def _container_settings(args: argparse.Namespace):
         raise ValueError("give a submissions folder or at least one --image TEAM=IMAGE")
     if args.timeout is not None and args.timeout <= 0:
         raise ValueError(f"--timeout must be positive, got {args.timeout}")
-    interface = load_protocol(args.protocol).container
+    places = (args.out,) if args.command == "run-containers" else (args.out / "runs", args.out)
+    interface = _resolved_protocol(args, *places).container
     if args.container_command:
         interface = replace(interface, command=tuple(shlex.split(args.container_command)))
     if args.gpus in ("auto", "none"):
@@ -479,11 +497,10 @@ def _protocols(args: argparse.Namespace) -> int:
 def _score(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from .protocol import load_protocol
     from .scoring import SCORED_STATUSES, STATUS_OK, score, summarize_scores
 
     _note_replacing(args.out, "scores.csv")
-    protocol = load_protocol(args.protocol)
+    protocol = _resolved_protocol(args, args.out)
     if args.slice_range:
         protocol = protocol.with_slice_range_mode(args.slice_range)
     scores, files = score(
@@ -520,6 +537,7 @@ def _rank(args: argparse.Namespace) -> int:
     _note_replacing(args.out, "ranking.csv")
     if not 0 < args.alpha < 1:
         raise ValueError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    _resolved_protocol(args, args.results.parent if args.results.suffix else args.results)
     outputs = rank_results(args.results, args.out, args.protocol, n_samples=args.samples, seed=args.seed,
                            adjust=args.adjust, alpha=args.alpha, bootstrap_copies=args.bootstrap_copies)
     print(outputs.ranking.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -597,6 +615,7 @@ def _collect(args: argparse.Namespace) -> int:
 
     results_csv = args.out or args.runs / "results.csv"
     _note_replacing(results_csv.parent, results_csv.name)
+    _resolved_protocol(args, args.runs, results_csv.parent)
     results = collect_results(args.runs, args.labels, args.out, args.protocol, workers=args.workers,
                               progress=False if args.no_progress else None, scheduler=args.scheduler,
                               ship=args.ship)
@@ -642,8 +661,8 @@ def _evaluate(args: argparse.Namespace) -> int:
           (f", {outputs.folder}/ranking" if outputs.ranking is not None else "") +
           (f", {index}" + (f" and {index.parent / 'report.pdf'}" if args.pdf else "") if index else ""))
     if index is None:
-        print(f"next: flare-eval report {args.out} --protocol {args.protocol} --out {args.out / 'report'} "
-              "(or evaluate --report)")
+        print(f"next: flare-eval report {args.out} --out {args.out / 'report'} (the protocol is recorded; or "
+              "evaluate --report)")
     return code
 
 
@@ -663,6 +682,9 @@ def _report(args: argparse.Namespace) -> int:
     from .pipeline import report
 
     _note_replacing(args.out, "index.html")
+    source_folder = args.source if args.source.is_dir() else args.source.parent
+    _resolved_protocol(args, source_folder, args.ranking or source_folder / "ranking",
+                       args.runs or source_folder / "runs")
     index = report(args.source, args.out, args.protocol, ranking_dir=args.ranking, runs_dir=args.runs,
                    quantify_dir=args.quantify, cohorts_dir=args.cohorts, compare_dir=args.compare,
                    team=args.team, case=args.case, pdf=args.pdf)
@@ -674,11 +696,13 @@ def _quantify(args: argparse.Namespace) -> int:
     from .pipeline import quantify
 
     _note_replacing(args.out, "volumes.csv")
-    outputs = quantify(args.pred, args.gt, args.out, args.protocol, progress=False if args.no_progress else None)
+    outputs = quantify(args.pred, args.gt, args.out, _resolved_protocol(args),
+                       progress=False if args.no_progress else None)
     if outputs.agreement is not None:
         print(outputs.agreement.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     else:
-        table = outputs.summary[["organ", "n", "text"]].rename(columns={"text": "volume_ml median (Q1, Q3)"})
+        unit = "organ" if "organ" in outputs.summary else "region"
+        table = outputs.summary[[unit, "n", "text"]].rename(columns={"text": "volume_ml median (Q1, Q3)"})
         print(table.to_string(index=False))
     print(f"wrote {outputs.folder}/volumes.csv, volume_summary.csv" +
           (", agreement.csv" if outputs.agreement is not None else ""))
@@ -699,8 +723,12 @@ def _cohorts(args: argparse.Namespace) -> int:
         if not sep or not column:
             raise ValueError(f"--bins must be COLUMN=EDGE,EDGE,..., got {item!r}")
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
-    outputs = cohorts(args.scores, args.metadata, args.out, columns=columns, bins=bins)
-    shown = ["column", "team", "group", "n", "DSC_median", "DSC_q1", "DSC_q3", "DSC_test", "DSC_p"]
+    from .pipeline import accuracy_metrics
+
+    protocol = _resolved_protocol(args, args.scores)
+    outputs = cohorts(args.scores, args.metadata, args.out, columns=columns, bins=bins, protocol=protocol)
+    first = accuracy_metrics(protocol)[0]
+    shown = ["column", "team", "group", "n", *(f"{first}_{part}" for part in ("median", "q1", "q3", "test", "p"))]
     print(outputs.subgroups[shown].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {outputs.folder}/case_metrics.csv, subgroups.csv, organ_subgroups.csv")
     return EXIT_OK
@@ -710,12 +738,13 @@ def _compare(args: argparse.Namespace) -> int:
     from .pipeline import compare
 
     _note_replacing(args.out, "comparison.csv")
+    protocol = _resolved_protocol(args, args.scores)
     comparison = compare(args.scores, args.team_a, args.team_b, args.out, metric=args.metric,
-                         n_samples=args.samples, seed=args.seed)
+                         n_samples=args.samples, seed=args.seed, protocol=protocol)
     print(comparison.summary.drop(columns=["metric", "team_a", "team_b"])
           .to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print(f"{args.metric}: {args.team_a} - {args.team_b}, {comparison.n_samples} bootstrap samples, "
-          f"seed {comparison.seed}; wrote {args.out}/comparison.csv, differences.csv")
+    print(f"{comparison.summary['metric'].iloc[0]}: {args.team_a} - {args.team_b}, {comparison.n_samples} "
+          f"bootstrap samples, seed {comparison.seed}; wrote {args.out}/comparison.csv, differences.csv")
     return EXIT_OK
 
 
@@ -724,9 +753,14 @@ def _review(args: argparse.Namespace) -> int:
 
     if not 0 <= args.threshold <= 1:
         raise ValueError(f"--threshold must be between 0 and 1, got {args.threshold}")
-    table = review(args.scores, args.out, threshold=args.threshold, reference=args.team)
-    print(f"{table['case'].nunique()} case(s), {len(table)} organ(s) at or below DSC {args.threshold}; "
-          f"wrote {args.out}")
+    from .pipeline import accuracy_metrics
+
+    protocol = _resolved_protocol(args, args.scores)
+    metric = args.metric or accuracy_metrics(protocol)[0]
+    table = review(args.scores, args.out, threshold=args.threshold, reference=args.team, protocol=protocol,
+                   metric=metric)
+    print(f"{table['case'].nunique()} case(s), {len(table)} organ(s) or region(s) at or below {metric} "
+          f"{args.threshold}; wrote {args.out}")
     return EXIT_OK
 
 

@@ -6,9 +6,10 @@ groups; two versions of an algorithm compared case by case (the paper's
 Fig. 2a: with and without unlabeled data); cases sent back for annotation
 review when an organ's DSC is at or below a threshold.
 
-Inputs are long scores (``team, case, label, organ, DSC, NSD``, as written by
-``score --teams`` or ``collect``) and a case metadata table (``case`` plus any
-columns). Nothing is dropped silently: cases without metadata fall in a
+Inputs are long scores (``team, case, label, organ, DSC, NSD`` for FLARE's
+organs, ``team, case, region, <metrics>`` for the region presets, as written by
+``score --teams`` or ``collect``; the metric columns are named by the caller)
+and a case metadata table (``case`` plus any columns). Nothing is dropped silently: cases without metadata fall in a
 ``(missing)`` group, and every mismatch is reported in a `CohortWarning`.
 """
 
@@ -28,6 +29,7 @@ __all__ = [
     "MISSING_GROUP",
     "DEFAULT_AGE_BINS",
     "case_means",
+    "unit_columns",
     "attach_metadata",
     "bin_numeric",
     "subgroup_table",
@@ -48,11 +50,24 @@ class CohortWarning(UserWarning):
     """Metadata and scores do not match everywhere, or a subgroup is too small to say much."""
 
 
-def case_means(scores: pd.DataFrame) -> pd.DataFrame:
-    """Per team and case, the mean DSC and NSD over the organs: ``team, case, DSC, NSD``."""
+def unit_columns(scores: pd.DataFrame) -> list[str]:
+    """The columns naming what a row of long scores scored in its case: ``label, organ`` or ``region``."""
+    return ["label", "organ"] if "organ" in scores else ["region"]
+
+
+def _check_metrics(scores: pd.DataFrame, metrics: Sequence[str]) -> None:
+    missing = [m for m in metrics if m not in scores]
+    if missing:
+        shown = [c for c in scores.columns if c not in ("team", "case", "status", "message", *unit_columns(scores))]
+        raise ValueError(f"the scores have no {', '.join(map(repr, missing))} column: metrics here are {shown}")
+
+
+def case_means(scores: pd.DataFrame, metrics: Sequence[str] = ("DSC", "NSD")) -> pd.DataFrame:
+    """Per team and case, each metric's mean over the organs (or regions): ``team, case, <metrics>``."""
     if "team" not in scores:
         raise ValueError("scores need a 'team' column (from `score --teams` or `collect`)")
-    return scores.groupby(["team", "case"], sort=True)[["DSC", "NSD"]].mean().reset_index()
+    _check_metrics(scores, metrics)
+    return scores.groupby(["team", "case"], sort=True)[list(metrics)].mean().reset_index()
 
 
 def bin_numeric(values: pd.Series, edges: Sequence[float]) -> pd.Series:
@@ -264,41 +279,45 @@ def compare_teams(
     for team in (team_a, team_b):
         if team not in teams:
             raise ValueError(f"team {team!r} is not in the scores; teams: {sorted(teams)}")
-    if metric not in ("DSC", "NSD"):
-        raise ValueError(f"metric must be DSC or NSD, got {metric!r}")
+    _check_metrics(scores, [metric])
     if seed is None:
         seed = int(np.random.SeedSequence().entropy % (2**32))
     rng = np.random.default_rng(seed)
-    wide = scores.pivot_table(index=["case", "label", "organ"], columns="team", values=metric)[[team_a, team_b]]
+    units = unit_columns(scores)
+    unit = units[-1]  # organ, or region
+    wide = scores.pivot_table(index=["case", *units], columns="team", values=metric)[[team_a, team_b]]
     wide = wide.dropna().reset_index()
     if wide.empty:
         raise ValueError(f"teams {team_a!r} and {team_b!r} share no scored case")
-    means = wide.groupby("case")[[team_a, team_b]].mean().reset_index().assign(organ="mean", label=10**9)
+    means = wide.groupby("case")[[team_a, team_b]].mean().reset_index().assign(**{unit: "mean"})
+    if "label" in units:
+        means["label"] = 10**9  # the mean comes after every organ
     table = pd.concat([wide, means], ignore_index=True)
     differences = table.assign(difference=table[team_a] - table[team_b]).rename(
         columns={team_a: "value_a", team_b: "value_b"})
     rows = []
     alpha = (1 - confidence) / 2
-    for (_, organ), group in differences.groupby(["label", "organ"], sort=True):
+    for key, group in differences.groupby(units, sort=True):
+        organ = key[-1] if isinstance(key, tuple) else key
         d = group["difference"].to_numpy(float)
         boot = rng.choice(d, size=(n_samples, d.size), replace=True).mean(axis=1)
         with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
             warnings.simplefilter("ignore", RuntimeWarning)
             t_p = float(stats.ttest_rel(group["value_a"], group["value_b"]).pvalue) if d.size > 1 else np.nan
             w_p = float(stats.wilcoxon(d).pvalue) if np.any(d != 0) else np.nan
-        rows.append({"organ": organ, "n_cases": d.size, "mean_a": group["value_a"].mean(),
+        rows.append({unit: organ, "n_cases": d.size, "mean_a": group["value_a"].mean(),
                      "mean_b": group["value_b"].mean(), "mean_difference": d.mean(),
                      "ci_low": float(np.quantile(boot, alpha)), "ci_high": float(np.quantile(boot, 1 - alpha)),
                      "t_p": t_p, "wilcoxon_p": w_p})
     summary = pd.DataFrame(rows).assign(metric=metric, team_a=team_a, team_b=team_b)
     summary = summary[["metric", "team_a", "team_b", *[c for c in summary.columns
                                                        if c not in ("metric", "team_a", "team_b")]]]
-    return Comparison(summary, differences[["case", "organ", "value_a", "value_b", "difference"]],
+    return Comparison(summary, differences[["case", unit, "value_a", "value_b", "difference"]],
                       int(seed), int(n_samples))
 
 
 def review_cases(
-    scores: pd.DataFrame, *, threshold: float = 0.75, reference: str | None = None
+    scores: pd.DataFrame, *, threshold: float = 0.75, reference: str | None = None, metric: str = "DSC"
 ) -> pd.DataFrame:
     """Cases with an organ whose DSC is at or below ``threshold``, worst first: a list for annotators.
 
@@ -308,6 +327,8 @@ def review_cases(
         Long scores with a ``team`` column.
     threshold : float
         The paper sent cases with DSC <= 0.75 back to senior radiologists.
+    metric : str
+        The overlap column of the scores (FLARE: ``DSC``; KiTS23: ``Dice``).
     reference : str, optional
         The team whose predictions are the reference; default: the median DSC
         over all teams, organ by organ, of the scored values only (a missing
@@ -318,26 +339,29 @@ def review_cases(
     -------
     pandas.DataFrame
         ``case, label, organ, DSC, reference, teams_at_or_below, reviewed``
-        (an empty column for the annotator), sorted by DSC, then case.
+        (``case, region, <metric>, ...`` for region scores; an empty column
+        for the annotator), sorted by the metric, then case.
     """
+    _check_metrics(scores, [metric])
+    units = unit_columns(scores)
     if reference is not None:
         teams = set(scores["team"].astype(str))
         if reference not in teams:
             raise ValueError(f"reference team {reference!r} is not in the scores; teams: {sorted(teams)}")
-        chosen = scores[scores["team"] == reference][["case", "label", "organ", "DSC"]]
+        chosen = scores[scores["team"] == reference][["case", *units, metric]]
         described = reference
     else:
         from .scoring import SCORED_STATUSES
 
         # A penalty zero (no prediction, an invalid one) says nothing about the annotation: left out of the median.
         scored = scores[scores["status"].isin(SCORED_STATUSES)] if "status" in scores else scores
-        chosen = scored.groupby(["case", "label", "organ"], sort=True)["DSC"].median().reset_index()
+        chosen = scored.groupby(["case", *units], sort=True)[metric].median().reset_index()
         left_out = len(scores) - len(scored)
         described = "median of all teams" + (f" ({left_out} unscored values left out)" if left_out else "")
         scores = scored
-    counts = (scores.assign(low=scores["DSC"] <= threshold)
-              .groupby(["case", "label"])["low"].sum().rename("teams_at_or_below").reset_index())
-    flagged = chosen[chosen["DSC"] <= threshold].merge(counts, on=["case", "label"], how="left")
+    counts = (scores.assign(low=scores[metric] <= threshold)
+              .groupby(["case", *units])["low"].sum().rename("teams_at_or_below").reset_index())
+    flagged = chosen[chosen[metric] <= threshold].merge(counts, on=["case", *units], how="left")
     flagged = flagged.assign(reference=described, reviewed="")
-    columns = ["case", "label", "organ", "DSC", "reference", "teams_at_or_below", "reviewed"]
-    return flagged[columns].sort_values(["DSC", "case", "label"], ignore_index=True)
+    columns = ["case", *units, metric, "reference", "teams_at_or_below", "reviewed"]
+    return flagged[columns].sort_values([metric, "case", units[0]], ignore_index=True)

@@ -48,6 +48,7 @@ __all__ = [
     "check_team_name",
     "write_table",
     "write_settings",
+    "read_settings",
     "append_rows",
     "drop_torn_tail",
     "read_table",
@@ -465,11 +466,30 @@ def write_table(table: pd.DataFrame, path: str | Path) -> Path:
     return path
 
 
-def write_settings(settings: dict, path: str | Path) -> Path:
-    """Write an output folder's ``settings.json`` atomically (values that JSON lacks written as text)."""
+def read_settings(path: str | Path) -> dict:
+    """An output folder's ``settings.json`` (empty when there is none or it is not a JSON object)."""
     import json
 
     path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        return {}
+    return settings if isinstance(settings, dict) else {}
+
+
+def write_settings(settings: dict, path: str | Path, *, merge: bool = False) -> Path:
+    """Write an output folder's ``settings.json`` atomically (values that JSON lacks written as text).
+
+    With ``merge``, the entries are added to those already in the file (two steps writing one folder).
+    """
+    import json
+
+    path = Path(path)
+    if merge:
+        settings = {**read_settings(path), **settings}
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text(json.dumps(settings, indent=2, default=str) + "\n", encoding="utf-8")

@@ -18,7 +18,7 @@ import pandas as pd
 
 from ._text import preview
 from ._version import __version__
-from .io import read_resources, read_scores, read_table, write_settings, write_table
+from .io import read_resources, read_scores, read_settings, read_table, write_settings, write_table
 from .protocol import Protocol, load_protocol
 from .ranking import (
     DEFAULT_SEED,
@@ -61,6 +61,61 @@ class RankingOutputs:
     methods: pd.DataFrame
     methods_agreement: pd.DataFrame
     folder: Path
+
+
+def accuracy_metrics(protocol: Protocol) -> list[str]:
+    """The columns of ``scores.csv`` that the protocol ranks (FLARE: DSC, NSD; BraTS: LesionWise_Dice, ...).
+
+    Each ranking metric made from a score column counts once, in the protocol's order; Time and the AUCs
+    come from the runs, not the scores.
+    """
+    columns = set(protocol.score_columns)
+    chosen = [m.source for m in protocol.ranking_metrics if m.source in columns]
+    return list(dict.fromkeys(chosen)) or list(protocol.score_columns)
+
+
+def resolve_protocol(given: str | Path | Protocol | None, *places: str | Path | None) -> Protocol:
+    """The protocol of a command: the one given, or the one recorded where its inputs or outputs are.
+
+    Each place is a folder (or a file, meaning its folder) whose ``settings.json`` may record the protocol it
+    was made with (see `flare_eval.protocol.Protocol.record`); for a runs folder, its teams' folders too. With
+    nothing given and nothing recorded: ``flare22``.
+
+    Raises
+    ------
+    ValueError
+        If the given protocol differs from a recorded one (a folder made with KiTS23 ranked with FLARE22), or
+        two places record different protocols; the message names both and where each comes from.
+    """
+    recorded: list[tuple[Protocol, Path]] = []
+    for place in places:
+        if place is None:
+            continue
+        folder = Path(place) if Path(place).is_dir() else Path(place).parent
+        candidates = [folder / "settings.json", *sorted(folder.glob("*/settings.json"))[:1]]
+        for settings_path in candidates:
+            settings = read_settings(settings_path)
+            found = settings.get("protocol_definition") or settings.get("protocol")
+            if found:
+                recorded.append((load_protocol(found), settings_path))
+                break
+    chosen = None if given is None else load_protocol(given)
+    for protocol, where in recorded:
+        reference = chosen or recorded[0][0]
+        if _protocols_differ(reference, protocol):
+            mine = f"--protocol {chosen.name}" if chosen is not None else \
+                f"the protocol {reference.name} recorded in {recorded[0][1]}"
+            raise ValueError(f"{mine} differs from the protocol {protocol.name} recorded in {where}: "
+                             "leave --protocol out to use the recorded one, or use a new output folder")
+    if chosen is not None:
+        return chosen
+    return recorded[0][0] if recorded else load_protocol("flare22")
+
+
+def _protocols_differ(a: Protocol, b: Protocol) -> bool:
+    if a.definition and b.definition:
+        return a.definition != b.definition
+    return a.name != b.name
 
 
 def rank_results(
@@ -117,8 +172,7 @@ def rank_results(
     write_table(agreement, out_dir / "ranking_methods_tau.csv")
     settings = {
         "results": str(results_csv),
-        "protocol": protocol.name,
-        "protocol_source": protocol.source,
+        **protocol.record(),
         "teams": len(matrix.teams),
         "cases": len(matrix.cases),
         "bootstrap_samples": bootstrap.n_samples,
@@ -201,7 +255,10 @@ def collect_results(
     if not resources.empty and warn_unmeasured:
         _warn_unmeasured_gpu(resources)
     results = assemble_results(scores, None if resources.empty else resources, protocol)
-    write_table(results, Path(out_csv) if out_csv else runs_dir / "results.csv")
+    out_csv = Path(out_csv) if out_csv else runs_dir / "results.csv"
+    write_table(results, out_csv)
+    write_settings({**protocol.record(), "results": str(out_csv), "labels": str(labels_dir),
+                    "flare_eval_version": __version__}, out_csv.parent / "settings.json", merge=True)
     return results
 
 
@@ -344,6 +401,7 @@ def quantify(
     """
     from tqdm import tqdm
 
+    from .cohort_stats import unit_columns
     from .geometry import superior_axis
     from .io import LABEL_MAP_SUFFIXES, case_id, pair_cases, read_label_map
     from .volumes import measure_label_map, median_iqr_table, paired_volumes, volume_agreement
@@ -371,8 +429,10 @@ def quantify(
         axis, _ = superior_axis(label_map.affine)
         frames.append(measure_label_map(label_map.array, label_map.spacing_mm, protocol, axis=axis)
                       .assign(case=case, source=source))
-    volumes = pd.concat(frames, ignore_index=True)[["case", "label", "organ", "source", "volume_ml", "diameter_mm"]]
-    summary = median_iqr_table(volumes, "volume_ml", by=("label", "organ", "source"))
+    volumes = pd.concat(frames, ignore_index=True)
+    units = unit_columns(volumes)
+    volumes = volumes[["case", *units, "source", "volume_ml", "diameter_mm"]]
+    summary = median_iqr_table(volumes, "volume_ml", by=(*units, "source"))
     agreement = None if gt_dir is None else volume_agreement(paired_volumes(volumes))
     if out_dir is not None:
         if agreement is not None:
@@ -429,6 +489,7 @@ def cohorts(
     *,
     columns: list[str] | None = None,
     bins: dict[str, list[float]] | None = None,
+    protocol: str | Protocol = "flare22",
 ) -> CohortOutputs:
     """Accuracy per cohort and subgroup, per team.
 
@@ -449,9 +510,19 @@ def cohorts(
 
     See :mod:`flare_eval.cohort_stats` for the statistics.
     """
-    from .cohort_stats import DEFAULT_AGE_BINS, CohortWarning, attach_metadata, case_means, subgroup_table
+    from .cohort_stats import (
+        DEFAULT_AGE_BINS,
+        CohortWarning,
+        attach_metadata,
+        case_means,
+        subgroup_table,
+        unit_columns,
+    )
 
+    protocol = load_protocol(protocol)
     scores = read_scores(scores_source)
+    metrics = accuracy_metrics(protocol)
+    units = unit_columns(scores)
     metadata = read_table(metadata_csv, role="metadata table")
     bins = dict(bins or {})
     if "age" in metadata and "age" not in bins and pd.api.types.is_numeric_dtype(metadata["age"]):
@@ -468,14 +539,15 @@ def cohorts(
         raise ValueError(f"metadata {metadata_csv} has no column(s) {missing}; columns: {list(metadata.columns)}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CohortWarning)
-        per_case = attach_metadata(case_means(scores), metadata, bins=bins)
-        subgroups = pd.concat([subgroup_table(per_case, c) for c in columns], ignore_index=True)
+        per_case = attach_metadata(case_means(scores, metrics), metadata, bins=bins)
+        subgroups = pd.concat([subgroup_table(per_case, c, metrics) for c in columns], ignore_index=True)
     with warnings.catch_warnings():
         # The per-organ tables repeat the mismatches and small groups reported above.
         warnings.simplefilter("ignore", CohortWarning)
-        organ_rows = attach_metadata(scores[["team", "case", "label", "organ", "DSC", "NSD"]], metadata, bins=bins)
-        organ_tables = [subgroup_table(rows, c).assign(organ=organ, label=label)
-                        for (label, organ), rows in organ_rows.groupby(["label", "organ"], sort=True)
+        organ_rows = attach_metadata(scores[["team", "case", *units, *metrics]], metadata, bins=bins)
+        organ_tables = [subgroup_table(rows, c, metrics).assign(**dict(zip(units, key if isinstance(key, tuple)
+                                                                            else (key,))))
+                        for key, rows in organ_rows.groupby(units, sort=True)
                         for c in columns]
     for warning in caught:
         warnings.warn(f"{metadata_csv}: {warning.message}", CohortWarning, stacklevel=2)
@@ -493,9 +565,10 @@ def compare(
     team_b: str,
     out_dir: str | Path,
     *,
-    metric: str = "DSC",
+    metric: str | None = None,
     n_samples: int = 2000,
     seed: int | None = DEFAULT_SEED,
+    protocol: str | Protocol = "flare22",
 ):
     """Compare two teams case by case; writes ``comparison.csv`` and ``differences.csv``.
 
@@ -503,6 +576,7 @@ def compare(
     """
     from .cohort_stats import compare_teams
 
+    metric = metric or accuracy_metrics(load_protocol(protocol))[0]
     comparison = compare_teams(read_scores(scores_source), team_a, team_b, metric=metric, n_samples=n_samples,
                                seed=seed)
     out_dir = Path(out_dir)
@@ -513,11 +587,16 @@ def compare(
 
 
 def review(
-    scores_source: str | Path, out_csv: str | Path, *, threshold: float = 0.75, reference: str | None = None
+    scores_source: str | Path, out_csv: str | Path, *, threshold: float = 0.75, reference: str | None = None,
+    protocol: str | Protocol = "flare22", metric: str | None = None,
 ) -> pd.DataFrame:
-    """Write the annotation review list (see :func:`flare_eval.cohort_stats.review_cases`) to ``out_csv``."""
+    """Write the annotation review list (see :func:`flare_eval.cohort_stats.review_cases`) to ``out_csv``.
+
+    ``metric`` defaults to the protocol's first accuracy metric (FLARE: DSC; KiTS23: Dice).
+    """
     from .cohort_stats import review_cases
 
-    table = review_cases(read_scores(scores_source), threshold=threshold, reference=reference)
+    metric = metric or accuracy_metrics(load_protocol(protocol))[0]
+    table = review_cases(read_scores(scores_source), threshold=threshold, reference=reference, metric=metric)
     write_table(table, out_csv)
     return table

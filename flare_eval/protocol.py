@@ -31,8 +31,10 @@ top-level field it gives replaces the base's.
 
 from __future__ import annotations
 
+import copy
 import json
-from dataclasses import dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -280,6 +282,9 @@ class Protocol:
     tie_break: str | None = None
     scoring_limits: TaskLimits = TaskLimits()
     max_consecutive_failures: int | None = None
+    #: The protocol's fields as loaded (``extends`` resolved): what every output folder's settings.json records,
+    #: so that a later step reads the very protocol a folder was made with (`load_protocol` takes it back).
+    definition: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
     @property
     def score_columns(self) -> tuple[str, ...]:
@@ -331,13 +336,18 @@ class Protocol:
             raise ValueError(f"slice range mode must be one of {SLICE_RANGE_MODES}, got {mode!r}")
         if self.slice_range is None:
             return self
-        return replace(self, slice_range=replace(self.slice_range, mode=mode))
+        definition = copy.deepcopy(self.definition)
+        if isinstance(definition.get("slice_range"), dict):
+            definition["slice_range"]["mode"] = mode
+        return replace(self, slice_range=replace(self.slice_range, mode=mode), definition=definition)
 
     def __repr__(self) -> str:
-        return (
-            f"Protocol(name={self.name!r}, organs={len(self.organs)}, "
-            f"slice_range={self.slice_range}, source={self.source!r})"
-        )
+        scored = f"regions={len(self.regions)}" if self.regions else f"organs={len(self.organs)}"
+        return f"Protocol(name={self.name!r}, {scored}, slice_range={self.slice_range}, source={self.source!r})"
+
+    def record(self) -> dict:
+        """What an output folder's settings.json records of this protocol: name, source and full definition."""
+        return {"protocol": self.name, "protocol_source": self.source, "protocol_definition": self.definition}
 
 
 def available_protocols() -> list[str]:
@@ -352,15 +362,16 @@ def available_protocols() -> list[str]:
     return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
 
 
-def load_protocol(protocol: str | Path | Protocol = "flare22") -> Protocol:
+def load_protocol(protocol: str | Path | Protocol | Mapping = "flare22") -> Protocol:
     """Load a protocol by preset name or from a JSON file.
 
     Parameters
     ----------
-    protocol : str, path or Protocol
+    protocol : str, path, Protocol or mapping
         A preset name (see `available_protocols`), the path of a JSON file
-        with the schema in this module's docstring, or a `Protocol`, which is
-        returned as is.
+        with the schema in this module's docstring, a `Protocol`, which is
+        returned as is, or a protocol's `Protocol.definition` (as a
+        settings.json records it).
 
     Returns
     -------
@@ -382,6 +393,8 @@ def load_protocol(protocol: str | Path | Protocol = "flare22") -> Protocol:
     """
     if isinstance(protocol, Protocol):
         return protocol
+    if isinstance(protocol, Mapping):  # a definition recorded in an output folder's settings.json
+        return _protocol_from_dict(copy.deepcopy(dict(protocol)), f"recorded definition of {protocol.get('name')!r}")
     data, source = _load_json(protocol, seen=())
     return _protocol_from_dict(data, source)
 
@@ -442,6 +455,7 @@ def _require(data: dict[str, Any], key: str, source: str, where: str = "") -> An
 
 
 def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
+    definition = copy.deepcopy(data)
     organs = []
     regions = _regions_from_list(data.get("regions") or [], source)
     if "organs" not in data and not regions:
@@ -540,6 +554,7 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
         scoring_limits=_scoring_limits(data.get("scoring_limits") or {}, source),
         max_consecutive_failures=_positive_int_or_none(res.get("max_consecutive_failures"),
                                                        "resources.max_consecutive_failures", source),
+        definition=definition,
     )
 
 

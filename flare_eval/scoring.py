@@ -987,7 +987,7 @@ def score(
         official=write_table(official_table(scores, protocol), out_dir / "scores_official.csv"),
         summary=write_table(summarize_scores(scores, protocol), out_dir / "summary.csv"),
     )
-    write_settings({"protocol": protocol.name, "protocol_source": protocol.source, "predictions": str(pred_dir),
+    write_settings({**protocol.record(), "predictions": str(pred_dir),
                     "ground_truth": str(gt_dir), "teams": teams, "strict": strict, "resample": resample,
                     "scoring_limits": asdict(protocol.scoring_limits), "flare_eval_version": __version__},
                    out_dir / "settings.json")

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from .cohort_stats import unit_columns
 from .protocol import Protocol, load_protocol
 
 __all__ = [
@@ -83,16 +84,20 @@ def equivalent_diameter_mm(mask: np.ndarray, spacing_mm: Sequence[float], *, axi
 def measure_label_map(
     labels: np.ndarray, spacing_mm: Sequence[float], protocol: str | Protocol = "flare22", *, axis: int = 2
 ) -> pd.DataFrame:
-    """Volume (and, for tubular organs, diameter) of every protocol organ in a label map.
+    """Volume (and, for tubular organs, diameter) of every protocol organ (or region) in a label map.
 
     Returns
     -------
     pandas.DataFrame
         ``label, organ, volume_ml, diameter_mm`` (NaN diameter for other organs
-        and for absent ones).
+        and for absent ones); for a region protocol ``region, volume_ml,
+        diameter_mm``, a region's volume being that of the union of its labels.
     """
     protocol = load_protocol(protocol)
     rows = []
+    for region in protocol.regions:
+        mask = np.isin(labels, region.labels)
+        rows.append({"region": region.name, "volume_ml": organ_volume_ml(mask, spacing_mm), "diameter_mm": np.nan})
     for organ in protocol.organs:
         mask = labels == organ.label
         diameter = equivalent_diameter_mm(mask, spacing_mm, axis=axis) if organ.code in TUBULAR_CODES else np.nan
@@ -115,9 +120,10 @@ def paired_volumes(volumes: pd.DataFrame) -> pd.DataFrame:
     pandas.DataFrame
         ``case, label, organ, volume_ml_pred, volume_ml_gt``.
     """
-    wide = volumes.pivot_table(index=["case", "label", "organ"], columns="source", values="volume_ml").dropna()
+    units = unit_columns(volumes)
+    wide = volumes.pivot_table(index=["case", *units], columns="source", values="volume_ml").dropna()
     wide = wide.rename(columns={"prediction": "volume_ml_pred", "ground_truth": "volume_ml_gt"})
-    return wide.reset_index()[["case", "label", "organ", "volume_ml_pred", "volume_ml_gt"]]
+    return wide.reset_index()[["case", *units, "volume_ml_pred", "volume_ml_gt"]]
 
 
 def volume_agreement(volumes: pd.DataFrame) -> pd.DataFrame:
@@ -138,7 +144,8 @@ def volume_agreement(volumes: pd.DataFrame) -> pd.DataFrame:
     from scipy import stats
 
     rows = []
-    for (label, organ), group in volumes.groupby(["label", "organ"], sort=True):
+    units = unit_columns(volumes)
+    for key, group in volumes.groupby(units, sort=True):
         pred, gt = group["volume_ml_pred"].to_numpy(float), group["volume_ml_gt"].to_numpy(float)
         difference = pred - gt
         r = np.nan
@@ -146,14 +153,17 @@ def volume_agreement(volumes: pd.DataFrame) -> pd.DataFrame:
             r = float(stats.pearsonr(pred, gt).statistic)
         sd = float(np.std(difference, ddof=1)) if len(group) > 1 else np.nan
         mean = float(np.mean(difference))
-        rows.append({"label": label, "organ": organ, "n": len(group), "pearson_r": r,
+        rows.append({**dict(zip(units, key if isinstance(key, tuple) else (key,))), "n": len(group), "pearson_r": r,
                      "mean_difference_ml": mean, "loa_lower_ml": mean - 1.96 * sd, "loa_upper_ml": mean + 1.96 * sd})
     return pd.DataFrame(rows)
 
 
-def median_iqr_table(table: pd.DataFrame, value: str, *, by: Sequence[str] = ("label", "organ")) -> pd.DataFrame:
-    """The paper's Table 1 style: ``median (Q1, Q3)`` of ``value`` per group, as numbers and as text."""
-    grouped = table.groupby(list(by), sort=True)[value]
+def median_iqr_table(table: pd.DataFrame, value: str, *, by: Sequence[str] | None = None) -> pd.DataFrame:
+    """The paper's Table 1 style: ``median (Q1, Q3)`` of ``value`` per group, as numbers and as text.
+
+    ``by`` defaults to the organ (``label, organ``) or region columns of the table.
+    """
+    grouped = table.groupby(list(by) if by is not None else unit_columns(table), sort=True)[value]
     out = pd.DataFrame({
         "n": grouped.count(),
         "median": grouped.median(),

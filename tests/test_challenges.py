@@ -6,6 +6,8 @@ reference sheet (benchmarks/challenge_reference.py: no cropping, one lesion at a
 cropped implementation must equal.
 """
 
+import json
+
 import challenge_reference
 import numpy as np
 import pandas as pd
@@ -423,3 +425,46 @@ def test_a_predictions_only_challenge_from_team_folders_to_report(examples, tmp_
     text = (out / "report" / "index.html").read_text()
     assert "No container runs are recorded" in text and "Every case of every team ended ok" not in text
     assert "<h2>Accuracy per region" in text
+
+
+@pytest.mark.parametrize("preset", ["flare22", "kits23", "brats2023-gli", "flare24-t1", "autopet2022"])
+def test_every_command_works_for_every_preset_and_reads_the_recorded_protocol(preset, examples, tmp_path, capsys):
+    """collect names the protocol once; rank, report, cohorts, compare and review read it from the folders."""
+    import shutil
+
+    if preset == "flare22":
+        source, labels = examples.predictions, examples.labels
+    else:
+        source, labels = examples.challenges / preset / "predictions", examples.challenges / preset / "labels"
+    teams = tmp_path / "teams"
+    for team in ("teamA", "teamB"):
+        shutil.copytree(source / team, teams / team)
+    out = tmp_path / "out"
+    commands = [
+        ["collect", str(teams), "--labels", str(labels), "--protocol", preset, "--out", str(out / "results.csv"),
+         "--no-progress", "--quiet"],
+        ["rank", str(out / "results.csv"), "--out", str(out / "ranking"), "--samples", "20"],
+        ["report", str(out), "--runs", str(teams), "--out", str(out / "report")],
+        ["quantify", str(teams / "teamA"), str(labels), "--protocol", preset, "--out", str(out / "quantify"),
+         "--no-progress"],
+        ["compare", str(teams), "teamA", "teamB", "--out", str(out / "compare"), "--samples", "50"],
+        ["review", str(teams), "--out", str(out / "review.csv"), "--threshold", "1"],
+    ]
+    for argv in commands:
+        code = main(argv)
+        err = capsys.readouterr().err
+        assert code in (0, 1), (argv[0], err)
+        assert "internal error" not in err and "Traceback" not in err, (argv[0], err)
+    scores = pd.read_csv(teams / "teamA" / "scores.csv", dtype={"case": str})
+    cases = sorted(scores["case"].unique())
+    pd.DataFrame({"case": cases, "sex": ["F", "M"] * (len(cases) // 2) + ["F"] * (len(cases) % 2)}).to_csv(
+        tmp_path / "metadata.csv", index=False)
+    code = main(["cohorts", str(teams), "--metadata", str(tmp_path / "metadata.csv"), "--out", str(out / "cohorts")])
+    err = capsys.readouterr().err
+    assert code == 0 and "too few to say much" in err, err
+    recorded = json.loads((out / "ranking" / "settings.json").read_text())
+    assert recorded["protocol"] == preset and recorded["protocol_definition"]["name"] == preset
+    # A protocol that differs from the recorded one is refused, naming both.
+    other = "kits23" if preset != "kits23" else "flare22"
+    assert main(["rank", str(out / "results.csv"), "--out", str(out / "r2"), "--protocol", other]) == 2
+    assert f"--protocol {other} differs from the protocol {preset} recorded in" in capsys.readouterr().err

@@ -623,7 +623,7 @@ def _write_run_settings(path: Path, protocol: Protocol, limits: ContainerLimits,
     except OSError:
         pass
     settings = {
-        "protocol": protocol.name,
+        **protocol.record(),
         "limits": asdict(limits),
         "container": asdict(interface),
         "gpus": gpus,
