@@ -243,6 +243,17 @@ def _add_report_parser(commands) -> None:
     report.add_argument("--case", default=None, help="case whose resources over time are shown (default: the first)")
     report.add_argument("--pdf", action="store_true",
                         help="also write OUT/report.pdf, the page printed by headless Chromium (no LaTeX)")
+    report.add_argument("--paper", choices=("letter", "a4"), default="letter",
+                        help="paper size of the PDF (default: letter)")
+    report.add_argument("--title", default="Evaluation report", help="the page's title and heading")
+    report.add_argument("--display-names", type=Path, default=None, metavar="CSV",
+                        help="CSV with columns team, name: the name shown for each team everywhere on the page "
+                        "(to anonymise, or to spell teams properly)")
+    report.add_argument("--include-logs", action="store_true",
+                        help="copy the failed cases' logs into OUT/logs and link them (default: the failure table "
+                        "names each log's path and links nothing outside OUT)")
+    report.add_argument("--single-file", action="store_true",
+                        help="embed the figures in index.html (one file to mail or upload)")
     _add_protocol_argument(report)
     report.set_defaults(handler=_report)
 
@@ -685,9 +696,19 @@ def _report(args: argparse.Namespace) -> int:
     source_folder = args.source if args.source.is_dir() else args.source.parent
     _resolved_protocol(args, source_folder, args.ranking or source_folder / "ranking",
                        args.runs or source_folder / "runs")
+    display_names = None
+    if args.display_names is not None:
+        from .io import read_table
+
+        table = read_table(args.display_names, role="display names table")
+        if not {"team", "name"} <= set(table.columns):
+            raise ValueError(f"display names table {args.display_names} needs columns team and name, has "
+                             f"{list(table.columns)}")
+        display_names = dict(zip(table["team"].astype(str), table["name"].astype(str)))
     index = report(args.source, args.out, args.protocol, ranking_dir=args.ranking, runs_dir=args.runs,
                    quantify_dir=args.quantify, cohorts_dir=args.cohorts, compare_dir=args.compare,
-                   team=args.team, case=args.case, pdf=args.pdf)
+                   team=args.team, case=args.case, pdf=args.pdf, title=args.title, display_names=display_names,
+                   include_logs=args.include_logs, single_file=args.single_file, paper=args.paper)
     print(f"wrote {index}" + (f" and {index.parent / 'report.pdf'}" if args.pdf else ""))
     return EXIT_OK
 

@@ -455,10 +455,16 @@ def report(
     team: str | None = None,
     case: str | None = None,
     pdf: bool = False,
+    title: str = "Evaluation report",
+    display_names: dict[str, str] | None = None,
+    include_logs: bool = False,
+    single_file: bool = False,
+    paper: str = "letter",
 ) -> Path:
     """Build the HTML report of ``source`` (a results.csv or an ``evaluate`` folder) in ``out_dir``.
 
-    See :func:`flare_eval.reporting.build_report`; returns the path of ``index.html``. With ``pdf``,
+    See :func:`flare_eval.reporting.build_report` (also for ``title``, ``display_names``,
+    ``include_logs``, ``single_file`` and ``paper``); returns the path of ``index.html``. With ``pdf``,
     also ``out_dir/report.pdf``, the page printed by headless Chromium.
     """
     from .reporting import build_report, find_report_inputs
@@ -466,7 +472,8 @@ def report(
 
     inputs = find_report_inputs(source, ranking_dir=ranking_dir, runs_dir=runs_dir, quantify_dir=quantify_dir,
                                 cohorts_dir=cohorts_dir, compare_dir=compare_dir)
-    index = build_report(inputs, out_dir, protocol, team=team, case=case)
+    index = build_report(inputs, out_dir, protocol, team=team, case=case, title=title, display_names=display_names,
+                         include_logs=include_logs, single_file=single_file, paper=paper)
     if pdf:
         print_pdf(index, Path(out_dir) / "report.pdf")
     return index

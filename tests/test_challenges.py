@@ -7,6 +7,7 @@ cropped implementation must equal.
 """
 
 import json
+import re
 
 import challenge_reference
 import numpy as np
@@ -265,7 +266,7 @@ def test_presets_collect_rank_and_report_the_bundled_examples(preset, examples, 
     assert outputs.ranking.set_index("team").loc["teamA", "rank"] == 1  # the close predictions win
     index = fe.report(tmp_path, tmp_path / "report", preset)
     text = index.read_text()
-    assert "<h2>Leaderboard" in text and "<h2>Accuracy per region" in text and "<h2>Podium" in text
+    assert all(re.search(rf"<h2>\d+\. {title}", text) for title in ("Leaderboard", "Accuracy per region", "Podium"))
 
 
 @pytest.mark.parametrize(("preset", "expected_x_mm"), [("kits23", 0.80004), ("flare24-t1", 0.8)])
@@ -424,7 +425,7 @@ def test_a_predictions_only_challenge_from_team_folders_to_report(examples, tmp_
                  "--out", str(out / "report")]) == 0
     text = (out / "report" / "index.html").read_text()
     assert "No container runs are recorded" in text and "Every case of every team ended ok" not in text
-    assert "<h2>Accuracy per region" in text
+    assert re.search(r"<h2>\d+\. Accuracy per region", text)
 
 
 @pytest.mark.parametrize("preset", ["flare22", "kits23", "brats2023-gli", "flare24-t1", "autopet2022"])

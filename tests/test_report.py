@@ -66,12 +66,13 @@ def test_report_has_every_section_and_figure(evaluation, tmp_path):
     index = build_report(find_report_inputs(evaluation), tmp_path)
     text = index.read_text()
     for title in SECTIONS:
-        assert f"<h2>{title}" in text, title
+        assert re.search(rf"<h2>\d+\. {re.escape(title)}", text), title
     assert "Not shown" not in text
     images = re.findall(r'<img src="(figures/[^"]+\.png)"', text)
     assert len(images) == N_FIGURES
     assert re.search(r"teamC</td>\s*<td>case_0002</td>\s*<td>crashed</td>", text)  # the failure
-    assert re.search(r'<a href="\.\./[^"]*runs/teamC/logs/case_0002.log">log</a>', text)  # and its log
+    assert "teamC/logs/case_0002.log in the runs folder" in text  # its log, named, not linked outside the folder
+    assert not re.search(r'href="(\.\./|/)', text)
     assert "AUC_GPU = 29491200" in text
     assert "GPU not measured" in text and "penalty values" in text and "seed 4" in text
     for image in images:
@@ -83,7 +84,8 @@ def test_report_has_every_section_and_figure(evaluation, tmp_path):
 def test_absent_inputs_become_notes(evaluation, tmp_path):
     index = build_report(find_report_inputs(evaluation / "results.csv", runs_dir=tmp_path / "none"), tmp_path / "r")
     text = index.read_text()
-    assert "<h2>Leaderboard</h2>" in text and "Computed from results.csv (no ranking/ folder)" not in text
+    assert re.search(r"<h2>\d+\. Leaderboard</h2>", text)
+    assert "Computed from results.csv (no ranking/ folder)" not in text
     only_results = tmp_path / "only"
     only_results.mkdir()
     shutil.copy(evaluation / "results.csv", only_results / "results.csv")
@@ -236,3 +238,29 @@ def test_the_report_says_when_its_sources_disagree(examples, tmp_path):
         build_report(find_report_inputs(tmp_path), tmp_path / "report")
     text = (tmp_path / "report" / "index.html").read_text()
     assert "Sources that disagree" in text and "rerun <code>flare-eval collect</code>" in text
+
+
+def test_publishing_options_title_names_contents_logs_single_file(evaluation, tmp_path):
+    names = {"teamA": "Alpha Lab", "teamB": "Team 2", "teamC": "Anonymous C", "teamA-nounlabeled": "Alpha v0"}
+    index = build_report(find_report_inputs(evaluation), tmp_path / "r", title="FLARE22 final results",
+                         display_names=names, include_logs=True)
+    text = index.read_text()
+    assert "<title>FLARE22 final results</title>" in text and "<h1>FLARE22 final results</h1>" in text
+    for original, shown in names.items():
+        assert shown in text and original not in text, original
+    data = pd.read_csv(tmp_path / "r" / "data" / "results.csv")
+    assert set(data.team) == {"Alpha Lab", "Team 2", "Anonymous C"}
+    # Every section has an anchor the table of contents links to, and a number.
+    anchors = re.findall(r'<section id="([^"]+)"><h2>(\d+)\. ', text)
+    assert len(anchors) >= 15 and [int(n) for _, n in anchors] == list(range(1, len(anchors) + 1))
+    for anchor, _ in anchors:
+        assert f'href="#{anchor}"' in text
+    # The failed case's log is copied in and linked there; nothing links outside the report folder.
+    assert '<a href="logs/Anonymous C-case_0002.log">log</a>' in text
+    assert (tmp_path / "r" / "logs" / "Anonymous C-case_0002.log").read_text() == "boom\n"
+    assert not re.search(r'href="(\.\./|/)', text)
+    assert "How this ranking was computed" in text and "Rank, then aggregate" in text
+    single = build_report(find_report_inputs(evaluation), tmp_path / "s", single_file=True, paper="a4")
+    text = single.read_text()
+    assert 'src="figures/' not in text and text.count('src="data:image/png;base64,') == N_FIGURES
+    assert "size: A4" in text

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime
 import html
 import json
-import os
 import shutil
 import subprocess
 import warnings
@@ -21,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .._version import __version__
-from ..io import read_resources, read_scores, read_table
+from ..io import read_resources, read_scores, read_table, write_table
 from ..protocol import Protocol, load_protocol
 from . import plots
 
@@ -148,17 +147,38 @@ def _disagreements(results: pd.DataFrame | None, scores: pd.DataFrame | None, re
 class _Page:
     out_dir: Path
     sections: list[str] = field(default_factory=list)
+    titles: list[tuple[str, str]] = field(default_factory=list)
+    single_file: bool = False
 
-    def figure(self, name: str, figure: Figure, caption: str) -> str:
+    def figure(self, name: str, figure: Figure, caption: str, data: str | None = None) -> str:
+        """A figure as PNG (150 dpi) and SVG; ``data``: the CSV behind it, linked under its caption."""
+        import base64
+
         folder = self.out_dir / "figures"
         folder.mkdir(parents=True, exist_ok=True)
-        figure.savefig(folder / f"{name}.png", dpi=100)
+        figure.savefig(folder / f"{name}.png", dpi=FIGURE_DPI)
         figure.savefig(folder / f"{name}.svg")
-        return (f'<figure><img src="figures/{name}.png" alt="{html.escape(caption)}">'
-                f'<figcaption>{html.escape(caption)} (<a href="figures/{name}.svg">SVG</a>)</figcaption></figure>')
+        source = f"figures/{name}.png"
+        links = [f'<a href="figures/{name}.svg">SVG</a>']
+        if self.single_file:
+            source = "data:image/png;base64," + base64.b64encode((folder / f"{name}.png").read_bytes()).decode()
+            links = []
+        if data and not self.single_file:
+            links.append(f'<a href="{html.escape(data)}">data</a>')
+        linked = f" ({', '.join(links)})" if links else ""
+        return (f'<figure><img src="{source}" alt="{html.escape(caption)}">'
+                f"<figcaption>{html.escape(caption)}{linked}</figcaption></figure>")
 
     def section(self, title: str, body: str) -> None:
-        self.sections.append(f"<section><h2>{html.escape(title)}</h2>{body}</section>")
+        number = len(self.titles) + 1
+        anchor = f"s{number}-" + "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")[:40]
+        self.titles.append((anchor, f"{number}. {title}"))
+        self.sections.append(f'<section id="{anchor}"><h2>{number}. {html.escape(title)}</h2>{body}</section>')
+
+    def contents(self) -> str:
+        """The table of contents: one link to each numbered section."""
+        items = "".join(f'<li><a href="#{anchor}">{html.escape(title)}</a></li>' for anchor, title in self.titles)
+        return f'<nav class="toc"><h2>Contents</h2><ol>{items}</ol></nav>'
 
     def missing(self, title: str, why: str) -> None:
         self.section(title, f'<p class="note">Not shown: {html.escape(why)}</p>')
@@ -211,6 +231,11 @@ def build_report(
     team: str | None = None,
     case: str | None = None,
     top: int = 3,
+    title: str = "Evaluation report",
+    display_names: dict[str, str] | None = None,
+    include_logs: bool = False,
+    single_file: bool = False,
+    paper: str = "letter",
 ) -> Path:
     """Draw the figures and write ``out_dir/index.html``; return its path.
 
@@ -219,41 +244,67 @@ def build_report(
     inputs : ReportInputs
         See `find_report_inputs`.
     out_dir : path
-        Report folder (``index.html`` and ``figures/``).
+        Report folder (``index.html``, ``figures/``, and ``data/``: the tables behind the figures, team
+        names as shown).
     protocol : str or Protocol
     team, case : str, optional
         The run whose resource time line is shown (default: the best team's first case).
     top : int
         How many top teams the radar chart shows (plus the best team per metric).
+    title : str
+        The page's title and heading.
+    display_names : dict, optional
+        Team -> the name shown everywhere on the page and in ``data/`` (to anonymise, or to spell teams
+        properly); teams not named keep their own.
+    include_logs : bool
+        Copy the logs of the failed cases into ``out_dir/logs/`` and link them; without it the failure table
+        names each log's path in the runs folder and links nothing outside the report folder.
+    single_file : bool
+        Embed the figures in ``index.html`` (one file to mail or upload).
+    paper : {"letter", "a4"}
+        Paper size when the page is printed (``--pdf``).
     """
     from ..ranking import case_ranks, rank
 
     protocol = load_protocol(protocol)
+    if paper not in PAPER_SIZES:
+        raise ValueError(f"paper must be one of {sorted(PAPER_SIZES)}, got {paper!r}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    page = _Page(out_dir)
+    page = _Page(out_dir, single_file=single_file)
     metric_names = [m.name for m in protocol.ranking_metrics]
+    names = _Names(display_names or {})
 
-    results = read_table(inputs.results_csv, role="results table") if inputs.results_csv else None
+    def read(path: Path, role: str) -> pd.DataFrame:
+        return names.shown_table(read_table(path, role=role))
+
+    results = read(inputs.results_csv, "results table") if inputs.results_csv else None
     ranking = None
     if inputs.ranking_dir is not None:
-        ranking = read_table(inputs.ranking_dir / "ranking.csv", role="ranking table")
+        ranking = read(inputs.ranking_dir / "ranking.csv", "ranking table")
     elif results is not None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ranking = rank(results, protocol)
     team_order = ranking["team"].tolist() if ranking is not None else None
     known = set(results["team"]) if results is not None else set(team_order or [])
+    team = names.shown(team) if team is not None else None
     if team is not None and known and team not in known:
         raise ValueError(f"--team {team!r} is not a team of this evaluation; teams: {', '.join(sorted(known))}")
 
-    resources = read_resources(inputs.runs_dir) if inputs.runs_dir is not None else pd.DataFrame()
+    resources = names.shown_table(read_resources(inputs.runs_dir)) if inputs.runs_dir is not None else pd.DataFrame()
     ranking_settings = _read_json(inputs.ranking_dir / "settings.json") if inputs.ranking_dir else {}
     run_settings = _read_json(inputs.runs_dir / "settings.json") if inputs.runs_dir else {}
     page.section("Run facts", _run_facts(protocol, results, resources, ranking_settings, run_settings))
     scores = None
     if inputs.runs_dir is not None and any(inputs.runs_dir.glob("*/scores.csv")):
-        scores = read_scores(inputs.runs_dir)
+        scores = names.shown_table(read_scores(inputs.runs_dir))
+    behind = {"results.csv": results, "ranking.csv": ranking, "scores.csv": scores,
+              "resources.csv": resources if not resources.empty else None}
+    for name in ("bootstrap_ranks.csv", "bootstrap.csv", "significance.csv", "ranking_methods.csv"):
+        if inputs.ranking_dir is not None and (inputs.ranking_dir / name).exists():
+            behind[name] = read(inputs.ranking_dir / name, name)
+    data = _publish_tables(out_dir, behind)
     disagreements = _disagreements(results, scores, resources, protocol)
     if disagreements:
         for line in disagreements:
@@ -275,17 +326,18 @@ def build_report(
                 board["failed_cases"] = board["team"].map(failed).fillna(0).astype(int)
         note = "" if inputs.ranking_dir else '<p class="note">Computed from results.csv (no ranking/ folder).</p>'
         page.section("Leaderboard", note + _table(board))
+        page.section("How this ranking was computed", _method(protocol, ranking_settings))
     else:
         page.missing("Leaderboard", "no results.csv or ranking/ found (run `flare-eval collect` and `rank`)")
 
     # Failures
-    page.section("Failures", _failures(results, resources, inputs.runs_dir, out_dir, protocol))
+    page.section("Failures", _failures(results, resources, inputs.runs_dir, out_dir, protocol, names, include_logs))
 
     # Accuracy against time
     if results is not None and {"DSC", "Time"} <= set(results.columns):
         page.section("Accuracy and efficiency",
                      page.figure("accuracy_time", plots.accuracy_time_figure(results, ranking),
-                                 "Median DSC against median running time per team"))
+                                 "Median DSC against median running time per team", data.get("results.csv")))
     elif results is None:
         page.missing("Accuracy and efficiency", "no results.csv")
 
@@ -299,7 +351,7 @@ def build_report(
                     chosen.append(best)
         page.section("Strengths of the top teams",
                      page.figure("radar", plots.radar_figure(ranking, metric_names, chosen),
-                                 "Teams surpassed by each of the top teams on each metric"))
+                                 "Teams surpassed by each of the top teams on each metric", data.get("ranking.csv")))
 
     # Case values: dot-and-box and podium plots
     if results is not None and ranking is not None:
@@ -308,12 +360,13 @@ def build_report(
                         "or an invalid prediction, and got the protocol's worst value.")
         page.section("Case values per team", "".join(
             page.figure(f"dots_{metric.name}", plots.dot_box_figure(results, metric.name, order),
-                        f"{metric.name} of every case, teams by final rank." + penalty_note)
+                        f"{metric.name} of every case, teams by final rank." + penalty_note, data.get("results.csv"))
             for metric in protocol.ranking_metrics if metric.name in results))
         page.section("Podium", "".join(
             page.figure(f"podium_{metric.name}",
                         plots.podium_figure(results, ranking, metric.name, higher_is_better=metric.higher_is_better),
-                        f"Podium of {metric.name}: each team's cases at its place, one line per case." + penalty_note)
+                        f"Podium of {metric.name}: each team's cases at its place, one line per case." + penalty_note,
+                        data.get("results.csv"))
             for metric in protocol.ranking_metrics[:2] if metric.name in results))
 
     # Stability and significance
@@ -321,35 +374,37 @@ def build_report(
         body = []
         ranks_csv = inputs.ranking_dir / "bootstrap_ranks.csv"
         if ranks_csv.exists():
-            long = read_table(ranks_csv, role="bootstrap ranks")
+            long = read(ranks_csv, "bootstrap ranks")
             wide = long.pivot(index="sample", columns="team", values="rank")
             teams = list(wide.columns)
             full = ranking.set_index("team").loc[teams, "rank"].to_numpy()
             body.append(page.figure("rank_blobs", plots.rank_blob_figure(wide.to_numpy(), teams, full),
-                                    "Bootstrap rank distribution per team"))
+                                    "Bootstrap rank distribution per team", data.get("bootstrap_ranks.csv")))
             body.append(page.figure("rank_frequency",
                                     plots.rank_frequency_figure(wide.to_numpy(), teams, team_order or teams),
-                                    "Stacked frequency of each team's ranks over the bootstrap samples"))
+                                    "Stacked frequency of each team's ranks over the bootstrap samples",
+                                    data.get("bootstrap_ranks.csv")))
         if (inputs.ranking_dir / "bootstrap.csv").exists():
-            samples = read_table(inputs.ranking_dir / "bootstrap.csv", role="bootstrap table")
+            samples = read(inputs.ranking_dir / "bootstrap.csv", "bootstrap table")
             body.append(page.figure("kendall_tau", plots.tau_violin_figure(samples),
-                                    "Kendall's tau between bootstrap and full rankings"))
+                                    "Kendall's tau between bootstrap and full rankings", data.get("bootstrap.csv")))
         page.section("Ranking stability", "".join(body) or '<p class="note">No bootstrap tables.</p>')
         methods_csv = inputs.ranking_dir / "ranking_methods.csv"
         if methods_csv.exists() and (inputs.ranking_dir / "ranking_methods_tau.csv").exists():
-            methods = read_table(methods_csv, role="ranking methods table")
-            agreement = read_table(inputs.ranking_dir / "ranking_methods_tau.csv", role="ranking methods tau")
-            names = ", ".join(c.replace("_", "-") for c in methods.columns if c not in ("team", "rank_then_aggregate"))
-            page.section(f"The ranking under other methods: {names}", page.figure(
+            methods = read(methods_csv, "ranking methods table")
+            agreement = read(inputs.ranking_dir / "ranking_methods_tau.csv", "ranking methods tau")
+            others = ", ".join(c.replace("_", "-") for c in methods.columns if c not in ("team", "rank_then_aggregate"))
+            page.section(f"The ranking under other methods: {others}", page.figure(
                 "ranking_methods", plots.ranking_methods_figure(methods, agreement),
                 "Each team's final rank under each method (challengeR's definitions, combined over the metrics "
-                "with the protocol's weights)") + _table(agreement))
+                "with the protocol's weights)", data.get("ranking_methods.csv")) + _table(agreement))
         else:
             page.missing("The ranking under other methods", "no ranking/ranking_methods.csv (rerun `flare-eval rank`)")
         if (inputs.ranking_dir / "significance.csv").exists():
-            tests = read_table(inputs.ranking_dir / "significance.csv", role="significance table")
+            tests = read(inputs.ranking_dir / "significance.csv", "significance table")
             page.section("Significance", page.figure("significance", plots.significance_figure(tests, team_order),
-                                                     "One-sided paired Wilcoxon tests, adjusted"))
+                                                     "One-sided paired Wilcoxon tests, adjusted",
+                                                     data.get("significance.csv")))
     else:
         page.missing("Ranking stability and significance", "no ranking/ folder (run `flare-eval rank`)")
 
@@ -358,7 +413,7 @@ def build_report(
             warnings.simplefilter("ignore")
             per_case = case_ranks(results, protocol)
         page.section("Ranks per case", page.figure("rank_heatmap", plots.rank_heatmap_figure(per_case, team_order),
-                                                   "Number of cases at each rank"))
+                                                   "Number of cases at each rank", data.get("results.csv")))
 
     # Per-organ accuracy (per region for the region protocols: KiTS23, BraTS, ...)
     if scores is not None and protocol.regions:
@@ -369,7 +424,7 @@ def build_report(
         order = [t for t in (team_order or []) if t in set(scores["team"])] or sorted(scores["team"].unique())
         page.section("Accuracy per organ", "".join(
             page.figure(f"organs_{metric}", plots.organ_scores_figure(scores, metric, order),
-                        f"{metric} per organ across teams") for metric in ("DSC", "NSD"))
+                        f"{metric} per organ across teams", data.get("scores.csv")) for metric in ("DSC", "NSD"))
             + "".join(f"<h3>{metric} per organ: mean &plusmn; sd (median)</h3>"
                       + _table(_organ_summary(scores, metric, order, protocol)) for metric in ("DSC", "NSD")))
     else:
@@ -378,16 +433,17 @@ def build_report(
     # Resources per team, and the top teams' curves on one case
     if not resources.empty:
         page.section("Resources per team", _table(_resource_summary(resources), 1)
-                     + _top_team_curves(page, inputs.runs_dir, team_order, resources, case, protocol))
+                     + _top_team_curves(page, inputs.runs_dir, team_order, resources, case, protocol, names))
     else:
         page.missing("Resources per team", "no runs/<team>/resources.csv (run `flare-eval run-containers`)")
 
     # Resources over time
     sample_files = sorted(inputs.runs_dir.glob("*/samples/*.csv")) if inputs.runs_dir else []
     if sample_files:
-        chosen_team = team or next((t for t in (team_order or []) if (inputs.runs_dir / t / "samples").is_dir()),
-                                   sample_files[0].parent.parent.name)
-        folder = inputs.runs_dir / chosen_team / "samples"
+        chosen_team = team or next((t for t in (team_order or [])
+                                    if (inputs.runs_dir / names.folder(t) / "samples").is_dir()),
+                                   names.shown(sample_files[0].parent.parent.name))
+        folder = inputs.runs_dir / names.folder(chosen_team) / "samples"
         files = sorted(folder.glob("*.csv"))
         if case:
             chosen = folder / f"{case}.csv" if (folder / f"{case}.csv").exists() else None
@@ -396,7 +452,7 @@ def build_report(
         if chosen is None:
             page.missing("Resources over time", f"no samples for team {chosen_team!r}, case {case!r}")
         else:
-            samples = read_table(chosen, role="samples")
+            samples = read(chosen, "samples")
             page.section("Resources over time", page.figure(
                 "resources", plots.resource_timeline_figure(samples, title=f"{chosen_team}, {chosen.stem}",
                                                             allowance_mib=protocol.gpu_allowance_mib),
@@ -406,8 +462,8 @@ def build_report(
 
     # Volumes
     if inputs.quantify_dir is not None and (inputs.quantify_dir / "agreement.csv").exists():
-        volumes = read_table(inputs.quantify_dir / "volumes.csv", role="volumes table")
-        agreement = read_table(inputs.quantify_dir / "agreement.csv", role="agreement table")
+        volumes = read(inputs.quantify_dir / "volumes.csv", "volumes table")
+        agreement = read(inputs.quantify_dir / "agreement.csv", "agreement table")
         page.section("Organ volumes", page.figure(
             "volumes", plots.volume_agreement_figure(volumes, agreement),
             "Predicted against ground-truth organ volumes") + _table(agreement))
@@ -416,7 +472,7 @@ def build_report(
 
     # Cohorts, subgroups and paired comparisons
     if inputs.cohorts_dir is not None and (inputs.cohorts_dir / "case_metrics.csv").exists():
-        per_case = read_table(inputs.cohorts_dir / "case_metrics.csv", role="cohort table")
+        per_case = read(inputs.cohorts_dir / "case_metrics.csv", "cohort table")
         columns = [c for c in per_case.columns if c not in ("team", "case", "DSC", "NSD")]
         shown = [t for t in (team_order or []) if t in set(per_case["team"])] or sorted(per_case["team"].unique())
         shown = shown[:6]
@@ -426,8 +482,8 @@ def build_report(
     else:
         page.missing("Cohorts and subgroups", "no cohorts/ folder (run `flare-eval cohorts`)")
     if inputs.compare_dir is not None and (inputs.compare_dir / "comparison.csv").exists():
-        summary = read_table(inputs.compare_dir / "comparison.csv", role="comparison table")
-        differences = read_table(inputs.compare_dir / "differences.csv", role="differences table")
+        summary = read(inputs.compare_dir / "comparison.csv", "comparison table")
+        differences = read(inputs.compare_dir / "differences.csv", "differences table")
         first = summary.iloc[0]
         page.section("Paired comparison", page.figure(
             "paired_differences",
@@ -438,8 +494,44 @@ def build_report(
         page.missing("Paired comparison", "no compare/ folder (run `flare-eval compare`)")
 
     index = out_dir / "index.html"
-    index.write_text(_page_html(page, protocol), encoding="utf-8")
+    index.write_text(_page_html(page, title, paper), encoding="utf-8")
     return index
+
+
+class _Names:
+    """Team names as the page shows them (`build_report`'s ``display_names``) and the folders they came from."""
+
+    def __init__(self, display_names: dict[str, str]) -> None:
+        self.display = {str(k): str(v) for k, v in display_names.items()}
+        self.original = {v: k for k, v in self.display.items()}
+        if len(self.original) != len(self.display):
+            raise ValueError("display names must be distinct: two teams would be shown under one name")
+
+    def shown(self, team: str) -> str:
+        return self.display.get(team, team)
+
+    def folder(self, shown: str) -> str:
+        return self.original.get(shown, shown)
+
+    def shown_table(self, table: pd.DataFrame) -> pd.DataFrame:
+        if not self.display or table is None or table.empty:
+            return table
+        table = table.copy()
+        for column in ("team", "team_a", "team_b"):
+            if column in table:
+                table[column] = table[column].astype(str).map(self.shown)
+        renamed = {c: self.shown(c) for c in table.columns if c in self.display}  # wide tables: a column per team
+        return table.rename(columns=renamed)
+
+
+def _publish_tables(out_dir: Path, tables: dict[str, pd.DataFrame | None]) -> dict[str, str]:
+    """Write the tables behind the figures into ``out_dir/data/`` (names as shown); their links by file name."""
+    links = {}
+    for name, table in tables.items():
+        if table is not None:
+            write_table(table, out_dir / "data" / name)
+            links[name] = f"data/{name}"
+    return links
 
 
 def _read_json(path: Path) -> dict:
@@ -453,7 +545,7 @@ def _run_facts(protocol: Protocol, results: pd.DataFrame | None, resources: pd.D
                run_settings: dict) -> str:
     """What a reader needs to trust and reproduce the numbers, from what each step recorded."""
     facts = [("challenge", f"{protocol.name}: {protocol.description}"),
-             ("report made", datetime.datetime.now().strftime("%Y-%m-%d %H:%M"))]
+             ("report made", datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z (UTC%z)"))]
     if results is not None:
         facts.append(("teams and cases", f"{results['team'].nunique()} teams, {results['case'].nunique()} cases"))
     if not resources.empty and "started_at" in resources:
@@ -461,8 +553,17 @@ def _run_facts(protocol: Protocol, results: pd.DataFrame | None, resources: pd.D
         started = started[started != ""]
         if len(started):
             facts.append(("containers ran", f"{started.min()[:19]} to {started.max()[:19]} (UTC)"))
-    facts.append(("time limit", f"{protocol.time_limit_s:g} s per case; GPU memory allowance "
-                                f"{protocol.gpu_allowance_mib:g} MiB ({protocol.gpu_memory} reading)"))
+    limits = run_settings.get("limits") or {}
+    if limits.get("timeout_s") is not None:  # the limit in force, as the run recorded it
+        facts.append(("time limit", f"{float(limits['timeout_s']):g} s per case (in force in this run); GPU memory "
+                                    f"allowance {protocol.gpu_allowance_mib:g} MiB ({protocol.gpu_memory} reading)"))
+    elif not resources.empty:
+        facts.append(("time limit", f"{protocol.time_limit_s:g} s per case: the protocol's value (the run recorded "
+                                    "no limit); GPU memory allowance "
+                                    f"{protocol.gpu_allowance_mib:g} MiB ({protocol.gpu_memory} reading)"))
+    if limits.get("max_consecutive_failures"):
+        facts.append(("fail fast", f"a team whose first {limits['max_consecutive_failures']} cases all timed out or "
+                                   "crashed was not run further"))
     facts.append(("penalty values", _penalty_values(protocol)))
     if ranking_settings:
         facts.append(("bootstrap", f"{ranking_settings.get('bootstrap_samples')} samples, seed "
@@ -480,14 +581,57 @@ def _run_facts(protocol: Protocol, results: pd.DataFrame | None, resources: pd.D
             gpus = sorted({f"{n}, driver {d}" for n, d in zip(measured["gpu_name"], measured["gpu_driver"])
                            if isinstance(n, str) and n})
         facts.append(("GPU", "; ".join(gpus) if gpus else "GPU not measured"))
-    if run_settings.get("limits"):
-        limits = run_settings["limits"]
+    if limits:
         facts.append(("container limits", f"memory {limits.get('memory')}, no network, no capabilities, "
                                           f"{limits.get('pids_limit')} processes, "
                                           f"{limits.get('open_files')} open files"))
     facts.append(("flare-eval", f"version {__version__}"))
     rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in facts)
     return f'<table class="facts">{rows}</table>'
+
+
+def _method(protocol: Protocol, ranking_settings: dict) -> str:
+    """How the leaderboard was computed, from the protocol's scheme and what `rank` recorded: enough to redo it."""
+    metrics = protocol.ranking_metrics
+    rows = "".join(
+        f"<tr><td>{html.escape(m.name)}</td><td>{'higher' if m.higher_is_better else 'lower'}</td>"
+        f"<td>{m.weight:g}</td><td>{html.escape(_number(m.worst))}</td></tr>" for m in metrics)
+    weights = ('<table class="table"><tr><th>metric</th><th>better</th><th>weight</th><th>value of a missing or '
+               f"failed case</th></tr>{rows}</table>")
+    if protocol.ranking_scheme == "aggregate_then_rank":
+        scheme = ("<p><b>Aggregate, then rank.</b> For each metric, each team's mean over the cases is ranked "
+                  "(1 = best, tied teams share the smallest rank); the weighted mean of a team's ranks "
+                  "<i>s = &Sigma; w<sub>m</sub> r<sub>m</sub> / &Sigma; w<sub>m</sub></i> is ranked again"
+                  + (f", teams still tied ordered by their mean {html.escape(protocol.tie_break)} (higher first)"
+                     if protocol.tie_break else "") + ".</p>")
+    else:
+        scheme = ("<p><b>Rank, then aggregate.</b> Within each case, the teams are ranked on each metric (1 = best; "
+                  "tied teams share the smallest rank, R's <code>ties.method = \"min\"</code>). A team's score is "
+                  "its weighted mean rank over all cases and metrics, <i>s = &Sigma;<sub>c,m</sub> w<sub>m</sub> "
+                  "r<sub>c,m</sub> / (n<sub>cases</sub> &Sigma; w<sub>m</sub>)</i>, lower is better; the final "
+                  "ranks order the scores, ties at the smallest rank.</p>")
+    missing = ("<p><b>Missing and failed cases.</b> A case a team has no value for, and every case whose container "
+               "timed out, crashed, left no or an invalid prediction, or whose submission could not run, gets the "
+               "value in the last column for every metric, and is ranked with it.</p>")
+    stability = ""
+    if ranking_settings:
+        copies = ranking_settings.get("bootstrap_copies", "separate")
+        reading = ("the copies of a case drawn k times are ranked together (challengeR's bootstrap)"
+                   if copies == "joint" else "each draw of a case counts as a case of its own")
+        stability = (f"<p><b>Stability.</b> {ranking_settings.get('bootstrap_samples')} bootstrap samples (seed "
+                     f"{ranking_settings.get('seed')}): the cases drawn with replacement, the same draws for every "
+                     f"team; {reading}; each sample's ranking compared with the full one by Kendall's tau-b.</p>"
+                     "<p><b>Significance.</b> For each metric and ordered pair of teams, a one-sided paired "
+                     "Wilcoxon signed-rank test on the cases both teams have values for (filled-in values left "
+                     "out), zero differences dropped, normal approximation with continuity correction (R's "
+                     "<code>wilcox.test(paired = TRUE, exact = FALSE)</code>); p-values adjusted by "
+                     f"{html.escape(str(ranking_settings.get('adjust')))} over the pairs of a metric; significant at "
+                     f"alpha {ranking_settings.get('alpha')}.</p>")
+    return scheme + weights + missing + stability
+
+
+def _number(value: float) -> str:
+    return f"{value:.0f}" if float(value).is_integer() else f"{value:g}"
 
 
 def _penalty_values(protocol: Protocol) -> str:
@@ -497,7 +641,7 @@ def _penalty_values(protocol: Protocol) -> str:
 
 
 def _failures(results: pd.DataFrame | None, resources: pd.DataFrame, runs_dir: Path | None, out_dir: Path,
-              protocol: Protocol) -> str:
+              protocol: Protocol, names: _Names | None = None, include_logs: bool = False) -> str:
     """Every case that did not end ok, with a link to its log."""
     frames = []
     if not resources.empty:
@@ -522,13 +666,25 @@ def _failures(results: pd.DataFrame | None, resources: pd.DataFrame, runs_dir: P
     shown = failed.copy()
     for column in ("team", "case", "status"):  # a team chose these names; the table below is not escaped for us
         shown[column] = shown[column].astype(str).map(html.escape)
+    names = names or _Names({})
     if runs_dir is not None:
         links = []
         for row in failed.itertuples():
-            log = runs_dir / row.team / "logs" / f"{row.case}.log"
-            target = html.escape(os.path.relpath(log, out_dir).replace(os.sep, "/"))
-            links.append(f'<a href="{target}">log</a>' if log.exists() else "")
+            folder = names.folder(row.team)
+            log = runs_dir / folder / "logs" / f"{row.case}.log"
+            if not log.exists():
+                links.append("")
+            elif include_logs:
+                # Only a copy inside the report folder is linked: the page can be published on its own.
+                copy = out_dir / "logs" / f"{row.team}-{row.case}.log"
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(log, copy)
+                links.append(f'<a href="logs/{html.escape(copy.name)}">log</a>')
+            else:
+                links.append(html.escape(f"{folder}/logs/{row.case}.log in the runs folder"))
         shown["log"] = links
+    if "exit_code" in shown:
+        shown["exit_code"] = [("" if pd.isna(v) else str(int(v))) for v in shown["exit_code"]]
     worst = _penalty_values(protocol)
     return (f"<p>{len(failed)} case(s) did not end ok; each got the protocol's worst values ({html.escape(worst)}) "
             "in the ranking, and is drawn as a hollow marker in the figures of case values.</p>"
@@ -570,17 +726,22 @@ def _resource_summary(resources: pd.DataFrame) -> pd.DataFrame:
 
 
 def _top_team_curves(page: _Page, runs_dir: Path, team_order: list[str] | None, resources: pd.DataFrame,
-                     case: str | None, protocol: Protocol, top: int = 5) -> str:
+                     case: str | None, protocol: Protocol, names: _Names | None = None, top: int = 5) -> str:
     """The paper's resource figure: GPU memory and CPU of the top teams on one case, overlaid."""
-    teams = [t for t in (team_order or sorted(resources["team"].unique())) if (runs_dir / t / "samples").is_dir()]
+    names = names or _Names({})
+
+    def samples_of(team: str) -> Path:
+        return runs_dir / names.folder(team) / "samples"
+
+    teams = [t for t in (team_order or sorted(resources["team"].unique())) if samples_of(t).is_dir()]
     teams = teams[:top]
     if not teams:
         return ""
-    shared = set.intersection(*({p.stem for p in (runs_dir / t / "samples").glob("*.csv")} for t in teams))
+    shared = set.intersection(*({p.stem for p in samples_of(t).glob("*.csv")} for t in teams))
     chosen = case if case in shared else (sorted(shared)[0] if shared else None)
     if chosen is None:
         return '<p class="note">The top teams share no case with samples.</p>'
-    samples = {t: read_table(runs_dir / t / "samples" / f"{chosen}.csv", role="samples") for t in teams}
+    samples = {t: read_table(samples_of(t) / f"{chosen}.csv", role="samples") for t in teams}
     return page.figure("gpu_curves", plots.gpu_curves_figure(samples, case=chosen,
                                                              allowance_mib=protocol.gpu_allowance_mib),
                        f"GPU memory and CPU of the top {len(teams)} teams on case {chosen}")
@@ -622,8 +783,15 @@ table.table { border-collapse: collapse; font-size: .85em; }
 table.table td, table.table th { padding: .2em .6em; border-bottom: 1px solid #eee; text-align: right; }
 table.facts th { text-align: left; padding-right: 1em; vertical-align: top; } .scroll { overflow-x: auto; }
 h3 { font-size: 1em; margin-top: 1.5em; }
-@media print { figure img { max-width: 100%; } .scroll { overflow: visible; } section { break-inside: auto; } }
+nav.toc ol { list-style: none; padding-left: 0; columns: 2; } nav.toc li { margin: .1em 0; }
+@media print { figure img { max-width: 100%; } .scroll { overflow: visible; } section { break-inside: auto; }
+  h2, h3 { break-after: avoid; page-break-after: avoid; } figure, tr { break-inside: avoid; }
+  body { font-size: 10pt; } table.table { font-size: 8pt; } }
 """
+#: Resolution of the PNG figures (SVG beside each).
+FIGURE_DPI = 150
+#: Paper sizes of the PDF, CSS names.
+PAPER_SIZES = {"letter": "letter", "a4": "A4"}
 
 # Records on the page how many figures loaded; the browser test reads it.
 _LOAD_CHECK = """
@@ -635,12 +803,13 @@ window.addEventListener('load', function () {
 """
 
 
-def _page_html(page: _Page, protocol: Protocol) -> str:
+def _page_html(page: _Page, title: str, paper: str) -> str:
+    size = f"@page {{ size: {PAPER_SIZES[paper]}; margin: 15mm; }}"
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>flare-eval report</title><style>{_STYLE}</style><script>{_LOAD_CHECK}</script></head><body>"
-        f"<h1>Evaluation report</h1><p>Protocol {html.escape(protocol.name)}: {html.escape(protocol.description)}"
-        f" Made with flare-eval {__version__}.</p>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}{size}</style><script>{_LOAD_CHECK}</script></head>"
+        f"<body><h1>{html.escape(title)}</h1>"
+        + page.contents()
         + "".join(page.sections)
         + "</body></html>\n"
     )
