@@ -264,3 +264,36 @@ def test_publishing_options_title_names_contents_logs_single_file(evaluation, tm
     text = single.read_text()
     assert 'src="figures/' not in text and text.count('src="data:image/png;base64,') == N_FIGURES
     assert "size: A4" in text
+
+
+def test_podium_places_are_the_per_case_ranks_and_labels_show_tied_ranks():
+    from flare_eval.protocol import load_protocol
+    from flare_eval.ranking import _case_ranks, prepare_results
+
+    results = pd.read_csv(fe.example_paths().results, dtype={"team": str, "case": str})
+    results = results[results.team.isin(["teamA", "teamB", "teamC", "teamD"])]
+    matrix = prepare_results(results)
+    dsc = load_protocol("flare22").ranking_metrics[0]
+    places = plots.case_places(results, "DSC", higher_is_better=dsc.higher_is_better)
+    expected = _case_ranks(matrix)[0]  # the DSC ranks of rank-then-aggregate, (cases, teams)
+    got = places.pivot(index="case", columns="team", values="place").loc[list(matrix.cases), list(matrix.teams)]
+    np.testing.assert_array_equal(got.to_numpy(), expected)
+    tied = fe.rank(results).assign(rank=[1, 1, 3, 4])
+    figure = plots.podium_figure(results, tied, "DSC")
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert labels[:2] == [f"1. {tied.team.iloc[0]}", f"1. {tied.team.iloc[1]}"] and labels[2].startswith("3. ")
+    counts = sum(patch.get_height() for patch in figure.axes[1].patches)
+    assert counts == len(places)  # every team's every case is counted at its place
+
+
+def test_resource_figures_use_log_axes_and_count_penalties():
+    results = pd.read_csv(fe.example_paths().results, dtype={"team": str, "case": str})
+    results = results[results.team.isin(["teamA", "teamB", "teamC"])].copy()
+    results["status"] = "ok"
+    failed = results.index[:4]
+    results.loc[failed, "status"] = "timeout"
+    results.loc[failed, "Time"] = 3600
+    figure = plots.dot_box_figure(results, "Time", ["teamA", "teamB", "teamC"])
+    axis = figure.axes[0]
+    assert axis.get_yscale() == "log" and axis.get_ylabel() == "Time (s)"
+    assert "penalty value: 4 failed case(s)" in [t.get_text() for t in axis.get_legend().get_texts()]

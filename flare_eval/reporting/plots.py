@@ -26,12 +26,17 @@ __all__ = [
     "subgroup_figure",
     "paired_difference_figure",
     "podium_figure",
+    "case_places",
     "dot_box_figure",
     "ranking_methods_figure",
     "rank_frequency_figure",
     "gpu_curves_figure",
     "natural_order",
 ]
+
+
+#: Units of the resource metrics, for axis labels.
+UNITS = {"Time": "s", "AUC_GPU": "MiB s", "AUC_CPU": "% s", "time_s": "s"}
 
 
 def _team_font_size(n_teams: int) -> float:
@@ -300,11 +305,18 @@ def volume_agreement_figure(volumes: pd.DataFrame, agreement: pd.DataFrame) -> F
     return figure
 
 
+#: Okabe and Ito's palette, told apart with every common colour-vision deficiency.
+_OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+
+
 def _colors(n: int) -> list:
+    """Distinct colours for ``n`` teams: colour-blind safe up to 8, then matplotlib's tab10 and tab20."""
     from matplotlib import colormaps
 
-    cmap = colormaps["tab20"]
-    return [cmap(i % 20) for i in range(n)]
+    if n <= len(_OKABE_ITO):
+        return _OKABE_ITO[:n]
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
 
 
 def subgroup_figure(case_metrics: pd.DataFrame, column: str, metric: str, teams: Sequence[str]) -> Figure:
@@ -414,8 +426,20 @@ def dot_box_figure(results: pd.DataFrame, metric: str, team_order: Sequence[str]
                    linewidths=1.0, label="penalty value (the case failed)" if marked.any() else None)
     ax.boxplot(data, positions=range(n_teams), widths=0.6, showfliers=False, medianprops={"color": "black"})
     ax.set_xticks(range(n_teams), team_order, rotation=90, fontsize=_team_font_size(n_teams))
-    ax.set_ylabel(metric)
+    ax.set_ylabel(f"{metric} ({UNITS[metric]})" if metric in UNITS else metric)
     ax.set_title(f"{metric} of every case, per team", wrap=True)
+    measured = results.loc[~penalized, metric].to_numpy(float)
+    measured = measured[np.isfinite(measured) & (measured > 0)]
+    if metric in UNITS and measured.size and penalized.any():
+        # Resources span decades, and a penalty (3600 s, 2.9e7 MiB s) would flatten every real value to 0 on a
+        # linear axis: a log axis, the penalties counted in the legend.
+        ax.set_yscale("log")
+        n_failed = int(penalized[results["team"].isin(team_order)].sum())
+        handles, labels = ax.get_legend_handles_labels()
+        labels = [f"penalty value: {n_failed} failed case(s)" if "penalty" in label else label for label in labels]
+        ax.legend(dict(zip(labels, handles)).values(), dict(zip(labels, handles)).keys(), fontsize=8,
+                  loc="lower right")
+        return figure
     if penalized.any():
         handles, labels = ax.get_legend_handles_labels()
         unique = dict(zip(labels, handles))
@@ -423,37 +447,66 @@ def dot_box_figure(results: pd.DataFrame, metric: str, team_order: Sequence[str]
     return figure
 
 
+def case_places(results: pd.DataFrame, metric: str, *, higher_is_better: bool = True) -> pd.DataFrame:
+    """Each team's place in each case on one metric: ``case, team, value, place`` (1 = best, ties at the minimum).
+
+    The places of challengeR's podium, and the per-case ranks of rank-then-aggregate.
+    """
+    table = results[["case", "team", metric]].rename(columns={metric: "value"}).dropna(subset=["value"])
+    places = table.groupby("case")["value"].rank(method="min", ascending=not higher_is_better)
+    return table.assign(place=places.astype(int)).sort_values(["case", "place", "team"], ignore_index=True)
+
+
 def podium_figure(results: pd.DataFrame, ranking: pd.DataFrame, metric: str, *, higher_is_better: bool = True,
                   ax=None) -> Figure:
-    """challengeR's podium: every team's case values at its place in the ranking, each case joined across teams.
+    """challengeR's podium: in each case, every team's value at the place it took there; below, how often.
 
-    Teams stand left to right by final rank; the lines join the values of one
-    case, so a case that is hard for every team shows as a low line. Penalty
-    values are hollow markers.
+    The upper panel has one column per podium place (1 = best in the case, ties sharing the smaller place);
+    each case's values stand at their places and are joined by a grey line, each team in its colour, so a
+    team that wins most cases shows as its colour massed at place 1. The lower panel stacks, per place, how
+    many cases each team took it in. The legend gives each team's final rank, ties shown as ties. Penalty
+    values are hollow red markers. ``ax`` (the upper panel) is drawn alone when given.
     """
     order = ranking.sort_values(["rank", "team"])["team"].tolist()
+    final = dict(zip(ranking["team"], ranking["rank"]))
     n_teams = len(order)
+    places = case_places(results, metric, higher_is_better=higher_is_better)
+    bars = None
     if ax is None:
-        figure = Figure(figsize=(_team_axis_inches(n_teams) + 1.5, 4.5), layout="constrained")
-        ax = figure.add_subplot()
+        figure = Figure(figsize=(max(5.0, 0.5 * n_teams + 3.5), 6.5), layout="constrained")
+        ax, bars = figure.subplots(2, 1, sharex=True, height_ratios=(3, 1.3))
     figure = ax.figure
-    wide = results.pivot_table(index="case", columns="team", values=metric, aggfunc="first").reindex(columns=order)
-    ax.plot(range(n_teams), wide.to_numpy().T, color="grey", alpha=0.25, linewidth=0.7)
+    colors = dict(zip(order, _colors(n_teams)))
+    for _, case in places.groupby("case", sort=False):
+        ax.plot(case["place"], case["value"], color="grey", alpha=0.25, linewidth=0.7, zorder=1)
     penalized = _penalized(results)
-    marked = results[penalized].pivot_table(index="case", columns="team", values=metric, aggfunc="first") \
-        .reindex(columns=order) if penalized.any() else None
-    colors = _colors(n_teams)
-    for t, team in enumerate(order):
-        values = wide[team].to_numpy(float)
-        hollow = np.zeros(values.size, bool)
-        if marked is not None:
-            hollow = wide.index.isin(marked.index[marked[team].notna()])
-        ax.scatter(np.full((~hollow).sum(), t), values[~hollow], s=10, color=colors[t], zorder=3)
-        ax.scatter(np.full(hollow.sum(), t), values[hollow], s=24, facecolors="none", edgecolors="tab:red", zorder=3)
-    ax.set_xticks(range(n_teams), [f"{i + 1}. {team}" for i, team in enumerate(order)], rotation=90,
-                  fontsize=_team_font_size(n_teams))
-    ax.set_ylabel(metric + (" (higher is better)" if higher_is_better else " (lower is better)"))
-    ax.set_title(f"Podium: {metric} per case, teams by final rank", wrap=True)
+    failed = set(zip(results.loc[penalized, "case"], results.loc[penalized, "team"]))
+    hollow = np.array([(c, t) in failed for c, t in zip(places["case"], places["team"])], bool)
+    for team in order:
+        mine = (places["team"] == team).to_numpy()
+        ax.scatter(places["place"][mine & ~hollow], places["value"][mine & ~hollow], s=14, color=colors[team],
+                   zorder=3, label=f"{final.get(team, '?')}. {team}")
+    if hollow.any():
+        ax.scatter(places["place"][hollow], places["value"][hollow], s=26, facecolors="none", edgecolors="tab:red",
+                   zorder=4, label="penalty value (the case failed)")
+    ax.set_ylabel(f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
+    ax.set_title(f"Podium: {metric}, each case's values at the places the teams took in it", wrap=True)
+    ax.legend(fontsize=7, ncol=max(1, n_teams // 16 + 1), loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="final rank. team", title_fontsize=7)
+    if bars is not None:
+        counts = places.pivot_table(index="place", columns="team", values="case", aggfunc="count", fill_value=0)
+        counts = counts.reindex(index=range(1, n_teams + 1), columns=order, fill_value=0)
+        bottom = np.zeros(n_teams)
+        for team in order:
+            bars.bar(counts.index, counts[team], bottom=bottom, color=colors[team], width=0.8)
+            bottom += counts[team].to_numpy()
+        bars.set_ylabel("cases")
+        bars.set_xlabel("place in the case (1 = best)")
+        bars.set_xticks(range(1, n_teams + 1))
+        bars.yaxis.get_major_locator().set_params(integer=True)
+    else:
+        ax.set_xlabel("place in the case (1 = best)")
+        ax.set_xticks(range(1, n_teams + 1))
     return figure
 
 
