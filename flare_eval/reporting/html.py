@@ -198,6 +198,12 @@ def readable_columns(columns) -> list[str]:
             out.append(_HEADERS[column])
         elif column.endswith("_mean_rank"):
             out.append(f"mean rank, {column[: -len('_mean_rank')]}")
+        elif column == "tie_break_mean":
+            out.append("tie-break (mean)")
+        elif column.endswith("_mean"):
+            out.append(f"mean {column[: -len('_mean')]}")
+        elif column.endswith("_rank"):
+            out.append(f"rank of the mean, {column[: -len('_rank')]}")
         elif column in ("p_value", "p"):
             out.append("p-value")
         elif column == "p_adjusted":
@@ -341,8 +347,8 @@ def build_report(
     elif results is None:
         page.missing("Accuracy and efficiency", "no results.csv")
 
-    # Radar
-    if ranking is not None and all(f"{m}_mean_rank" in ranking for m in metric_names):
+    # Radar (a polygon needs three metrics; with two it would be a line)
+    if ranking is not None and len(metric_names) >= 3 and all(f"{m}_mean_rank" in ranking for m in metric_names):
         chosen = list(ranking["team"].head(top))
         for metric in ("DSC", "Time", "AUC_CPU"):
             if f"{metric}_mean_rank" in ranking:
@@ -464,11 +470,12 @@ def build_report(
     if inputs.quantify_dir is not None and (inputs.quantify_dir / "agreement.csv").exists():
         volumes = read(inputs.quantify_dir / "volumes.csv", "volumes table")
         agreement = read(inputs.quantify_dir / "agreement.csv", "agreement table")
-        page.section("Organ volumes", page.figure(
+        page.section("Volumes" if protocol.regions else "Organ volumes", page.figure(
             "volumes", plots.volume_agreement_figure(volumes, agreement),
             "Predicted against ground-truth organ volumes") + _table(agreement))
     else:
-        page.missing("Organ volumes", "no quantify/ folder with ground truth (run `flare-eval quantify`)")
+        page.missing("Volumes" if protocol.regions else "Organ volumes",
+                     "no quantify/ folder with ground truth (run `flare-eval quantify`)")
 
     # Cohorts, subgroups and paired comparisons
     if inputs.cohorts_dir is not None and (inputs.cohorts_dir / "case_metrics.csv").exists():

@@ -178,6 +178,7 @@ def rank_blob_figure(ranks, teams: Sequence[str] | None = None, full_rank: Seque
     axis.set_xticks(np.arange(1, n_teams + 1), [teams[t] for t in order], rotation=90,
                     fontsize=_team_font_size(n_teams))
     axis.set_ylabel("rank in bootstrap samples")
+    axis.yaxis.get_major_locator().set_params(integer=True)  # ranks are whole numbers
     axis.invert_yaxis()
     axis.set_title(f"Ranking stability over {ranks.shape[0]} bootstrap samples", wrap=True)
     return figure
