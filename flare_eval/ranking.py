@@ -300,9 +300,14 @@ def _min_ranks(values: np.ndarray, higher_is_better: np.ndarray) -> np.ndarray:
     has one entry per metric.
     """
     oriented = np.where(higher_is_better.reshape((-1,) + (1,) * (values.ndim - 1)), -values, values)
-    # Rank = 1 + number of teams strictly better: exact comparisons, no float tricks.
-    better = (oriented[..., None, :] < oriented[..., :, None]).sum(axis=-1)
-    return (better + 1).astype(np.float64)
+    # Rank = 1 + number of teams strictly better: exact comparisons, no float tricks. The comparison holds
+    # n_teams^2 values per row, so the rows go in bounded chunks.
+    rows = oriented.reshape(-1, oriented.shape[-1])
+    ranks = np.empty(rows.shape, dtype=np.float64)
+    for chunk in _chunks(rows.shape[0], rows.shape[1] * rows.shape[1]):
+        part = rows[chunk]
+        ranks[chunk] = (part[:, None, :] < part[:, :, None]).sum(axis=-1) + 1
+    return ranks.reshape(oriented.shape)
 
 
 def _weights(metrics: tuple[RankingMetric, ...]) -> np.ndarray:
@@ -433,11 +438,24 @@ def kendall_tau_b(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     y2 = np.atleast_2d(y)
     upper = np.triu_indices(x.size, k=1)
     sign_x = np.sign(x[:, None] - x[None, :])[upper]
-    sign_y = np.sign(y2[:, :, None] - y2[:, None, :])[:, upper[0], upper[1]]
-    numerator = sign_y @ sign_x
-    with np.errstate(invalid="ignore", divide="ignore"):
-        tau = numerator / np.sqrt(np.count_nonzero(sign_x) * np.count_nonzero(sign_y, axis=1))
+    tau = np.empty(y2.shape[0])
+    # Rows in bounded chunks: one row's signs take n^2 values (200 teams: 40,000), 1000 rows at once 320 MB.
+    for rows in _chunks(y2.shape[0], x.size * x.size):
+        sign_y = np.sign(y2[rows, :, None] - y2[rows, None, :])[:, upper[0], upper[1]]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            tau[rows] = (sign_y @ sign_x) / np.sqrt(np.count_nonzero(sign_x) * np.count_nonzero(sign_y, axis=1))
     return float(tau[0]) if single else tau
+
+
+#: Most array elements one chunk of the ranking code holds at once (per temporary array): with 8-byte values
+#: 32 MiB, so that memory stays bounded however many teams, cases and samples there are.
+CHUNK_ELEMENTS = 2**22
+
+
+def _chunks(n_rows: int, elements_per_row: int) -> list[slice]:
+    """Slices of ``range(n_rows)`` whose rows hold at most `CHUNK_ELEMENTS` elements together (at least one row)."""
+    step = max(1, CHUNK_ELEMENTS // max(1, elements_per_row))
+    return [slice(start, min(start + step, n_rows)) for start in range(0, n_rows, step)]
 
 
 #: How `bootstrap_stability` ranks the copies of a case drawn more than once.
@@ -770,9 +788,15 @@ def _pairwise_tests(matrix: ResultsMatrix):
     first, second = np.nonzero(~np.eye(len(matrix.teams), dtype=bool))
     for m, metric in enumerate(matrix.metrics):
         values = np.where(matrix.observed[m], matrix.values[m], np.nan).T  # (T, C)
-        a, b = values[first], values[second]
-        p = paired_wilcoxon(a, b, "greater" if metric.higher_is_better else "less")
-        yield metric, first, second, (~np.isnan(a) & ~np.isnan(b)).sum(axis=1), p
+        alternative = "greater" if metric.higher_is_better else "less"
+        p = np.empty(first.size)
+        n_cases = np.empty(first.size, dtype=np.int64)
+        # Pairs in bounded chunks: every ordered pair of 200 teams over 1000 cases would be 40 million values.
+        for pairs in _chunks(first.size, values.shape[1] * 8):
+            a, b = values[first[pairs]], values[second[pairs]]
+            p[pairs] = paired_wilcoxon(a, b, alternative)
+            n_cases[pairs] = (~np.isnan(a) & ~np.isnan(b)).sum(axis=1)
+        yield metric, first, second, n_cases, p
 
 
 def best_versus_rest(

@@ -451,3 +451,21 @@ def test_numeric_team_ids_are_flagged():
     numeric = HAND.assign(team=HAND.team.map({"a": 1, "b": 2, "c": 3}))
     with pytest.warns(RankingWarning, match="leading zeros"):
         prepare_results(numeric)
+
+
+def test_bounded_chunks_change_no_result(example_results, monkeypatch):
+    """The ranking code works in chunks of bounded size; with chunks of one row the results are the same."""
+    from flare_eval import ranking as module
+    from flare_eval.ranking import ranking_methods, significance
+
+    table = example_results
+    whole = (rank(table), bootstrap_stability(table, n_samples=30, seed=3), significance(table),
+             ranking_methods(table))
+    monkeypatch.setattr(module, "CHUNK_ELEMENTS", 1)
+    chunked = (rank(table), bootstrap_stability(table, n_samples=30, seed=3), significance(table),
+               ranking_methods(table))
+    pd.testing.assert_frame_equal(whole[0], chunked[0])
+    pd.testing.assert_frame_equal(whole[1].samples, chunked[1].samples)
+    np.testing.assert_array_equal(whole[1].ranks, chunked[1].ranks)
+    pd.testing.assert_frame_equal(whole[2], chunked[2])
+    pd.testing.assert_frame_equal(whole[3], chunked[3])
