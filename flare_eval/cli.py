@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ._version import __version__
-from .ranking import DEFAULT_SEED
+from .defaults import DEFAULT_SEED
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from ._text import preview
+from .defaults import DEFAULT_SEED
 from .protocol import Protocol, RankingMetric, load_protocol
 
 __all__ = [
@@ -54,8 +55,6 @@ __all__ = [
 ]
 
 ADJUST_METHODS = ("holm", "none")
-#: Seed of the bootstrap when none is given: a rerun gives bit-identical tables.
-DEFAULT_SEED = 2022
 #: Columns of `ranking_methods`: the official scheme first, then challengeR's alternatives.
 RANKING_METHODS = ("rank_then_aggregate", "aggregate_mean_then_rank", "aggregate_median_then_rank",
                    "test_then_rank")

@@ -307,3 +307,11 @@ def test_score_of_folders_without_a_case_in_common_exits_2(examples, tmp_path, c
     shutil.copy(next(examples.labels.glob("*.nii.gz")), other / "unrelated_case.nii.gz")
     code = main(["score", str(other), str(examples.labels), "--out", str(tmp_path / "out"), "--no-progress"])
     assert code == 2 and "has a ground-truth case" in capsys.readouterr().err
+
+
+def test_building_the_command_line_imports_neither_pandas_nor_scipy():
+    """--help and argument errors come before any heavy import (a command pays for what it uses)."""
+    code = ("import sys; from flare_eval.cli import build_parser; build_parser(); "
+            "print(sorted(m for m in ('pandas', 'scipy', 'matplotlib', 'docker') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
