@@ -67,3 +67,21 @@ def engine():
             client.images.remove(image.id, force=True)
         except docker.errors.APIError:
             pass
+
+
+#: Modules whose every test starts a cluster, a browser or a kernel, and tests that draw whole reports.
+_SLOW_MODULES = {"test_dask.py", "test_report_evaluation.py", "test_notebook.py", "test_report.py"}
+_SLOW_TESTS = {"test_every_command_works_for_every_preset_and_reads_the_recorded_protocol",
+               "test_presets_collect_rank_and_report_the_bundled_examples",
+               "test_a_predictions_only_challenge_from_team_folders_to_report",
+               "test_a_case_past_the_protocols_scoring_limits_is_marked_and_the_run_goes_on"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark the tests that need the engine (``docker``) and the slow ones, so that
+    ``pytest -m "not docker and not slow"`` is a fast tier (under a minute)."""
+    for item in items:
+        if "engine" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.docker)
+        if item.fspath.basename in _SLOW_MODULES or getattr(item, "originalname", item.name) in _SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
