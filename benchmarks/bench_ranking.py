@@ -32,7 +32,8 @@ def synthetic_results(n_teams: int, n_cases: int, seed: int = 0) -> pd.DataFrame
         for c in range(n_cases):
             dsc = np.clip(quality + rng.normal(0, 0.04), 0, 1)
             time_s = speed * rng.lognormal(0, 0.15)
-            rows.append((f"team{t:02d}", f"case{c:03d}", round(dsc, 4), round(dsc - 0.02, 4), round(time_s, 2),
+            nsd = max(dsc - 0.02, 0.0)
+            rows.append((f"team{t:02d}", f"case{c:03d}", round(dsc, 4), round(nsd, 4), round(time_s, 2),
                          round(rng.uniform(0, 5000) * time_s, 1), round(rng.uniform(20, 90) * time_s, 1)))
     return pd.DataFrame(rows, columns=["team", "case", "DSC", "NSD", "Time", "AUC_GPU", "AUC_CPU"])
 
