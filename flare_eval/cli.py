@@ -562,7 +562,7 @@ def _rank(args: argparse.Namespace) -> int:
     if len(best):
         print(f"best {best.metric.iloc[0]} ({best.team_a.iloc[0]}) significantly better than "
               f"{int(best.significant.sum())} of {len(best)} other teams")
-    print("\nthe ranking under other methods (Kendall's tau to rank-then-aggregate):")
+    print("\nthe ranking under other methods (Kendall's tau to the protocol's official ranking):")
     print(outputs.methods_agreement.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print(f"wrote {outputs.folder}/ranking.csv, bootstrap.csv, rank_distribution.csv, bootstrap_ranks.csv, "
           "significance.csv, best_vs_rest.csv, ranking_methods.csv, ranking_methods_tau.csv, settings.json")

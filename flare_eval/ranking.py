@@ -864,7 +864,10 @@ def ranking_methods(
     the official scheme: the weighted mean of the per-metric ranks with the
     protocol's weights, ranked again (ties at the minimum).
 
-    * ``rank_then_aggregate``: the official ranking (`rank`).
+    * ``official``: the protocol's own ranking (`rank`: rank-then-aggregate
+      for FLARE and BraTS, aggregate-then-rank with its tie-break for KiTS23),
+      the one every method is compared with.
+    * ``rank_then_aggregate``: per metric, the mean of the per-case ranks.
     * ``aggregate_mean_then_rank`` and ``aggregate_median_then_rank``: each
       team's mean (median) over the cases, missing values filled with the
       metric's worst value first, ranked in the metric's direction.
@@ -883,10 +886,11 @@ def ranking_methods(
     Returns
     -------
     pandas.DataFrame
-        ``team`` and one column of final ranks per method of
+        ``team, official`` and one column of final ranks per method of
         `RANKING_METHODS`, sorted by the official rank then team.
     """
     matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    official = rank(matrix).set_index("team")["rank"]
     directions = _directions(matrix.metrics)
     per_metric = {
         "rank_then_aggregate": _case_ranks(matrix).mean(axis=1),
@@ -896,9 +900,10 @@ def ranking_methods(
     }
     weights = _weights(matrix.metrics)
     table = pd.DataFrame({"team": matrix.teams})
+    table["official"] = official.reindex(list(matrix.teams)).to_numpy().astype(int)
     for method, ranks in per_metric.items():  # ranks: (n_metrics, n_teams)
         table[method] = _rank_scores(weights @ ranks).astype(int)
-    return table.sort_values(["rank_then_aggregate", "team"], ignore_index=True)
+    return table.sort_values(["official", "team"], ignore_index=True)
 
 
 def _test_then_rank_per_metric(matrix: ResultsMatrix, alpha: float) -> np.ndarray:
@@ -910,20 +915,21 @@ def _test_then_rank_per_metric(matrix: ResultsMatrix, alpha: float) -> np.ndarra
 
 
 def ranking_methods_agreement(methods: pd.DataFrame) -> pd.DataFrame:
-    """Kendall's tau-b between each method's ranking and the official one.
+    """Kendall's tau-b between each method's ranking and the protocol's official one.
 
     Parameters
     ----------
     methods : pandas.DataFrame
-        The table of `ranking_methods`.
+        The table of `ranking_methods` (an older table without ``official``:
+        rank-then-aggregate is taken as the official ranking).
 
     Returns
     -------
     pandas.DataFrame
-        ``method, kendall_tau`` for every method of `RANKING_METHODS` (1 for
-        the official ranking itself; NaN when a ranking is constant).
+        ``method, kendall_tau`` for every method of `RANKING_METHODS` (NaN
+        when a ranking is constant).
     """
-    official = methods["rank_then_aggregate"].to_numpy()
+    official = methods["official" if "official" in methods else "rank_then_aggregate"].to_numpy()
     return pd.DataFrame({
         "method": list(RANKING_METHODS),
         "kendall_tau": [kendall_tau_b(official, methods[m].to_numpy()) for m in RANKING_METHODS],

@@ -469,3 +469,20 @@ def test_every_command_works_for_every_preset_and_reads_the_recorded_protocol(pr
     other = "kits23" if preset != "kits23" else "flare22"
     assert main(["rank", str(out / "results.csv"), "--out", str(out / "r2"), "--protocol", other]) == 2
     assert f"--protocol {other} differs from the protocol {preset} recorded in" in capsys.readouterr().err
+
+
+def test_ranking_methods_are_compared_with_the_protocols_own_ranking():
+    """KiTS23's official ranking is aggregate-then-rank with a tie-break: the methods' taus are measured to it."""
+    rng = np.random.default_rng(3)
+    rows = [{"team": t, "case": str(c), "Dice": rng.uniform(0.5, 1), "SD": rng.uniform(0.5, 1),
+             "Dice_tumor": rng.uniform(0.5, 1)} for t in "abcdef" for c in range(8)]
+    table = pd.DataFrame(rows)
+    protocol = fe.load_protocol("kits23")
+    methods = fe.ranking_methods(table, protocol)
+    official = fe.rank(table, protocol).set_index("team")["rank"]
+    assert methods.set_index("team")["official"].to_dict() == official.to_dict()
+    from flare_eval.ranking import kendall_tau_b, ranking_methods_agreement
+
+    agreement = ranking_methods_agreement(methods).set_index("method")["kendall_tau"]
+    expected = kendall_tau_b(methods["official"].to_numpy(), methods["rank_then_aggregate"].to_numpy())
+    assert agreement["rank_then_aggregate"] == pytest.approx(expected)

@@ -95,7 +95,7 @@ def test_rank_examples(examples, tmp_path, capsys):
     assert {p.name for p in tmp_path.iterdir()} == expected
     assert "aggregate_median_then_rank" in out and "test_then_rank" in out
     methods = pd.read_csv(tmp_path / "ranking_methods.csv")
-    assert list(methods.columns) == ["team", "rank_then_aggregate", "aggregate_mean_then_rank",
+    assert list(methods.columns) == ["team", "official", "rank_then_aggregate", "aggregate_mean_then_rank",
                                      "aggregate_median_then_rank", "test_then_rank"]
     ranking = pd.read_csv(tmp_path / "ranking.csv")
     assert list(ranking.columns[:3]) == ["team", "rank", "score"] and ranking["rank"].is_monotonic_increasing

@@ -388,7 +388,7 @@ def test_ranking_methods_equal_an_independent_computation_with_ties_and_a_consta
                          rng.integers(1, 4) * 100))
     table = table_from(rows)  # AUC_GPU is constant: every team within the allowance
     methods = ranking_methods(table)
-    assert list(methods.columns) == ["team", *RANKING_METHODS]
+    assert list(methods.columns) == ["team", "official", *RANKING_METHODS]
     expected = independent_methods(table).reindex(methods.team)
     for method in RANKING_METHODS:
         assert methods[method].tolist() == expected[method].tolist(), method

@@ -33,7 +33,7 @@ _HEADERS = {
     "median_Time_s": "median time (s)", "failed_cases": "failed cases", "log": "log",
     "median_time_s": "median time (s)", "max_gpu_mib": "max GPU memory (MiB)",
     "median_auc_gpu_mib_s": "median AUC_GPU (MiB s)", "median_auc_cpu_pct_s": "median AUC_CPU (% s)",
-    "method": "method", "kendall_tau": "Kendall's tau to rank-then-aggregate", "image_id": "image ID",
+    "method": "method", "kendall_tau": "Kendall's tau to the official ranking", "image_id": "image ID",
 }
 
 
@@ -399,7 +399,8 @@ def build_report(
         if methods_csv.exists() and (inputs.ranking_dir / "ranking_methods_tau.csv").exists():
             methods = read(methods_csv, "ranking methods table")
             agreement = read(inputs.ranking_dir / "ranking_methods_tau.csv", "ranking methods tau")
-            others = ", ".join(c.replace("_", "-") for c in methods.columns if c not in ("team", "rank_then_aggregate"))
+            others = ", ".join(c.replace("_", "-") for c in methods.columns
+                               if c not in ("team", "official", protocol.ranking_scheme))
             page.section(f"The ranking under other methods: {others}", page.figure(
                 "ranking_methods", plots.ranking_methods_figure(methods, agreement),
                 "Each team's final rank under each method (challengeR's definitions, combined over the metrics "

@@ -534,7 +534,7 @@ def ranking_methods_figure(methods: pd.DataFrame, agreement: pd.DataFrame | None
         from ..ranking import ranking_methods_agreement
 
         agreement = ranking_methods_agreement(methods)
-    columns = [c for c in methods.columns if c != "team"]
+    columns = [c for c in methods.columns if c != "team"]  # the official ranking first
     n_teams = len(methods)
     if ax is None:
         figure = Figure(figsize=(1.9 * len(columns) + 3, max(4.0, 0.16 * n_teams + 2.5)), layout="constrained")
@@ -553,7 +553,7 @@ def ranking_methods_figure(methods: pd.DataFrame, agreement: pd.DataFrame | None
     ax.set_xlim(-0.3, len(columns) - 0.4)
     ax.invert_yaxis()
     ax.set_ylabel("final rank")
-    ax.set_title("The ranking under other methods (Kendall's tau to rank-then-aggregate)", wrap=True)
+    ax.set_title("The ranking under other methods (Kendall's tau to the official ranking)", wrap=True)
     return figure
 
 
