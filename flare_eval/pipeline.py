@@ -402,9 +402,9 @@ def quantify(
     from tqdm import tqdm
 
     from .cohort_stats import unit_columns
-    from .geometry import superior_axis
-    from .io import LABEL_MAP_SUFFIXES, case_id, pair_cases, read_label_map
-    from .volumes import measure_label_map, median_iqr_table, paired_volumes, volume_agreement
+    from .execution import run_bounded
+    from .io import LABEL_MAP_SUFFIXES, case_id, pair_cases
+    from .volumes import median_iqr_table, paired_volumes, volume_agreement
 
     protocol = load_protocol(protocol)
     pred_dir, out_dir = Path(pred_dir), None if out_dir is None else Path(out_dir)
@@ -419,16 +419,28 @@ def quantify(
     else:
         if not pred_dir.is_dir():
             raise FileNotFoundError(f"prediction folder {pred_dir} does not exist or is not a folder")
-        jobs = [(case_id(p), "prediction", p) for p in sorted(pred_dir.iterdir()) if case_id(p) and p.is_file()]
+        jobs = [(case_id(p), "prediction", p) for p in sorted(pred_dir.iterdir())
+                if case_id(p) and (p.is_file() or p.is_symlink())]
         if not jobs:
             raise ValueError(f"prediction folder {pred_dir} holds no label maps ({', '.join(LABEL_MAP_SUFFIXES)})")
     frames = []
     show = None if progress is None else not progress
-    for case, source, path in tqdm(jobs, desc="measuring", unit="map", disable=show):
-        label_map = read_label_map(path, follow_link=source == "ground_truth")
-        axis, _ = superior_axis(label_map.affine)
-        frames.append(measure_label_map(label_map.array, label_map.spacing_mm, protocol, axis=axis)
-                      .assign(case=case, source=source))
+    bar = tqdm(total=len(jobs), desc="measuring", unit="map", disable=show)
+    # Every file is read in a bounded, disposable worker (a prediction is untrusted); one that cannot be read
+    # is named in a warning and left out, the others are measured.
+    tasks = [(case, source, path, protocol) for case, source, path in jobs]
+    try:
+        for outcome in run_bounded(_measure_file, tasks, workers=min(len(tasks), os.cpu_count() or 1) or 1,
+                                   limits=protocol.scoring_limits, on_failure=_measure_failed):
+            bar.update(1)
+            if isinstance(outcome, str):
+                warnings.warn(outcome, UserWarning, stacklevel=2)
+            else:
+                frames.append(outcome)
+    finally:
+        bar.close()
+    if not frames:
+        raise ValueError(f"no label map of {pred_dir} could be measured (see the warnings)")
     volumes = pd.concat(frames, ignore_index=True)
     units = unit_columns(volumes)
     volumes = volumes[["case", *units, "source", "volume_ml", "diameter_mm"]]
@@ -440,6 +452,27 @@ def quantify(
         write_table(volumes, out_dir / "volumes.csv")
         write_table(summary, out_dir / "volume_summary.csv")
     return QuantifyOutputs(volumes, agreement, summary, out_dir)
+
+
+def _measure_file(case: str, source: str, path: Path, protocol: Protocol) -> pd.DataFrame | str:
+    """Worker task of `quantify`: one label map's volumes, or why it could not be read."""
+    from .geometry import superior_axis
+    from .io import InvalidLabelMapError, read_label_map
+    from .volumes import measure_label_map
+
+    try:
+        label_map = read_label_map(path, follow_link=source == "ground_truth")
+    except InvalidLabelMapError as exc:
+        if source == "ground_truth":
+            raise
+        return f"left out of the volumes: {exc}"
+    axis, _ = superior_axis(label_map.affine)
+    return measure_label_map(label_map.array, label_map.spacing_mm, protocol, axis=axis).assign(case=case,
+                                                                                               source=source)
+
+
+def _measure_failed(arguments: tuple, failure) -> str:
+    return f"left out of the volumes: measuring {arguments[2]} failed: {failure}"
 
 
 def report(

@@ -86,3 +86,19 @@ def test_quantify_without_an_output_folder_only_returns_tables(examples, tmp_pat
     outputs = quantify(examples.predictions / "teamA", examples.labels)
     assert outputs.folder is None and len(outputs.volumes) and outputs.agreement is not None
     assert list(tmp_path.iterdir()) == []
+
+
+def test_quantify_reads_predictions_through_the_allow_list_and_leaves_out_a_refused_one(examples, tmp_path):
+    import shutil
+
+    from flare_eval import quantify
+
+    pred = tmp_path / "pred"
+    shutil.copytree(examples.predictions / "teamA", pred)
+    first = sorted(pred.glob("*.nii.gz"))[0]
+    first.unlink()
+    first.symlink_to(sorted(examples.labels.glob("*.nii.gz"))[0])  # a link to the ground truth
+    with pytest.warns(UserWarning, match=r"left out of the volumes: .*symbolic link"):
+        outputs = quantify(pred, examples.labels)
+    measured = set(outputs.volumes[outputs.volumes.source == "prediction"].case)
+    assert first.name.removesuffix(".nii.gz") not in measured and len(measured) == len(list(pred.iterdir())) - 1
