@@ -84,10 +84,27 @@ HOSTILE_TEAMS = {
                 + COPY_ANSWERS,
     # VOLUME in the image: the engine makes an anonymous volume per container.
     "volume": "echo data > /data/junk\n" + COPY_ANSWERS,
+    # A prediction whose header passes but whose voxels are not whole labels (0.5): refused when it is
+    # normalised, before anything downstream reads it.
+    "halfvalues": 'for f in /workspace/inputs/*_0000.nii.gz; do c=$(basename "$f" _0000.nii.gz); '
+                  'cp /answers/half.nii.gz "/workspace/outputs/$c.nii.gz"; done\n',
 }
 #: Image configuration or root files a hostile team changes beyond its script.
 HOSTILE_CHANGES = {"nouser": ("USER nosuchuser",), "volume": ("VOLUME /data",)}
 HOSTILE_ROOT_FILES = {"outfile": {"workspace/outputs": b"not a folder"}}
+
+
+def half_values_bytes() -> bytes:
+    """A float32 NIfTI on the test cases' grid (12 x 12 x 8 at 0.8 x 0.8 x 2.5 mm) holding one voxel of 0.5."""
+    import nibabel as nib
+
+    data = np.zeros((12, 12, 8), np.float32)
+    data[2:8, 2:8, 1:6] = 1
+    data[3, 3, 3] = 0.5
+    return gzip.compress(nib.Nifti1Image(data, np.diag([0.8, 0.8, 2.5, 1.0])).to_bytes())
+
+
+HOSTILE_ROOT_FILES["halfvalues"] = {"answers/half.nii.gz": half_values_bytes()}
 #: Every test image carries TEST_IMAGE_LABEL, so the suite removes all it built (tests/conftest.py).
 TEST_IMAGE_LABEL = "flare-eval-test"
 IMAGE_CHANGES = ("WORKDIR /workspace", f"LABEL {TEST_IMAGE_LABEL}=1")

@@ -107,7 +107,7 @@ def test_every_valid_team_ran_and_each_failure_is_that_teams_status(hostile):
     assert status == {
         "bomb": "invalid_prediction", "sparse": "invalid_prediction", "junk": "ok", "lockdir": "ok", "probe": "ok",
         "flood": "ok", "twin1": "ok", "twin2": "ok", "thief": "ok", "nouser": "crashed", "outfile": "crashed",
-        "weirdname": "ok", "deeptree": "ok", "volume": "ok",
+        "weirdname": "ok", "deeptree": "ok", "volume": "ok", "halfvalues": "invalid_prediction",
         "empty": "invalid_submission", "corrupt": "invalid_submission", "dotdot": "invalid_submission",
         "dupe": "invalid_submission", "nested": "invalid_submission",
     }
@@ -467,3 +467,16 @@ def test_fail_fast_stops_a_dead_team_after_its_first_failures(engine, tmp_path):
     with pytest.warns(UserWarning):
         results = collect_results(tmp_path / "runs", labels, progress=False).set_index(["team", "case"])
     assert results.loc[("dead", "case2"), "DSC"] == 0 and results.loc[("dead", "case2"), "Time"] == 3600
+
+
+def test_kept_predictions_are_normalised_before_anything_reads_them(hostile):
+    """A voxel of 0.5 is refused when the prediction is rewritten; the kept files are fresh, integer NIfTI."""
+    import nibabel as nib
+
+    assert "not whole numbers" in log_of(hostile, "halfvalues")
+    assert not (hostile["runs"] / "halfvalues" / "predictions").exists() or \
+        not any((hostile["runs"] / "halfvalues" / "predictions").iterdir())
+    kept = nib.load(hostile["runs"] / "twin1" / "predictions" / "case0.nii.gz")
+    assert np.issubdtype(kept.get_data_dtype(), np.integer)
+    assert np.array_equal(np.asanyarray(kept.dataobj), np.asanyarray(
+        nib.load(hostile["answers_dir"] / "case0.nii.gz").dataobj))

@@ -83,6 +83,7 @@ __all__ = [
     "case_status",
     "run_containers",
     "execute_case",
+    "normalise_prediction",
     "record_case",
     "CaseOutcome",
     "RESOURCE_COLUMNS",
@@ -287,6 +288,37 @@ def _header_problem(path: Path, max_voxels: int | None) -> str:
     if max_voxels is not None and header.n_voxels > max_voxels:
         return (f"its header claims {'x'.join(map(str, header.shape))} voxels, more than the "
                 f"{max_voxels} of the case's image; not kept")
+    return ""
+
+
+def normalise_prediction(path: Path) -> str:
+    """Rewrite a kept prediction as a fresh self-contained file of its format; return why it cannot be ('' if fine).
+
+    The file is read through the allow-list (`flare_eval.io.read_label_map`) in a bounded, disposable worker
+    and written again with its labels as integers and its geometry, so nothing downstream ever parses the
+    bytes a container chose. In a process that may not start workers (a Dask worker), it is read here.
+    """
+    import multiprocessing
+
+    from ..execution import TaskLimits, run_bounded
+
+    if multiprocessing.current_process().daemon:
+        return _rewrite(path)
+    outcome = run_bounded(_rewrite, [(path,)], limits=TaskLimits(),
+                          on_failure=lambda arguments, failure: f"reading it failed: {failure}")
+    return next(outcome)
+
+
+def _rewrite(path: Path) -> str:
+    from ..io import read_label_map, write_label_map
+
+    try:
+        label_map = read_label_map(path)
+    except InvalidLabelMapError as exc:
+        return str(exc).replace(f"{path}: ", "", 1)
+    fresh = path.with_name(f".fresh-{path.name}")
+    write_label_map(label_map.array, label_map.affine, fresh)
+    os.replace(fresh, path)
     return ""
 
 
@@ -951,7 +983,14 @@ def execute_case(client, image: str, team: str, case: str, image_path: Path, set
                                               kept_dir,
                                               interface.prediction_name(case), max_bytes=max_bytes,
                                               max_voxels=n_voxels)
-        prediction = kept.read_bytes() if kept is not None else None
+        prediction = None
+        if kept is not None:
+            problem = normalise_prediction(kept)
+            if problem:
+                dropped.append(f"{printable(kept.name)}: {printable(problem)}")
+                refused = True
+            else:
+                prediction = kept.read_bytes()
     finally:
         _remove_tree(scratch)
     summary = summarize_run(run.times_s, run.cpu_time_s, run.gpu_mib, time_s=run.time_s,
