@@ -49,6 +49,7 @@ __all__ = [
     "paired_wilcoxon",
     "RANKING_METHODS",
     "ranking_methods",
+    "rank_per_region",
     "ranking_methods_agreement",
     "ADJUST_METHODS",
     "DEFAULT_SEED",
@@ -904,6 +905,45 @@ def ranking_methods(
     for method, ranks in per_metric.items():  # ranks: (n_metrics, n_teams)
         table[method] = _rank_scores(weights @ ranks).astype(int)
     return table.sort_values(["official", "team"], ignore_index=True)
+
+
+def rank_per_region(scores: pd.DataFrame, protocol: str | Protocol = "flare22") -> pd.DataFrame:
+    """Each team's rank in each region (or FLARE organ) alone, and their consensus: challengeR's multi-task view.
+
+    Within each region, the teams are ranked by rank-then-aggregate on the protocol's accuracy metrics of
+    that region (FLARE: the organ's DSC and NSD, equal weights; BraTS: the region's lesion-wise Dice and
+    HD95). The consensus is the mean of a team's ranks over the regions, ranked (ties at the minimum).
+
+    Parameters
+    ----------
+    scores : pandas.DataFrame
+        Long scores with ``team``, ``case``, the organ (``label, organ``) or ``region`` columns and the metrics.
+    protocol : str or Protocol
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``team``, one column of ranks per region (organ codes for FLARE), ``consensus``; sorted by consensus.
+    """
+    protocol = load_protocol(protocol)
+    unit = "organ" if "organ" in scores else "region"
+    columns = set(protocol.score_columns)
+    chosen = [m for m in protocol.ranking_metrics if m.source in columns]
+    metrics = list({m.source: replace(m, name=m.source, region=None, score_column=None, weight=1.0)
+                    for m in chosen}.values())
+    if not metrics:
+        raise ValueError(f"protocol {protocol.name!r} ranks no metric of the scores")
+    single = replace(protocol, ranking_metrics=tuple(metrics), ranking_scheme="rank_then_aggregate", tie_break=None)
+    table = pd.DataFrame({"team": sorted(scores["team"].astype(str).unique())})
+    units = list(dict.fromkeys(scores[unit]))
+    for name in units:
+        part = scores[scores[unit] == name][["team", "case", *(m.name for m in metrics)]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RankingWarning)
+            ranks = rank(part, single).set_index("team")["rank"]
+        table[str(name)] = table["team"].map(ranks)
+    table["consensus"] = _rank_scores(table[[str(u) for u in units]].mean(axis=1).to_numpy()).astype(int)
+    return table.sort_values(["consensus", "team"], ignore_index=True)
 
 
 def _test_then_rank_per_metric(matrix: ResultsMatrix, alpha: float) -> np.ndarray:

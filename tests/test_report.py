@@ -55,11 +55,12 @@ def evaluation(tmp_path_factory):
 SECTIONS = ("Run facts", "Leaderboard", "Failures", "Accuracy and efficiency", "Strengths of the top teams",
             "Case values per team", "Podium", "Ranking stability",
             "The ranking under other methods: aggregate-mean-then-rank, aggregate-median-then-rank, test-then-rank",
-            "Significance", "Ranks per case", "Accuracy per organ", "Resources per team", "Resources over time",
+            "Significance", "Ranks per case", "Accuracy per organ", "Rankings per organ and their consensus",
+            "Resources per team", "Resources over time",
             "Organ volumes", "Cohorts and subgroups", "Paired comparison")
 # leaderboard-side 10 + dot-and-box 5 + podium 2 + rank frequency + methods + top-team curves
-# + one per metadata column (4) + the paired differences
-N_FIGURES = 25
+# + one per metadata column (4) + the paired differences + the ranks per organ
+N_FIGURES = 26
 
 
 def test_report_has_every_section_and_figure(evaluation, tmp_path):
@@ -297,3 +298,19 @@ def test_resource_figures_use_log_axes_and_count_penalties():
     axis = figure.axes[0]
     assert axis.get_yscale() == "log" and axis.get_ylabel() == "Time (s)"
     assert "penalty value: 4 failed case(s)" in [t.get_text() for t in axis.get_legend().get_texts()]
+
+
+def test_rankings_per_region_and_their_consensus():
+    from flare_eval.ranking import rank_per_region
+
+    rows = []
+    dice = {"A": (0.9, 0.5, 0.5), "B": (0.8, 0.8, 0.6), "C": (0.7, 0.7, 0.9)}
+    for team, values in dice.items():
+        for case in ("1", "2"):
+            for region, value in zip(("kidney_and_mass", "mass", "tumor"), values):
+                rows.append({"team": team, "case": case, "region": region, "Dice": value, "SD": value})
+    table = rank_per_region(pd.DataFrame(rows), "kits23").set_index("team")
+    # kidney_and_mass: A B C; mass: B C A; tumor: C B A -> means A 7/3, B 5/3, C 2 -> consensus B, C, A
+    assert table.loc[["A", "B", "C"], "kidney_and_mass"].tolist() == [1, 2, 3]
+    assert table.loc[["A", "B", "C"], "mass"].tolist() == [3, 1, 2]
+    assert table["consensus"].to_dict() == {"B": 1, "C": 2, "A": 3}

@@ -270,7 +270,7 @@ def build_report(
     paper : {"letter", "a4"}
         Paper size when the page is printed (``--pdf``).
     """
-    from ..ranking import case_ranks, rank
+    from ..ranking import case_ranks, kendall_tau_b, rank
 
     protocol = load_protocol(protocol)
     if paper not in PAPER_SIZES:
@@ -422,23 +422,46 @@ def build_report(
         page.section("Ranks per case", page.figure("rank_heatmap", plots.rank_heatmap_figure(per_case, team_order),
                                                    "Number of cases at each rank", data.get("results.csv")))
 
-    # Per-organ accuracy (per region for the region protocols: KiTS23, BraTS, ...)
-    if scores is not None and protocol.regions:
-        summary = scores.groupby(["team", "region"], sort=False)[list(protocol.score_columns)].mean()
-        page.section("Accuracy per region", "<p>Mean over the cases of each region's metrics.</p>"
-                     + _table(summary.reset_index(), 4))
-    elif scores is not None:
+    # Per-organ accuracy (per region for the region protocols: KiTS23, BraTS, ...), and a ranking per each
+    if scores is not None:
+        from ..pipeline import accuracy_metrics
+        from ..ranking import rank_per_region
+
+        unit = "region" if protocol.regions else "organ"
+        view = scores
+        if protocol.regions:  # the figures and tables take organs; a region is one, in the protocol's order
+            position = {r.name: i for i, r in enumerate(protocol.regions)}
+            view = scores.assign(organ=scores["region"], label=scores["region"].map(position))
         order = [t for t in (team_order or []) if t in set(scores["team"])] or sorted(scores["team"].unique())
-        page.section("Accuracy per organ", "".join(
-            page.figure(f"organs_{metric}", plots.organ_scores_figure(scores, metric, order),
-                        f"{metric} per organ across teams", data.get("scores.csv")) for metric in ("DSC", "NSD"))
-            + "".join(f"<h3>{metric} per organ: mean &plusmn; sd (median)</h3>"
-                      + _table(_organ_summary(scores, metric, order, protocol)) for metric in ("DSC", "NSD")))
+        metrics = accuracy_metrics(protocol)[:2]
+        page.section(f"Accuracy per {unit}", "".join(
+            page.figure(f"organs_{metric}", plots.organ_scores_figure(view, metric, order),
+                        f"{metric} per {unit} across teams", data.get("scores.csv")) for metric in metrics)
+            + "".join(f"<h3>{metric} per {unit}: mean &plusmn; sd (median)</h3>"
+                      + _table(_organ_summary(view, metric, order)).replace("<th>organ</th>", f"<th>{unit}</th>")
+                      for metric in metrics))
+        per_region = rank_per_region(scores, protocol)
+        units = [c for c in per_region.columns if c not in ("team", "consensus")]
+        shown = per_region[["team", "consensus", *units]]
+        agreement = pd.DataFrame({"method": ["consensus", *units], "kendall_tau": [
+            kendall_tau_b(shown["consensus"].to_numpy(), shown[c].to_numpy()) for c in ["consensus", *units]]})
+        page.section(f"Rankings per {unit} and their consensus", (
+            f"<p>Each {unit} ranked on its own (rank-then-aggregate on {', '.join(metrics)} of that {unit}); "
+            f"the consensus is the mean of a team's ranks over the {unit}s, ranked. Kendall's tau under each "
+            f"{unit} compares its ranking with the consensus.</p>")
+            + page.figure("ranks_per_region", plots.ranking_methods_figure(
+                shown, agreement, title=f"Ranks per {unit} (Kendall's tau to the consensus)"),
+                f"Each team's rank in each {unit}, joined per team")
+            + _table(shown))
     else:
         page.missing("Accuracy per organ", "no runs/<team>/scores.csv (run `flare-eval collect`)")
 
-    # Resources per team, and the top teams' curves on one case
-    if not resources.empty:
+    # Resources per team, and the top teams' curves on one case (no sections at all when only predictions were
+    # handed in: there was nothing to measure)
+    predictions_only = resources.empty and (results is None or set(results.get("status", ["no_run"])) <= {"no_run"})
+    if predictions_only:
+        pass
+    elif not resources.empty:
         page.section("Resources per team", _table(_resource_summary(resources), 1)
                      + _top_team_curves(page, inputs.runs_dir, team_order, resources, case, protocol, names))
     else:
@@ -446,7 +469,9 @@ def build_report(
 
     # Resources over time
     sample_files = sorted(inputs.runs_dir.glob("*/samples/*.csv")) if inputs.runs_dir else []
-    if sample_files:
+    if predictions_only:
+        pass
+    elif sample_files:
         chosen_team = team or next((t for t in (team_order or [])
                                     if (inputs.runs_dir / names.folder(t) / "samples").is_dir()),
                                    names.shown(sample_files[0].parent.parent.name))
@@ -699,10 +724,10 @@ def _failures(results: pd.DataFrame | None, resources: pd.DataFrame, runs_dir: P
             + _table(shown, 1, escape=False))
 
 
-def _organ_summary(scores: pd.DataFrame, metric: str, team_order: list[str], protocol: Protocol) -> pd.DataFrame:
-    """Organs as rows, teams as columns, each cell ``mean ± sd (median)`` of the metric over the cases."""
+def _organ_summary(scores: pd.DataFrame, metric: str, team_order: list[str]) -> pd.DataFrame:
+    """Organs (or regions) as rows, teams as columns, each cell ``mean ± sd (median)`` of the metric over the cases."""
     stats = scores.groupby(["label", "team"])[metric].agg(["mean", "std", "median"])
-    codes = {organ.label: organ.code for organ in protocol.organs}
+    codes = dict(zip(scores["label"], scores["organ"]))
     table = {"organ": [codes.get(label, str(label)) for label in sorted(scores["label"].unique())]}
     for team in team_order:
         cells = []

@@ -49,13 +49,14 @@ def _team_axis_inches(n_teams: int) -> float:
 
 
 def organ_scores_figure(scores: pd.DataFrame, metric: str, team_order: Sequence[str]) -> Figure:
-    """Dot-and-box plot of one metric per organ across teams (the paper's Fig. 3).
+    """Dot-and-box plot of one metric per organ (or region) across teams (the paper's Fig. 3).
 
     Parameters
     ----------
     scores : pandas.DataFrame
-        Long scores with ``team, case, organ, label`` and ``metric``.
-    metric : {"DSC", "NSD"}
+        Long scores with ``team, case, organ, label`` and ``metric`` (a region protocol's scores with
+        ``organ`` the region's name and ``label`` its position in the protocol).
+    metric : str
     team_order : sequence of str
         Teams left to right (e.g. by final rank).
     """
@@ -77,7 +78,8 @@ def organ_scores_figure(scores: pd.DataFrame, metric: str, team_order: Sequence[
         for position, values in zip(positions, data):
             axis.scatter(position + rng.uniform(-0.18, 0.18, values.size), values, s=6, alpha=0.5, color="tab:blue")
         axis.set_title(organ, fontsize=10, wrap=True)
-        axis.set_ylim(-0.02, 1.02)
+        if np.nanmin(scores[metric], initial=0) >= 0 and np.nanmax(scores[metric], initial=0) <= 1:
+            axis.set_ylim(-0.02, 1.02)  # overlap metrics on one scale; distances keep their own
         axis.set_xticks(positions, team_order, rotation=90, fontsize=size)
         axis.set_ylabel(metric, fontsize=9)
     figure.suptitle(f"{metric} per organ and team", wrap=True)
@@ -511,7 +513,9 @@ def podium_figure(results: pd.DataFrame, ranking: pd.DataFrame, metric: str, *, 
     return figure
 
 
-def ranking_methods_figure(methods: pd.DataFrame, agreement: pd.DataFrame | None = None, *, ax=None) -> Figure:
+def ranking_methods_figure(methods: pd.DataFrame, agreement: pd.DataFrame | None = None, *, ax=None,
+                           title: str = "The ranking under other methods (Kendall's tau to the official ranking)",
+                           ) -> Figure:
     """Each team's final rank under each ranking method, joined per team, with Kendall's tau to the official one.
 
     Parameters
@@ -553,7 +557,7 @@ def ranking_methods_figure(methods: pd.DataFrame, agreement: pd.DataFrame | None
     ax.set_xlim(-0.3, len(columns) - 0.4)
     ax.invert_yaxis()
     ax.set_ylabel("final rank")
-    ax.set_title("The ranking under other methods (Kendall's tau to the official ranking)", wrap=True)
+    ax.set_title(title, wrap=True)
     return figure
 
 
