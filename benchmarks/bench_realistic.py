@@ -1,0 +1,165 @@
+"""Scoring speed on cases no one tuned for: synthetic abdomens of realistic extent, the whole command.
+
+Each case is drawn afresh (its own seed): 13 organs with the extents they have in an adult abdomen, in
+millimetres (a liver of about 20 x 15 x 16 cm, kidneys of 11 cm, an aorta and an IVC through every slice,
+an esophagus through the upper half, adrenal glands of 3 cm), placed with random jitter, on grids from
+256 x 256 x 80 (1.5 x 1.5 x 5 mm) to 512 x 512 x 300 (0.8 x 0.8 x 1 mm). The prediction is the ground
+truth shifted by up to 3 voxels along every axis (z included), every organ dilated or eroded by a voxel,
+one organ dropped, one organ swallowed into its neighbour's label, and spurious blobs of random organs.
+
+For each grid and number of cases per command (1, 8, and 48 with ``--many``), in one run:
+``flare-eval score --workers 1`` (one process, the whole command's wall clock, Python start-up included)
+and ``official_reference.py`` (nibabel float64 loading and DeepMind surface-distance per organ, as the
+official FLARE22 script), on the same files; every DSC and NSD must agree to 1e-12. It prints seconds
+per case for each, their ratio and flare-eval's peak memory.
+
+Usage: ``python benchmarks/bench_realistic.py [--grids 256x256x80,512x512x100,512x512x300] [--many]``.
+"""
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[variable] = "1"
+
+import nibabel as nib  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy import ndimage  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from official_reference import official_scores  # noqa: E402
+
+#: Spacing of each grid, in mm: coarse, the FLARE22 typical, and a thin-slice scan.
+GRIDS = {(256, 256, 80): (1.5, 1.5, 5.0), (512, 512, 100): (0.8, 0.8, 2.5), (512, 512, 300): (0.8, 0.8, 1.0)}
+#: label: (centre as fractions of the body box (x: patient's left is +, y: anterior is -, z: head is +),
+#: semi-axes in mm, kind). Tubes run along z over the given fraction of the scan.
+ORGANS = {
+    1: ((-0.22, -0.05, 0.62), (100, 75, 80), "ellipsoid"),  # liver
+    2: ((-0.18, 0.25, 0.40), (30, 30, 55), "ellipsoid"),  # right kidney
+    3: ((0.25, 0.15, 0.62), (50, 30, 50), "ellipsoid"),  # spleen
+    4: ((0.05, 0.05, 0.50), (75, 15, 15), "ellipsoid"),  # pancreas
+    5: ((0.02, 0.18, (0.0, 1.0)), (12, 12, 0), "tube"),  # aorta
+    6: ((-0.06, 0.16, (0.0, 0.9)), (12, 13, 0), "tube"),  # IVC
+    7: ((-0.10, 0.20, 0.66), (15, 5, 20), "ellipsoid"),  # right adrenal gland
+    8: ((0.10, 0.20, 0.66), (15, 5, 20), "ellipsoid"),  # left adrenal gland
+    9: ((-0.15, -0.15, 0.52), (20, 15, 40), "ellipsoid"),  # gallbladder
+    10: ((0.00, 0.22, (0.6, 1.0)), (8, 8, 0), "tube"),  # esophagus
+    11: ((0.15, -0.12, 0.65), (75, 45, 50), "ellipsoid"),  # stomach
+    12: ((-0.05, 0.00, 0.42), (30, 12, 40), "ellipsoid"),  # duodenum
+    13: ((0.20, 0.25, 0.40), (30, 30, 55), "ellipsoid"),  # left kidney
+}
+
+
+def synthetic_abdomen(shape: tuple[int, int, int], spacing_mm: tuple[float, ...], seed: int) -> np.ndarray:
+    """A label map of 13 organs of adult size (jittered by the seed) on the grid; later organs drawn on top."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint8)
+    extent_mm = np.array(shape) * np.array(spacing_mm)
+    body_mm = np.array([330.0, 250.0, extent_mm[2]])  # the body box, centred in-plane
+    axes = [(np.arange(n) + 0.5) * s - e / 2 for n, s, e in zip(shape, spacing_mm, extent_mm)]
+    x, y = np.meshgrid(axes[0], axes[1], indexing="ij")
+    for label, (centre, semi_mm, kind) in ORGANS.items():
+        semi = np.array(semi_mm, float) * rng.uniform(0.85, 1.15, 3)
+        if kind == "tube":
+            cx, cy, (z0, z1) = centre
+            cx, cy = (np.array([cx, cy]) + rng.normal(0, 0.01, 2)) * body_mm[:2]
+            disc = ((x - cx) / semi[0]) ** 2 + ((y - cy) / semi[1]) ** 2 <= 1
+            first, last = int(z0 * shape[2]), int(z1 * shape[2])
+            labels[:, :, first:last][np.broadcast_to(disc[..., None], (*disc.shape, last - first))] = label
+            continue
+        c = (np.array(centre) + rng.normal(0, 0.015, 3)) * body_mm - np.array([0, 0, extent_mm[2] / 2])
+        lo = [max(0, int((c[i] - semi[i] + extent_mm[i] / 2) / spacing_mm[i]) - 1) for i in range(3)]
+        hi = [min(shape[i], int((c[i] + semi[i] + extent_mm[i] / 2) / spacing_mm[i]) + 2) for i in range(3)]
+        if any(h <= l_ for l_, h in zip(lo, hi)):
+            continue
+        box = tuple(slice(l_, h) for l_, h in zip(lo, hi))
+        grid = np.meshgrid(*(axes[i][box[i]] for i in range(3)), indexing="ij")
+        inside = sum(((grid[i] - c[i]) / semi[i]) ** 2 for i in range(3)) <= 1
+        labels[box][inside] = label
+    return labels
+
+
+def hostile_prediction(truth: np.ndarray, seed: int) -> np.ndarray:
+    """The truth shifted (up to 3 voxels, every axis), each organ dilated or eroded, one dropped, one merged
+    into its neighbour's label, and spurious blobs."""
+    rng = np.random.default_rng(seed + 10_000)
+    shift = tuple(int(s) for s in rng.integers(-3, 4, 3))
+    shifted = np.roll(truth, shift=shift, axis=(0, 1, 2))
+    out = shifted.copy()
+    for label in range(1, 14):
+        mask = shifted == label
+        changed = ndimage.binary_dilation(mask) if rng.random() < 0.5 else ndimage.binary_erosion(mask)
+        out[mask & ~changed] = 0
+        out[changed & (shifted == 0)] = label
+    out[out == rng.integers(1, 14)] = 0  # a dropped organ
+    merged = rng.integers(1, 14)
+    out[out == merged] = 1 + merged % 13  # an organ labelled as another
+    for _ in range(int(rng.integers(3, 7))):
+        centre = rng.integers([5, 5, 2], np.array(truth.shape) - [5, 5, 2])
+        out[centre[0] - 4: centre[0] + 4, centre[1] - 4: centre[1] + 4, centre[2] - 2: centre[2] + 2] = \
+            rng.integers(1, 14)
+    return out
+
+
+def build(folder: Path, shape, spacing_mm, n_cases: int) -> tuple[Path, Path]:
+    gt_dir, pred_dir = folder / "gt", folder / "pred"
+    gt_dir.mkdir(parents=True)
+    pred_dir.mkdir(parents=True)
+    affine = np.diag([*spacing_mm, 1.0])
+    for i in range(n_cases):
+        truth = synthetic_abdomen(shape, spacing_mm, seed=i)
+        nib.save(nib.Nifti1Image(truth, affine), str(gt_dir / f"case_{i:04d}.nii.gz"))
+        nib.save(nib.Nifti1Image(hostile_prediction(truth, i), affine), str(pred_dir / f"case_{i:04d}.nii.gz"))
+    return gt_dir, pred_dir
+
+
+def run(shape, spacing_mm, n_cases: int, folder: Path) -> dict:
+    gt_dir, pred_dir = build(folder, shape, spacing_mm, n_cases)
+    peak_file, out = folder / "peak_kib", folder / "out"
+    command = ("import atexit, sys; from flare_eval.cli import main; "
+               "atexit.register(lambda: open(sys.argv[1], 'w').write(next(line.split()[1] for line in "
+               "open('/proc/self/status') if line.startswith('VmHWM')))); "
+               "sys.exit(main(sys.argv[2:]))")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", command, str(peak_file), "score", str(pred_dir), str(gt_dir), "--out",
+                    str(out), "--workers", "1", "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ours_s = (time.perf_counter() - start) / n_cases
+    ours = pd.read_csv(out / "scores.csv", dtype={"case": str})
+    start = time.perf_counter()
+    reference = {p.name[:-7]: official_scores(p, pred_dir / p.name) for p in sorted(gt_dir.glob("*.nii.gz"))}
+    reference_s = (time.perf_counter() - start) / n_cases
+    worst = max(max(abs(r.DSC - reference[r.case][r.label][0]), abs(r.NSD - reference[r.case][r.label][1]))
+                for r in ours.itertuples())
+    return {"grid": "x".join(map(str, shape)), "cases": n_cases, "reference_s": reference_s,
+            "flare_eval_s": ours_s, "ratio": reference_s / ours_s,
+            "peak_mib": int(peak_file.read_text()) / 1024, "worst_difference": worst}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--grids", default="256x256x80,512x512x100,512x512x300")
+    parser.add_argument("--many", action="store_true", help="also 48 cases per command (long: the reference)")
+    args = parser.parse_args()
+    rows = []
+    for text in args.grids.split(","):
+        shape = tuple(int(n) for n in text.split("x"))
+        for n_cases in (1, 8, *((48,) if args.many else ())):
+            with tempfile.TemporaryDirectory() as tmp:
+                rows.append(run(shape, GRIDS[shape], n_cases, Path(tmp)))
+            print(f"{text} x {n_cases}: done", file=sys.stderr, flush=True)
+    table = pd.DataFrame(rows)
+    print("synthetic abdomens of realistic extent, hostile predictions; s per case, whole command for flare-eval")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if (table.worst_difference > 1e-12).any():
+        sys.exit("values differ from the reference")
+
+
+if __name__ == "__main__":
+    main()
