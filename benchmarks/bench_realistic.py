@@ -123,9 +123,12 @@ def build(folder: Path, shape, spacing_mm, n_cases: int) -> tuple[Path, Path]:
 def run(shape, spacing_mm, n_cases: int, folder: Path) -> dict:
     gt_dir, pred_dir = build(folder, shape, spacing_mm, n_cases)
     peak_file, out = folder / "peak_kib", folder / "out"
-    command = ("import atexit, sys; from flare_eval.cli import main; "
-               "atexit.register(lambda: open(sys.argv[1], 'w').write(next(line.split()[1] for line in "
-               "open('/proc/self/status') if line.startswith('VmHWM')))); "
+    # The CLI's own main; at exit, the peak resident memory of the command's process or of the worker
+    # processes it scored in, whichever is larger (KiB).
+    command = ("import atexit, resource, sys; from flare_eval.cli import main; "
+               "atexit.register(lambda: open(sys.argv[1], 'w').write(str(max(int(next(line.split()[1] for line in "
+               "open('/proc/self/status') if line.startswith('VmHWM'))), "
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)))); "
                "sys.exit(main(sys.argv[2:]))")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", command, str(peak_file), "score", str(pred_dir), str(gt_dir), "--out",

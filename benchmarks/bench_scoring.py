@@ -118,10 +118,12 @@ def run_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: np.
     gt_dir, pred_dir = build_set(name, folder, n_cases, truth, other)
     out = folder / name / "out"
     peak_file = folder / name / "peak_kib"
-    # The CLI's own main, and its process's peak memory (VmHWM) written at exit.
-    command = ("import atexit, sys; from flare_eval.cli import main; "
-               "atexit.register(lambda: open(sys.argv[1], 'w').write(next(line.split()[1] for line in "
-               "open('/proc/self/status') if line.startswith('VmHWM')))); "
+    # The CLI's own main; at exit, the peak resident memory of the command's process or of the worker
+    # processes it scored in, whichever is larger (KiB).
+    command = ("import atexit, resource, sys; from flare_eval.cli import main; "
+               "atexit.register(lambda: open(sys.argv[1], 'w').write(str(max(int(next(line.split()[1] for line in "
+               "open('/proc/self/status') if line.startswith('VmHWM'))), "
+               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)))); "
                "sys.exit(main(sys.argv[2:]))")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", command, str(peak_file), "score", str(pred_dir), str(gt_dir), "--out",

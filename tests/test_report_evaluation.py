@@ -35,8 +35,23 @@ def test_report_of_an_evaluation_shows_every_view_and_prints_to_pdf(engine, tmp_
                  str(out), "--gpus", "none", "--timeout", "120", "--samples", "50", "--no-progress"])
     assert code == 1  # the crashing and partial teams
     report = tmp_path / "report"
+    names = tmp_path / "names.csv"
+    names.write_text("team,name\ngood,Team 1\nslow,Team 2\ncrashing,Team 3\npartial,Team 4\n")
+    assert main(["report", str(out), "--out", str(tmp_path / "anonymous"), "--title", "Final results",
+                 "--display-names", str(names), "--paper", "a4"]) == 0
+    anonymous = (tmp_path / "anonymous" / "index.html").read_text()
+    assert "<h1>Final results</h1>" in anonymous and "Team 3" in anonymous
+    assert not any(re.search(rf"\b{team}\b", anonymous) for team in ("good", "slow", "crashing", "partial"))
     assert main(["report", str(out), "--out", str(report), "--pdf"]) == 0
     text = (report / "index.html").read_text()
+    assert "120 s per case (in force in this run)" in text  # not the preset's 3600 s
+    method = text[text.index("How this ranking was computed"):text.index("Failures</h2>")]
+    assert "Rank, then aggregate" in method and "ties.method" in method
+    for metric, weight in (("DSC", "1"), ("NSD", "1"), ("Time", "1"), ("AUC_GPU", "0.5"), ("AUC_CPU", "0.5")):
+        assert re.search(rf"<td>{metric}</td><td>\w+</td><td>{weight}</td>", method), metric
+    for anchor in re.findall(r'<section id="([^"]+)">', text):
+        assert f'href="#{anchor}"' in text
+    assert not re.search(r'href="(\.\./|/|file:)', text)  # nothing outside the report folder
     for title in ("Run facts", "Leaderboard", "Failures", "Case values per team", "Podium", "Ranking stability",
                   "The ranking under other methods", "Significance", "Accuracy per organ", "Resources per team"):
         assert re.search(rf"<h2>\d+\. {re.escape(title)}", text), title

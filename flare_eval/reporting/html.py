@@ -713,6 +713,8 @@ def _failures(results: pd.DataFrame | None, resources: pd.DataFrame, runs_dir: P
                 copy.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(log, copy)
                 links.append(f'<a href="logs/{html.escape(copy.name)}">log</a>')
+            elif folder != row.team:  # a team shown under another name: its folder would give it away
+                links.append(html.escape(f"logs/{row.case}.log in the team's runs folder"))
             else:
                 links.append(html.escape(f"{folder}/logs/{row.case}.log in the runs folder"))
         shown["log"] = links
