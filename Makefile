@@ -48,6 +48,7 @@ lint: install-test
 
 bench: install-test  ## ours against the official-equivalent reference, side by side
 	$(BIN)/python benchmarks/bench_scoring.py
+	$(BIN)/python benchmarks/bench_realistic.py
 	$(BIN)/python benchmarks/bench_ranking.py
 	$(BIN)/python benchmarks/bench_rank_scale.py
 	$(BIN)/python benchmarks/bench_dask.py
