@@ -314,3 +314,13 @@ def test_rankings_per_region_and_their_consensus():
     assert table.loc[["A", "B", "C"], "kidney_and_mass"].tolist() == [1, 2, 3]
     assert table.loc[["A", "B", "C"], "mass"].tolist() == [3, 1, 2]
     assert table["consensus"].to_dict() == {"B": 1, "C": 2, "A": 3}
+
+
+def test_accuracy_time_bubbles_have_a_size_legend_only_when_gpu_memory_was_measured():
+    results = pd.read_csv(fe.example_paths().results, dtype={"team": str, "case": str})
+    legend = plots.accuracy_time_figure(results).axes[0].get_legend()
+    assert legend is not None and legend.get_title().get_text() == "median AUC_GPU"
+    unmeasured = plots.accuracy_time_figure(results.assign(AUC_GPU=0.0)).axes[0]
+    assert unmeasured.get_legend() is None and "not measured" in unmeasured.get_title()
+    sizes = unmeasured.collections[0].get_sizes()
+    assert len(set(sizes)) == 1  # no size encoding without a measurement

@@ -97,7 +97,9 @@ def accuracy_time_figure(results: pd.DataFrame, ranking: pd.DataFrame | None = N
     figure = Figure(figsize=(7.5, 5.5), layout="constrained")
     axis = figure.add_subplot()
     gpu = per_team["AUC_GPU"].to_numpy(float)
-    area = 30 + 600 * (gpu / gpu.max() if gpu.max() > 0 else np.zeros_like(gpu))
+    measured = bool(np.nanmax(gpu, initial=0) > 0)
+    # Circle area encodes AUC_GPU only when there is something to encode: without a GPU every team is 0.
+    area = 30 + 600 * gpu / np.nanmax(gpu) if measured else np.full(gpu.shape, 60.0)
     axis.scatter(per_team["Time"], per_team["DSC"], s=area, alpha=0.45, color="tab:orange", edgecolor="k")
     labelled = set(order[:label_top])
     for row in per_team.itertuples():
@@ -107,7 +109,16 @@ def accuracy_time_figure(results: pd.DataFrame, ranking: pd.DataFrame | None = N
         axis.set_xscale("log")
     axis.set_xlabel("median running time (s)")
     axis.set_ylabel("median DSC")
-    axis.set_title("Accuracy against running time (circle area: median AUC_GPU)", wrap=True)
+    if measured:
+        top = float(np.nanmax(gpu))
+        for share in (0.25, 1.0):  # a size legend: what two circle areas stand for
+            axis.scatter([], [], s=30 + 600 * share, alpha=0.45, color="tab:orange", edgecolor="k",
+                         label=f"{share * top:.3g} MiB s")
+        axis.legend(title="median AUC_GPU", fontsize=7, title_fontsize=7, labelspacing=1.5, borderpad=1,
+                    loc="lower left")
+        axis.set_title("Accuracy against running time (circle area: median AUC_GPU)", wrap=True)
+    else:
+        axis.set_title("Accuracy against running time (GPU memory not measured)", wrap=True)
     return figure
 
 
