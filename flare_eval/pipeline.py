@@ -451,6 +451,9 @@ def quantify(
             write_table(agreement, out_dir / "agreement.csv")
         write_table(volumes, out_dir / "volumes.csv")
         write_table(summary, out_dir / "volume_summary.csv")
+        write_settings({**protocol.record(), "predictions": str(pred_dir),
+                        "ground_truth": None if gt_dir is None else str(gt_dir), "flare_eval_version": __version__},
+                       out_dir / "settings.json")
     return QuantifyOutputs(volumes, agreement, summary, out_dir)
 
 

@@ -496,9 +496,15 @@ def build_report(
     if inputs.quantify_dir is not None and (inputs.quantify_dir / "agreement.csv").exists():
         volumes = read(inputs.quantify_dir / "volumes.csv", "volumes table")
         agreement = read(inputs.quantify_dir / "agreement.csv", "agreement table")
+        measured = _read_json(inputs.quantify_dir / "settings.json").get("predictions")
+        whose = f" of the predictions in {Path(measured).name}" if measured else ""
+        if measured and Path(measured).name in names.display:  # a team's folder, shown under its display name
+            whose = f" of {names.shown(Path(measured).name)}'s predictions"
+        elif measured and Path(measured).name == "predictions" and Path(measured).parent.name:
+            whose = f" of {names.shown(Path(measured).parent.name)}'s predictions"
         page.section("Volumes" if protocol.regions else "Organ volumes", page.figure(
             "volumes", plots.volume_agreement_figure(volumes, agreement),
-            "Predicted against ground-truth organ volumes") + _table(agreement))
+            f"Predicted against ground-truth volumes{whose}") + _table(agreement))
     else:
         page.missing("Volumes" if protocol.regions else "Organ volumes",
                      "no quantify/ folder with ground truth (run `flare-eval quantify`)")
