@@ -194,5 +194,6 @@ def test_worker_lost_mid_container_reruns_that_case_once(cluster, team_archives,
     assert sorted(resources.case) == ["case0", "case1", "case2"]  # each case once
     assert set(resources.status) == {"ok"}
     assert w2 not in set(resources.worker)
-    assert engine.containers.list(all=True, filters={"label": "flare-eval"}) == []
+    label = f"flare-eval.runs={(tmp_path / 'runs').resolve()}"  # this run's: another may share the engine
+    assert engine.containers.list(all=True, filters={"label": label}) == []
     client.close()

@@ -49,8 +49,9 @@ def all_teams(workspace):
     return folder / "runs", resources.set_index(["team", "case"])
 
 
-def flare_containers(engine):
-    return engine.containers.list(all=True, sparse=True, filters={"label": "flare-eval"})
+def flare_containers(engine, runs):
+    """This test's containers: those of its runs folder (another evaluation may share the engine)."""
+    return engine.containers.list(all=True, sparse=True, filters={"label": f"flare-eval.runs={runs.resolve()}"})
 
 
 def test_statuses(all_teams):
@@ -132,7 +133,7 @@ def test_auc_equals_the_integral_of_the_samples(all_teams):
 
 
 def test_no_container_is_left(all_teams, engine):
-    assert flare_containers(engine) == []
+    assert flare_containers(engine, all_teams[0]) == []
 
 
 def test_rerun_skips_finished_cases_and_force_reruns(workspace, all_teams, engine):
@@ -187,7 +188,7 @@ def test_killed_harness_resumes_without_losing_or_repeating(workspace, engine, t
     rows = pd.read_csv(resources)
     assert sorted(rows.case) == ["k0", "k1", "k2", "k3"]  # each case once
     assert rows.case.tolist()[: len(finished)] == finished
-    assert flare_containers(engine) == []
+    assert flare_containers(engine, runs) == []
 
 
 def test_sigterm_removes_the_running_container(workspace, engine, tmp_path):
@@ -202,12 +203,12 @@ def test_sigterm_removes_the_running_container(workspace, engine, tmp_path):
     image.tag("flare-eval-test/hold", "latest")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not flare_containers(engine):
+    while time.monotonic() < deadline and not flare_containers(engine, runs):
         time.sleep(0.1)
-    assert flare_containers(engine), "the container never started"
+    assert flare_containers(engine, runs), "the container never started"
     process.send_signal(signal.SIGTERM)
     process.wait(timeout=30)
-    assert flare_containers(engine) == []
+    assert flare_containers(engine, runs) == []
     assert process.returncode != 0
 
 

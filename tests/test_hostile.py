@@ -261,8 +261,9 @@ def test_interrupt_exits_130_with_one_line_and_watchdog_removes_orphans(hostile,
     started(process, tmp_path / "runs2")
     process.kill()
     process.wait()
-    def ours():
-        return engine.containers.list(all=True, sparse=True, filters={"label": "flare-eval"})
+    def ours():  # this run's containers only: another evaluation may share the engine
+        label = f"flare-eval.runs={(tmp_path / 'runs2').resolve()}"
+        return engine.containers.list(all=True, sparse=True, filters={"label": label})
 
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and ours():
@@ -283,7 +284,8 @@ def test_peak_memory_of_this_process_stayed_small():
 
 
 def test_no_container_is_left(hostile, engine):
-    assert engine.containers.list(all=True, sparse=True, filters={"label": "flare-eval"}) == []
+    label = f"flare-eval.runs={hostile['runs'].resolve()}"
+    assert engine.containers.list(all=True, sparse=True, filters={"label": label}) == []
 
 
 def test_a_ground_truth_case_without_input_exits_1(hostile, engine, tmp_path, capsys):
