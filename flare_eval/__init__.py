@@ -31,6 +31,7 @@ from ._version import __version__
 # nor the report's plotting code; static tools and IDEs read the imports below.
 if TYPE_CHECKING:
     from ._examples import ExamplePaths, example_paths
+    from .errors import FlareEvalError, FlareEvalWarning
     from .harness import ContainerError, ContainerInterface, ContainerLimits, Submission, run_containers
     from .io import InvalidLabelMapError, LabelMap, pair_cases, read_header, read_label_map, read_scores
     from .metrics import SurfaceDistances, dice_coefficient, normalized_surface_dice, surface_distances
@@ -68,7 +69,6 @@ if TYPE_CHECKING:
     from .regions import score_regions
     from .results import assemble_results, region_results
     from .scoring import (
-        FlareEvalWarning,
         OrganScore,
         official_table,
         score,
@@ -81,6 +81,7 @@ if TYPE_CHECKING:
 #: Where each public name lives; ``flare_eval.<name>`` imports its module on first use.
 _SOURCES = {
     "._examples": ("ExamplePaths", "example_paths"),
+    ".errors": ("FlareEvalError", "FlareEvalWarning"),
     ".harness": ("ContainerError", "ContainerInterface", "ContainerLimits", "Submission", "run_containers"),
     ".io": ("InvalidLabelMapError", "LabelMap", "pair_cases", "read_header", "read_label_map", "read_scores"),
     ".metrics": ("SurfaceDistances", "dice_coefficient", "normalized_surface_dice", "surface_distances"),
@@ -92,7 +93,7 @@ _SOURCES = {
                  "prepare_results", "rank", "ranking_methods", "ranking_methods_agreement", "significance"),
     ".results": ("assemble_results", "region_results"),
     ".regions": ("score_regions",),
-    ".scoring": ("FlareEvalWarning", "OrganScore", "official_table", "score", "score_case", "score_folder",
+    ".scoring": ("OrganScore", "official_table", "score", "score_case", "score_folder",
                  "score_teams", "summarize_scores"),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
@@ -128,6 +129,7 @@ __all__ = [
     "Protocol",
     "available_protocols",
     "load_protocol",
+    "FlareEvalError",
     "FlareEvalWarning",
     "OrganScore",
     "official_table",

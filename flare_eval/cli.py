@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .defaults import DEFAULT_SEED
+from .layout import log_path
 
 EXIT_OK = 0
 EXIT_PROBLEMS = 1
@@ -597,7 +598,7 @@ def _print_resources(resources, runs_dir: Path, quiet: bool = False) -> int:
               f"); their logs are in {runs_dir}/<team>/logs", file=sys.stderr)
     for row in failed.itertuples():
         exit_code = "" if pd.isna(row.exit_code) else f", exit code {int(row.exit_code)}"
-        log = runs_dir / row.team / "logs" / f"{row.case}.log"
+        log = log_path(runs_dir / row.team, row.case)
         print(f"{row.team} {row.case}: {row.status}{exit_code}; log: {log}", file=sys.stderr)
     failed = pd.concat([failed, earlier]) if ran is not None else failed
     rejected = resources.attrs.get("rejected_submissions", [])
@@ -632,7 +633,7 @@ def _collect(args: argparse.Namespace) -> int:
                               ship=args.ship)
     failed = results[penalized(results["status"])]
     for row in failed.itertuples():
-        print(f"{row.team} {row.case}: {row.status}; log: {args.runs / row.team / 'logs' / f'{row.case}.log'}",
+        print(f"{row.team} {row.case}: {row.status}; log: {log_path(args.runs / row.team, row.case)}",
               file=sys.stderr)
     if not args.quiet:
         metrics = [c for c in results.columns if c not in ("team", "case", "status")]

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from ._text import preview
+from .errors import FlareEvalWarning
 
 __all__ = [
     "CohortWarning",
@@ -46,7 +47,7 @@ DEFAULT_AGE_BINS = (50, 70)
 SMALL_GROUP = 5
 
 
-class CohortWarning(UserWarning):
+class CohortWarning(FlareEvalWarning):
     """Metadata and scores do not match everywhere, or a subgroup is too small to say much."""
 
 

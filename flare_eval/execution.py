@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import FlareEvalError
+
 __all__ = ["run_tasks", "run_bounded", "TaskLimits", "TaskFailure", "TaskFailed", "connect", "workers_see_files",
            "prepare_workers", "SHIP_MODES"]
 
@@ -181,7 +183,7 @@ class TaskFailure:
         return self.message
 
 
-class TaskFailed(RuntimeError):
+class TaskFailed(FlareEvalError, RuntimeError):
     """A task exceeded its limits or its process died, and no ``on_failure`` was given."""
 
 

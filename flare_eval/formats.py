@@ -42,6 +42,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import FlareEvalError
+
 __all__ = [
     "LabelFileFacts",
     "RefusedFileError",
@@ -63,7 +65,7 @@ _MAX_DIMENSIONS = 4
 FORMAT_SUFFIXES = {".nii.gz": "nifti", ".nii": "nifti", ".mha": "metaimage", ".mhd": "metaimage", ".nrrd": "nrrd"}
 
 
-class RefusedFileError(ValueError):
+class RefusedFileError(FlareEvalError, ValueError):
     """A file that is not a self-contained label map of an accepted format; the message says why."""
 
 

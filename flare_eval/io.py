@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .errors import FlareEvalError
 from .formats import LabelFileFacts, RefusedFileError, inspect_label_file, open_checked
 from .geometry import affine_from_itk, itk_image
 
@@ -65,7 +66,7 @@ _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 _CHANNEL_SUFFIX = "_0000"
 
 
-class InvalidLabelMapError(ValueError):
+class InvalidLabelMapError(FlareEvalError, ValueError):
     """A file that cannot be used as a label map; the message names the file and the problem."""
 
 

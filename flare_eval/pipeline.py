@@ -18,6 +18,7 @@ import pandas as pd
 
 from ._text import preview
 from ._version import __version__
+from .errors import FlareEvalWarning
 from .io import read_resources, read_scores, read_settings, read_table, write_settings, write_table
 from .protocol import Protocol, load_protocol
 from .ranking import (
@@ -186,7 +187,7 @@ def rank_results(
     return RankingOutputs(ranking, bootstrap, tests, paper, methods, agreement, out_dir)
 
 
-class CollectWarning(UserWarning):
+class CollectWarning(FlareEvalWarning):
     """Something about the collected results deserves attention (e.g. GPU memory not measured)."""
 
 

@@ -31,6 +31,7 @@ import pandas as pd
 
 from ._text import preview
 from .defaults import DEFAULT_SEED
+from .errors import FlareEvalError, FlareEvalWarning
 from .protocol import Protocol, RankingMetric, load_protocol
 
 __all__ = [
@@ -63,11 +64,11 @@ RANKING_METHODS = ("rank_then_aggregate", "aggregate_mean_then_rank", "aggregate
 ANNOTATION_COLUMNS = ("status",)
 
 
-class ResultsTableError(ValueError):
+class ResultsTableError(FlareEvalError, ValueError):
     """The results table cannot be ranked; the message says which rows or columns and why."""
 
 
-class RankingWarning(UserWarning):
+class RankingWarning(FlareEvalWarning):
     """Something in the results table was filled in or ignored (e.g. missing cases got worst values)."""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .errors import STATUS_NO_RUN
 from .protocol import Protocol, load_protocol
 
 __all__ = ["assemble_results", "region_results", "penalized", "PENALIZED_STATUSES", "RESULT_COLUMNS", "STATUS_NO_RUN"]
@@ -20,8 +21,6 @@ __all__ = ["assemble_results", "region_results", "penalized", "PENALIZED_STATUSE
 #: (see `penalized`), so a status added later can never slip through unpenalised; these are the known ones.
 PENALIZED_STATUSES = ("timeout", "crashed", "no_output", "invalid_prediction", "invalid_submission",
                       "engine_error", "stopped_after_failures")
-#: A case with a prediction but no container run recorded (e.g. scored from a folder).
-STATUS_NO_RUN = "no_run"
 _UNPENALIZED_STATUSES = ("ok", STATUS_NO_RUN)
 
 

@@ -46,6 +46,18 @@ import pandas as pd
 from . import metrics
 from ._text import preview
 from ._version import __version__
+from .errors import (
+    SCORED_STATUSES,
+    STATUS_GEOMETRY_MISMATCH,
+    STATUS_INVALID_PREDICTION,
+    STATUS_MEMORY_LIMIT,
+    STATUS_MISSING,
+    STATUS_OK,
+    STATUS_REORIENTED,
+    STATUS_RESAMPLED,
+    STATUS_TIME_LIMIT,
+    FlareEvalWarning,
+)
 from .io import (
     CasePair,
     InvalidLabelMapError,
@@ -87,26 +99,11 @@ __all__ = [
     "MAX_RESAMPLE_BYTES",
 ]
 
-STATUS_OK = "ok"
-STATUS_REORIENTED = "reoriented"
-STATUS_RESAMPLED = "resampled"
-#: Statuses of cases that were scored (the others scored 0 without looking).
-SCORED_STATUSES = (STATUS_OK, STATUS_REORIENTED, STATUS_RESAMPLED)
-STATUS_MISSING = "missing"
-STATUS_GEOMETRY_MISMATCH = "geometry_mismatch"
-STATUS_INVALID_PREDICTION = "invalid_prediction"
-#: The case's scoring exceeded the protocol's ``scoring_limits`` (see `flare_eval.execution.TaskLimits`).
-STATUS_TIME_LIMIT = "time_limit"
-STATUS_MEMORY_LIMIT = "memory_limit"
 
 #: Largest prediction (bytes once read) that ``resample`` reads when its grid differs from the ground truth's.
 MAX_RESAMPLE_BYTES = 2 * 1024**3
 
 SCORE_COLUMNS = ["case", "label", "organ", "DSC", "NSD", "status", "gt_voxels", "pred_voxels", "message"]
-
-
-class FlareEvalWarning(UserWarning):
-    """Something was accepted but deserves the user's attention (e.g. unknown label values)."""
 
 
 @dataclass(frozen=True)

@@ -93,3 +93,23 @@ def test_pairing_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="holds no label maps"):
         pair_cases(tmp_path / "gt", tmp_path / "empty")
+
+
+def test_every_error_and_warning_of_the_package_derives_from_one_base():
+    """A notebook can catch or silence everything flare-eval raises or warns about at once."""
+    import flare_eval as fe
+    from flare_eval.cohort_stats import CohortWarning
+    from flare_eval.execution import TaskFailed
+    from flare_eval.formats import RefusedFileError
+    from flare_eval.harness.docker import InvalidSubmissionError
+    from flare_eval.harness.gpu_check import GpuCheckError
+    from flare_eval.harness.runner import HarnessWarning
+    from flare_eval.pipeline import CollectWarning
+    from flare_eval.reporting.html import ReportWarning
+
+    for error in (fe.InvalidLabelMapError, fe.ResultsTableError, fe.ContainerError, InvalidSubmissionError,
+                  RefusedFileError, TaskFailed, GpuCheckError):
+        assert issubclass(error, fe.FlareEvalError), error
+    for warning in (fe.RankingWarning, CohortWarning, HarnessWarning, CollectWarning, ReportWarning):
+        assert issubclass(warning, fe.FlareEvalWarning), warning
+    assert issubclass(fe.InvalidLabelMapError, ValueError)  # and still the built-in kind it always was

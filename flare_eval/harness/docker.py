@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
+from ..errors import FlareEvalError
 from ..protocol import ContainerInterface
 from .sampler import CgroupCpu, NvmlGpu, ResourceSampler, cgroup_relative_path
 
@@ -74,7 +75,7 @@ _MEMORY_UNITS = {"b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 _ID = re.compile(r"^(?:blobs/sha256/|)([0-9a-f]{64})(?:\.json)?$")
 
 
-class ContainerError(RuntimeError):
+class ContainerError(FlareEvalError, RuntimeError):
     """The Docker engine or an image cannot be used; the message says what to do."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import FlareEvalError
 from .resources import gpu_auc_mib_s
 
 __all__ = [
@@ -44,7 +45,7 @@ __all__ = [
 TOLERANCE = 0.05
 
 
-class GpuCheckError(RuntimeError):
+class GpuCheckError(FlareEvalError, RuntimeError):
     """A check cannot run (no GPU, no nvcc, no NVIDIA runtime); the message says what is missing."""
 
 

@@ -42,6 +42,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..errors import (
+    STATUS_CRASHED,
+    STATUS_ENGINE_ERROR,
+    STATUS_INVALID_PREDICTION,
+    STATUS_INVALID_SUBMISSION,
+    STATUS_NO_OUTPUT,
+    STATUS_OK,
+    STATUS_STOPPED,
+    STATUS_TIMEOUT,
+    FlareEvalWarning,
+)
 from ..io import (
     TEAM_NAME_PATTERN,
     InvalidLabelMapError,
@@ -56,6 +67,7 @@ from ..io import (
     write_settings,
     write_table,
 )
+from ..layout import SCRATCH, log_path, predictions_dir, resources_path, samples_path
 from ..protocol import ContainerInterface, Protocol, load_protocol
 from .docker import (
     ArchiveInfo,
@@ -100,17 +112,6 @@ __all__ = [
     "team_summary",
 ]
 
-STATUS_OK = "ok"
-STATUS_TIMEOUT = "timeout"
-STATUS_CRASHED = "crashed"
-STATUS_NO_OUTPUT = "no_output"
-STATUS_INVALID_PREDICTION = "invalid_prediction"
-STATUS_INVALID_SUBMISSION = "invalid_submission"
-#: The engine failed while running a case (not the team's doing as far as anyone can tell); penalised like the
-#: others, and listed so the organizer can rerun it (delete its row from resources.csv).
-STATUS_ENGINE_ERROR = "engine_error"
-#: Fail fast: a team whose first cases all timed out or crashed is not run further (`ContainerLimits`).
-STATUS_STOPPED = "stopped_after_failures"
 RESOURCE_COLUMNS = [
     "team", "case", "time_s", "engine_time_s", "auc_gpu_mib_s", "auc_cpu_pct_s", "max_gpu_mib", "max_cpu_pct",
     "gpu_measured", "gpu_mode", "exit_code", "status", "n_samples", "image", "image_id", "host", "worker", "n_cpus",
@@ -124,10 +125,9 @@ _OUTPUT_BYTES_PER_VOXEL = 8
 _OUTPUT_HEADER_BYTES = 1024**2
 #: Most dropped output entries listed one by one in a case's log.
 _DROPPED_LISTED = 50
-_SCRATCH = ".scratch"
 
 
-class HarnessWarning(UserWarning):
+class HarnessWarning(FlareEvalWarning):
     """A run went on, but something deserves attention (no GPU, dropped files, stale containers)."""
 
 
@@ -516,7 +516,7 @@ def run_containers(
     if stale:
         warnings.warn(f"removed {len(stale)} container(s) left by an interrupted run: {', '.join(stale)}",
                       HarnessWarning, stacklevel=2)
-    _empty_scratch(runs_dir / _SCRATCH)
+    _empty_scratch(runs_dir / SCRATCH)
     if gpus is None or gpus == "none":
         warnings.warn("GPU memory is not measured (no GPU asked for): AUC_GPU is 0 for every case",
                       HarnessWarning, stacklevel=2)
@@ -528,9 +528,9 @@ def run_containers(
     for submission in submissions:
         identity = _identify(engine, submission)
         team_dir = runs_dir / submission.team
-        previous = None if force else _previous_rows(team_dir / "resources.csv")
+        previous = None if force else _previous_rows(resources_path(team_dir))
         if previous is not None and not _measured_with(previous, identity):
-            _set_aside(team_dir / "resources.csv", previous, identity)
+            _set_aside(resources_path(team_dir), previous, identity)
             previous = None
         done = set() if previous is None else set(previous["case"])
         history[submission.team] = [] if previous is None else previous["status"].astype(str).tolist()
@@ -589,7 +589,7 @@ def run_containers(
         if scheduler is not None:
             # Containers of workers lost mid-case, where they share this engine.
             remove_stale_containers(engine, settings.runs_label)
-        _empty_scratch(runs_dir / _SCRATCH)
+        _empty_scratch(runs_dir / SCRATCH)
     resources = read_resources(runs_dir)
     if resources.empty:
         resources = pd.DataFrame(columns=RESOURCE_COLUMNS)
@@ -962,7 +962,7 @@ def execute_case(client, image: str, team: str, case: str, image_path: Path, set
     interface, limits = settings.interface, settings.limits
     n_cpus = os.cpu_count() or 1
     runs_dir = Path(settings.runs_label)
-    scratch_root = runs_dir / _SCRATCH if runs_dir.is_dir() else None  # a Dask worker may not see the runs folder
+    scratch_root = runs_dir / SCRATCH if runs_dir.is_dir() else None  # a Dask worker may not see the runs folder
     if scratch_root is not None:
         scratch_root.mkdir(exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f"{team}-{case}-", dir=scratch_root))
@@ -1024,13 +1024,13 @@ def record_case(outcome: CaseOutcome, team_dir: Path, output_name: str) -> None:
     """Write a case's prediction, samples and log, then its resources row, which marks it finished."""
     case = outcome.row["case"]
     if outcome.prediction is not None:
-        target = team_dir / "predictions" / output_name
+        target = predictions_dir(team_dir) / output_name
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(f".{target.name}.tmp")
         temporary.write_bytes(outcome.prediction)
         os.replace(temporary, target)
-    write_table(outcome.samples, team_dir / "samples" / f"{case}.csv")
-    log_path = team_dir / "logs" / f"{case}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_path.write_text(outcome.log, encoding="utf-8", errors="backslashreplace")
-    append_rows(pd.DataFrame([outcome.row], columns=RESOURCE_COLUMNS), team_dir / "resources.csv")
+    write_table(outcome.samples, samples_path(team_dir, case))
+    log = log_path(team_dir, case)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(outcome.log, encoding="utf-8", errors="backslashreplace")
+    append_rows(pd.DataFrame([outcome.row], columns=RESOURCE_COLUMNS), resources_path(team_dir))

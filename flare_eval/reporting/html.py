@@ -20,7 +20,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from .._version import __version__
+from ..errors import FlareEvalWarning
 from ..io import read_resources, read_scores, read_table, write_table
+from ..layout import log_path
 from ..protocol import Protocol, load_protocol
 from . import plots
 
@@ -98,7 +100,7 @@ def find_report_inputs(
     )
 
 
-class ReportWarning(UserWarning):
+class ReportWarning(FlareEvalWarning):
     """Something the report found in its sources that a reader of the page must know."""
 
 
@@ -710,7 +712,7 @@ def _failures(results: pd.DataFrame | None, resources: pd.DataFrame, runs_dir: P
         links = []
         for row in failed.itertuples():
             folder = names.folder(row.team)
-            log = runs_dir / folder / "logs" / f"{row.case}.log"
+            log = log_path(runs_dir / folder, row.case)
             if not log.exists():
                 links.append("")
             elif include_logs:

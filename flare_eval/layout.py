@@ -1,0 +1,38 @@
+"""Every path of a runs folder, spelt once: the harness writes there, collect, the CLI and the report read.
+
+::
+
+    RUNS/settings.json               the limits, machine and protocol of the run
+    RUNS/<team>/resources.csv        one row per case, appended the moment the case ends
+    RUNS/<team>/samples/<case>.csv   the 0.1 s samples
+    RUNS/<team>/logs/<case>.log      the container's output, then what the harness dropped
+    RUNS/<team>/predictions/         the kept, normalised predictions
+    RUNS/.scratch/                   each running case's staged input and output folder
+"""
+
+from pathlib import Path
+
+__all__ = ["resources_path", "samples_path", "log_path", "predictions_dir", "SCRATCH"]
+
+#: The scratch folder's name: it starts with a dot, so no team can be named like it.
+SCRATCH = ".scratch"
+
+
+def resources_path(team_dir: Path) -> Path:
+    """``<team>/resources.csv``."""
+    return Path(team_dir) / "resources.csv"
+
+
+def samples_path(team_dir: Path, case: str) -> Path:
+    """``<team>/samples/<case>.csv``."""
+    return Path(team_dir) / "samples" / f"{case}.csv"
+
+
+def log_path(team_dir: Path, case: str) -> Path:
+    """``<team>/logs/<case>.log``."""
+    return Path(team_dir) / "logs" / f"{case}.log"
+
+
+def predictions_dir(team_dir: Path) -> Path:
+    """``<team>/predictions``."""
+    return Path(team_dir) / "predictions"
