@@ -324,3 +324,11 @@ def test_accuracy_time_bubbles_have_a_size_legend_only_when_gpu_memory_was_measu
     assert unmeasured.get_legend() is None and "not measured" in unmeasured.get_title()
     sizes = unmeasured.collections[0].get_sizes()
     assert len(set(sizes)) == 1  # no size encoding without a measurement
+
+
+def test_labels_of_tied_teams_do_not_overprint():
+    results = pd.read_csv(fe.example_paths().results, dtype={"team": str, "case": str})
+    twin = results[results.team == "teamA"].assign(team="teamA-twin")  # the very same values
+    figure = plots.accuracy_time_figure(pd.concat([results, twin]))
+    offsets = {text.get_text(): text.xyann for text in figure.axes[0].texts}
+    assert offsets["teamA"] != offsets["teamA-twin"]

@@ -101,12 +101,13 @@ def accuracy_time_figure(results: pd.DataFrame, ranking: pd.DataFrame | None = N
     # Circle area encodes AUC_GPU only when there is something to encode: without a GPU every team is 0.
     area = 30 + 600 * gpu / np.nanmax(gpu) if measured else np.full(gpu.shape, 60.0)
     axis.scatter(per_team["Time"], per_team["DSC"], s=area, alpha=0.45, color="tab:orange", edgecolor="k")
-    labelled = set(order[:label_top])
-    for row in per_team.itertuples():
-        if row.team in labelled:
-            axis.annotate(row.team, (row.Time, row.DSC), fontsize=8, xytext=(4, 4), textcoords="offset points")
     if (per_team["Time"] > 0).all() and per_team["Time"].max() / per_team["Time"].min() > 20:
         axis.set_xscale("log")
+    labelled = per_team[per_team["team"].isin(order[:label_top])]
+    for (team, x, y), (dx, dy) in zip(labelled[["team", "Time", "DSC"]].itertuples(index=False),
+                                      _label_offsets(axis, labelled["Time"], labelled["DSC"])):
+        axis.annotate(team, (x, y), fontsize=8, xytext=(dx, dy), textcoords="offset points",
+                      arrowprops={"arrowstyle": "-", "color": "0.6", "linewidth": 0.5} if dy != 4 else None)
     axis.set_xlabel("median running time (s)")
     axis.set_ylabel("median DSC")
     if measured:
@@ -120,6 +121,29 @@ def accuracy_time_figure(results: pd.DataFrame, ranking: pd.DataFrame | None = N
     else:
         axis.set_title("Accuracy against running time (GPU memory not measured)", wrap=True)
     return figure
+
+
+def _label_offsets(axis, xs, ys, *, height_pt: float = 10.0, width_pt: float = 60.0) -> list[tuple[float, float]]:
+    """Offsets (points) for labels beside points so that no two labels overlap: each moves down until free.
+
+    Points are placed top to bottom; labels of teams whose points coincide (tied teams) stack instead of
+    overprinting.
+    """
+    figure = axis.figure
+    to_points = 72.0 / figure.dpi
+    pixels = axis.transData.transform(np.column_stack([np.asarray(xs, float), np.asarray(ys, float)]))
+    placed: list[tuple[float, float]] = []
+    offsets = [(4.0, 4.0)] * len(pixels)
+    for index in np.argsort(-pixels[:, 1], kind="stable"):
+        x, y = pixels[index] * to_points
+        dy = 4.0
+        for _ in range(40):
+            if all(abs((x + 4) - px) >= width_pt or abs((y + dy) - py) >= height_pt for px, py in placed):
+                break
+            dy -= height_pt
+        placed.append((x + 4, y + dy))
+        offsets[index] = (4.0, dy)
+    return offsets
 
 
 def radar_figure(ranking: pd.DataFrame, metrics: Sequence[str], teams: Sequence[str]) -> Figure:
