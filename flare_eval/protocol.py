@@ -469,8 +469,9 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
                 name=str(item.get("name", item.get("code"))),
                 tolerance_mm=float(_require(item, "tolerance_mm", source, where)),
             )
-        except (TypeError, AttributeError) as exc:
-            raise ValueError(f"protocol file {source}: {where} is malformed ({exc})") from exc
+        except (TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"protocol file {source}: {where.rstrip('.')} is malformed: label must be a whole "
+                             f"number, code text and tolerance_mm a number ({exc})") from exc
         if organ.label <= 0:
             raise ValueError(f"protocol file {source}: {where}label must be a positive integer, got {organ.label}")
         if not organ.tolerance_mm > 0:
@@ -595,7 +596,7 @@ def _regions_from_list(items: list[Any], source: str) -> tuple[Region, ...]:
             unknown = sorted(set(raw) - fields)
             if unknown:
                 raise ValueError(f"protocol file {source}: {where}metrics[{j}] has unknown field(s) {unknown}")
-            metric = RegionMetric(**raw)
+            metric = RegionMetric(**_typed_metric_fields(raw, f"{where}metrics[{j}].", source))
             if metric.kind not in METRIC_KINDS:
                 raise ValueError(f"protocol file {source}: {where}metrics[{j}].kind must be one of {METRIC_KINDS}, "
                                  f"got {metric.kind!r}")
@@ -609,6 +610,30 @@ def _regions_from_list(items: list[Any], source: str) -> tuple[Region, ...]:
             metrics.append(metric)
         regions.append(Region(str(_require(item, "name", source, where)), labels, tuple(metrics)))
     return tuple(regions)
+
+
+_TEXT_FIELDS = ("kind", "name")
+_WHOLE_FIELDS = ("dilation_iterations", "connectivity")
+
+
+def _typed_metric_fields(raw: dict[str, Any], where: str, source: str) -> dict[str, Any]:
+    """A region metric's fields, each of its type; a wrong one is named (``"tolerance_mm": "2"`` is not a number)."""
+    typed = {}
+    for key, value in raw.items():
+        if key in _TEXT_FIELDS:
+            ok = isinstance(value, str)
+            wanted = "text"
+        elif key in _WHOLE_FIELDS:
+            ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
+            wanted = "a whole number or null"
+        else:
+            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+            wanted = "a number or null"
+            value = None if value is None else float(value) if ok else value
+        if not ok:
+            raise ValueError(f"protocol file {source}: {where}{key} must be {wanted}, got {value!r}")
+        typed[key] = value
+    return typed
 
 
 def _container_from_dict(raw: dict[str, Any], source: str) -> ContainerInterface:

@@ -102,3 +102,22 @@ def test_non_editable_install_ships_presets_and_examples(tmp_path):
     assert licences and "Apache License" in licences[0].read_text()
     assert (target / "flare_eval" / "harness" / "cuda" / "alloc_steps.cu").is_file()
     assert (target / "flare_eval" / "harness" / "_watchdog.py").is_file()
+
+
+def test_a_field_of_the_wrong_type_is_named(tmp_path):
+    import json
+
+    import pytest
+
+    from flare_eval import load_protocol
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"extends": "kits23", "regions": [
+        {"name": "x", "labels": [1], "metrics": [{"kind": "surface_dice", "name": "SD", "tolerance_mm": "2"}]}]}))
+    with pytest.raises(ValueError, match=r"regions\[0\]\.metrics\[0\]\.tolerance_mm must be a number or null, "
+                                         r"got '2'"):
+        load_protocol(bad)
+    bad.write_text(json.dumps({"extends": "flare22", "organs": [{"label": "one", "code": "Liver",
+                                                                  "tolerance_mm": 5}]}))
+    with pytest.raises(ValueError, match=r"organs\[0\] is malformed: label must be a whole number"):
+        load_protocol(bad)
