@@ -59,8 +59,8 @@ SECTIONS = ("Run facts", "Leaderboard", "Failures", "Accuracy and efficiency", "
             "Resources per team", "Resources over time",
             "Organ volumes", "Cohorts and subgroups", "Paired comparison")
 # leaderboard-side 10 + dot-and-box 5 + podium 2 + rank frequency + methods + top-team curves
-# + one per metadata column (4) + the paired differences + the ranks per organ
-N_FIGURES = 26
+# + one per metadata column (4) + the paired differences + the ranks per organ and their dendrogram
+N_FIGURES = 27
 
 
 def test_report_has_every_section_and_figure(evaluation, tmp_path):
@@ -332,3 +332,11 @@ def test_labels_of_tied_teams_do_not_overprint():
     figure = plots.accuracy_time_figure(pd.concat([results, twin]))
     offsets = {text.get_text(): text.xyann for text in figure.axes[0].texts}
     assert offsets["teamA"] != offsets["teamA-twin"]
+
+
+def test_regions_that_rank_alike_hang_together_in_the_dendrogram():
+    per_region = pd.DataFrame({"team": list("abcde"), "r1": [1, 2, 3, 4, 5], "r2": [1, 2, 3, 5, 4],
+                               "r3": [5, 4, 3, 2, 1], "consensus": [1, 2, 3, 4, 5]})
+    figure = plots.region_dendrogram_figure(per_region)
+    leaves = [label.get_text() for label in figure.axes[0].get_xticklabels()]
+    assert sorted(leaves) == ["r1", "r2", "r3"] and abs(leaves.index("r1") - leaves.index("r2")) == 1

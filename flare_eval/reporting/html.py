@@ -454,6 +454,10 @@ def build_report(
             + page.figure("ranks_per_region", plots.ranking_methods_figure(
                 shown, agreement, title=f"Ranks per {unit} (Kendall's tau to the consensus)"),
                 f"Each team's rank in each {unit}, joined per team")
+            + (page.figure("region_dendrogram", plots.region_dendrogram_figure(shown),
+                           f"The {unit}s clustered by how alike they rank the teams (1 - Kendall's tau, average "
+                           "linkage): those that hang together reward the same teams")
+               if len(units) >= 3 and len(shown) >= 3 else "")
             + _table(shown))
     else:
         page.missing("Accuracy per organ", "no runs/<team>/scores.csv (run `flare-eval collect`)")

@@ -30,6 +30,7 @@ __all__ = [
     "dot_box_figure",
     "ranking_methods_figure",
     "rank_frequency_figure",
+    "region_dendrogram_figure",
     "gpu_curves_figure",
     "natural_order",
 ]
@@ -593,6 +594,39 @@ def ranking_methods_figure(methods: pd.DataFrame, agreement: pd.DataFrame | None
     ax.invert_yaxis()
     ax.set_ylabel("final rank")
     ax.set_title(title, wrap=True)
+    return figure
+
+
+def region_dendrogram_figure(per_region: pd.DataFrame) -> Figure:
+    """challengeR's dendrogram of tasks: regions (or organs) clustered by how alike they rank the teams.
+
+    The distance of two regions is ``1 - tau`` (Kendall's tau-b between their rankings of the teams); the
+    clusters join by average linkage. Regions that rank the teams alike hang together.
+
+    Parameters
+    ----------
+    per_region : pandas.DataFrame
+        ``team`` and one column of ranks per region (as `flare_eval.ranking.rank_per_region` returns;
+        a ``consensus`` column is left out).
+    """
+    from scipy.cluster.hierarchy import dendrogram, linkage
+    from scipy.spatial.distance import squareform
+
+    from ..ranking import kendall_tau_b
+
+    regions = [c for c in per_region.columns if c not in ("team", "consensus")]
+    ranks = per_region[regions].to_numpy(float)
+    distance = np.zeros((len(regions), len(regions)))
+    for i in range(len(regions)):
+        for j in range(i + 1, len(regions)):
+            tau = kendall_tau_b(ranks[:, i], ranks[:, j])
+            distance[i, j] = distance[j, i] = 1.0 - (0.0 if np.isnan(tau) else tau)
+    figure = Figure(figsize=(max(4.0, 0.5 * len(regions) + 2.5), 3.8), layout="constrained")
+    axis = figure.add_subplot()
+    dendrogram(linkage(squareform(distance, checks=False), method="average"), labels=regions, ax=axis,
+               leaf_rotation=90, color_threshold=0, above_threshold_color="0.3")
+    axis.set_ylabel("1 - Kendall's tau")
+    axis.set_title("Regions clustered by how alike they rank the teams", wrap=True)
     return figure
 
 
