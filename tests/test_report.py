@@ -252,7 +252,7 @@ def test_publishing_options_title_names_contents_logs_single_file(evaluation, tm
     data = pd.read_csv(tmp_path / "r" / "data" / "results.csv")
     assert set(data.team) == {"Alpha Lab", "Team 2", "Anonymous C"}
     # Every section has an anchor the table of contents links to, and a number.
-    anchors = re.findall(r'<section id="([^"]+)"><h2>(\d+)\. ', text)
+    anchors = re.findall(r'<section id="([^"]+)"><div class="keep"><h2>(\d+)\. ', text)
     assert len(anchors) >= 15 and [int(n) for _, n in anchors] == list(range(1, len(anchors) + 1))
     for anchor, _ in anchors:
         assert f'href="#{anchor}"' in text

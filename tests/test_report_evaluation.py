@@ -68,3 +68,9 @@ def test_report_of_an_evaluation_shows_every_view_and_prints_to_pdf(engine, tmp_
     assert loaded and loaded.group(1) == loaded.group(2) and int(loaded.group(2)) >= 15, dom.stderr[-2000:]
     pdf = (report / "report.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and len(re.findall(rb"/Type\s*/Page[^s]", pdf)) >= 3
+    from pypdf import PdfReader
+
+    # No page ends with a section heading: each heading prints on the page of its section's first block.
+    for number, page in enumerate(PdfReader(report / "report.pdf").pages, start=1):
+        lines = [line.strip() for line in (page.extract_text() or "").splitlines() if line.strip()]
+        assert not (lines and re.match(r"^\d+\. [A-Z]", lines[-1])), (number, lines[-1])

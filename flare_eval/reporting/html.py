@@ -175,7 +175,10 @@ class _Page:
         number = len(self.titles) + 1
         anchor = f"s{number}-" + "".join(c if c.isalnum() else "-" for c in title.lower()).strip("-")[:40]
         self.titles.append((anchor, f"{number}. {title}"))
-        self.sections.append(f'<section id="{anchor}"><h2>{number}. {html.escape(title)}</h2>{body}</section>')
+        heading = f"<h2>{number}. {html.escape(title)}</h2>"
+        first, rest = _first_block(body)
+        # The heading and the section's first block print on one page: a heading is never a page's last line.
+        self.sections.append(f'<section id="{anchor}"><div class="keep">{heading}{first}</div>{rest}</section>')
 
     def contents(self) -> str:
         """The table of contents: one link to each numbered section."""
@@ -184,6 +187,21 @@ class _Page:
 
     def missing(self, title: str, why: str) -> None:
         self.section(title, f'<p class="note">Not shown: {html.escape(why)}</p>')
+
+
+def _first_block(body: str) -> tuple[str, str]:
+    """``body`` split after its first top-level element (a paragraph, figure, table, list or division).
+
+    The page's own markup never nests an element in one of its own kind at the top, so the first closing
+    tag of the kind ends it.
+    """
+    for tag in ("figure", "p", "div", "table", "ul", "h3"):
+        if body.startswith(f"<{tag}"):
+            end = body.find(f"</{tag}>")
+            if end >= 0:
+                end += len(f"</{tag}>")
+                return body[:end], body[end:]
+    return "", body
 
 
 def readable_columns(columns) -> list[str]:
@@ -831,6 +849,7 @@ table.table td, table.table th { padding: .2em .6em; border-bottom: 1px solid #e
 table.facts th { text-align: left; padding-right: 1em; vertical-align: top; } .scroll { overflow-x: auto; }
 h3 { font-size: 1em; margin-top: 1.5em; }
 nav.toc ol { list-style: none; padding-left: 0; columns: 2; } nav.toc li { margin: .1em 0; }
+.keep { break-inside: avoid; page-break-inside: avoid; }
 @media print { figure img { max-width: 100%; } .scroll { overflow: visible; } section { break-inside: auto; }
   h2, h3 { break-after: avoid; page-break-after: avoid; } figure, tr { break-inside: avoid; }
   body { font-size: 10pt; } table.table { font-size: 8pt; } }
