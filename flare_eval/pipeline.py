@@ -114,8 +114,12 @@ def resolve_protocol(given: str | Path | Protocol | None, *places: str | Path | 
 
 
 def _protocols_differ(a: Protocol, b: Protocol) -> bool:
+    """Whether two protocols evaluate differently: their definitions but for the description (prose only)."""
     if a.definition and b.definition:
-        return a.definition != b.definition
+        def rules(protocol: Protocol) -> dict:
+            return {k: v for k, v in protocol.definition.items() if k != "description"}
+
+        return rules(a) != rules(b)
     return a.name != b.name
 
 
