@@ -117,7 +117,7 @@ def accuracy_time_figure(results: pd.DataFrame, ranking: pd.DataFrame | None = N
             axis.scatter([], [], s=30 + 600 * share, alpha=0.45, color="tab:orange", edgecolor="k",
                          label=f"{share * top:.3g} MiB s")
         axis.legend(title="median AUC_GPU", fontsize=7, title_fontsize=7, labelspacing=1.5, borderpad=1,
-                    loc="lower left")
+                    loc="best")  # where it hides the fewest points
         axis.set_title("Accuracy against running time (circle area: median AUC_GPU)", wrap=True)
     else:
         axis.set_title("Accuracy against running time (GPU memory not measured)", wrap=True)
