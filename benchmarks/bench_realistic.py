@@ -18,7 +18,6 @@ Usage: ``python benchmarks/bench_realistic.py [--grids 256x256x80,512x512x100,51
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +33,7 @@ from scipy import ndimage  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from bench_scoring import timed_score_command  # noqa: E402
 from official_reference import official_scores  # noqa: E402
 
 #: Spacing of each grid, in mm: coarse, the FLARE22 typical, and a thin-slice scan.
@@ -122,18 +122,9 @@ def build(folder: Path, shape, spacing_mm, n_cases: int) -> tuple[Path, Path]:
 
 def run(shape, spacing_mm, n_cases: int, folder: Path) -> dict:
     gt_dir, pred_dir = build(folder, shape, spacing_mm, n_cases)
-    peak_file, out = folder / "peak_kib", folder / "out"
-    # The CLI's own main; at exit, the peak resident memory of the command's process or of the worker
-    # processes it scored in, whichever is larger (KiB).
-    command = ("import atexit, resource, sys; from flare_eval.cli import main; "
-               "atexit.register(lambda: open(sys.argv[1], 'w').write(str(max(int(next(line.split()[1] for line in "
-               "open('/proc/self/status') if line.startswith('VmHWM'))), "
-               "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)))); "
-               "sys.exit(main(sys.argv[2:]))")
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", command, str(peak_file), "score", str(pred_dir), str(gt_dir), "--out",
-                    str(out), "--workers", "1", "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ours_s = (time.perf_counter() - start) / n_cases
+    out = folder / "out"
+    elapsed_s, peak_mib = timed_score_command(pred_dir, gt_dir, out)
+    ours_s = elapsed_s / n_cases
     ours = pd.read_csv(out / "scores.csv", dtype={"case": str})
     start = time.perf_counter()
     reference = {p.name[:-7]: official_scores(p, pred_dir / p.name) for p in sorted(gt_dir.glob("*.nii.gz"))}
@@ -142,7 +133,7 @@ def run(shape, spacing_mm, n_cases: int, folder: Path) -> dict:
                 for r in ours.itertuples())
     return {"grid": "x".join(map(str, shape)), "cases": n_cases, "reference_s": reference_s,
             "flare_eval_s": ours_s, "ratio": reference_s / ours_s,
-            "peak_mib": int(peak_file.read_text()) / 1024, "worst_difference": worst}
+            "peak_mib": peak_mib, "worst_difference": worst}
 
 
 def main() -> None:

@@ -114,12 +114,12 @@ def floor_s(gt_dir: Path, pred_dir: Path) -> float:
     return (time.perf_counter() - start) / len(list(gt_dir.glob("*.nii.gz")))
 
 
-def run_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: np.ndarray) -> dict:
-    gt_dir, pred_dir = build_set(name, folder, n_cases, truth, other)
-    out = folder / name / "out"
-    peak_file = folder / name / "peak_kib"
-    # The CLI's own main; at exit, the peak resident memory of the command's process or of the worker
-    # processes it scored in, whichever is larger (KiB).
+def timed_score_command(pred_dir: Path, gt_dir: Path, out: Path) -> tuple[float, float]:
+    """Run ``flare-eval score --workers 1`` as a fresh process; its wall time (s) and peak memory (MiB).
+
+    The peak is that of the command's process or of the worker processes it scored in, whichever is larger.
+    """
+    peak_file = out.with_name(out.name + ".peak_kib")
     command = ("import atexit, resource, sys; from flare_eval.cli import main; "
                "atexit.register(lambda: open(sys.argv[1], 'w').write(str(max(int(next(line.split()[1] for line in "
                "open('/proc/self/status') if line.startswith('VmHWM'))), "
@@ -128,8 +128,14 @@ def run_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: np.
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", command, str(peak_file), "score", str(pred_dir), str(gt_dir), "--out",
                     str(out), "--workers", "1", "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ours_s = (time.perf_counter() - start) / n_cases
-    peak_mib = int(peak_file.read_text()) / 1024
+    return time.perf_counter() - start, int(peak_file.read_text()) / 1024
+
+
+def run_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: np.ndarray) -> dict:
+    gt_dir, pred_dir = build_set(name, folder, n_cases, truth, other)
+    out = folder / name / "out"
+    elapsed_s, peak_mib = timed_score_command(pred_dir, gt_dir, out)
+    ours_s = elapsed_s / n_cases
     ours = pd.read_csv(out / "scores.csv", dtype={"case": str})
 
     start = time.perf_counter()

@@ -316,12 +316,7 @@ def _metaimage_facts(text: bytes) -> LabelFileFacts:
     if data_file not in ("LOCAL", "Local", "local"):
         raise RefusedFileError(f"MetaImage data lies outside the file (ElementDataFile = {data_file[:80]!r}); "
                                "only ElementDataFile = LOCAL (a single .mha file) is accepted")
-    n_dims = _integer(fields.get("NDims"), "NDims")
-    if not 1 <= n_dims <= _MAX_DIMENSIONS:
-        raise RefusedFileError(f"MetaImage NDims = {n_dims}; label maps have 3")
-    sizes = _integers(fields.get("DimSize"), "DimSize")
-    if len(sizes) != n_dims:
-        raise RefusedFileError(f"MetaImage DimSize {sizes} does not have NDims = {n_dims} values")
+    sizes = _shape_fields(fields, "MetaImage", "NDims", "DimSize")
     channels = _integer(fields.get("ElementNumberOfChannels", "1"), "ElementNumberOfChannels")
     if channels != 1:
         raise RefusedFileError(f"label maps hold one value per voxel, this file holds {channels}")
@@ -330,6 +325,17 @@ def _metaimage_facts(text: bytes) -> LabelFileFacts:
         raise RefusedFileError(f"MetaImage ElementType {element[:40]!r} cannot hold labels")
     compressed = fields.get("CompressedData", "False").lower() == "true"
     return LabelFileFacts("metaimage", _checked_shape(tuple(sizes)), np.dtype(_META_DTYPES[element]), compressed)
+
+
+def _shape_fields(fields: dict[str, str], kind: str, dimension_key: str, sizes_key: str) -> list[int]:
+    """The sizes a text header gives: a count of dimensions that label maps can have, and that many sizes."""
+    n_dims = _integer(fields.get(dimension_key), dimension_key)
+    if not 1 <= n_dims <= _MAX_DIMENSIONS:
+        raise RefusedFileError(f"{kind} {dimension_key} = {n_dims}; label maps have 3")
+    sizes = _integers(fields.get(sizes_key), sizes_key)
+    if len(sizes) != n_dims:
+        raise RefusedFileError(f"{kind} {sizes_key} {sizes} does not give {dimension_key} = {n_dims} values")
+    return sizes
 
 
 def _integer(value: str | None, name: str) -> int:
@@ -392,12 +398,7 @@ def _nrrd_facts(text: bytes) -> LabelFileFacts:
     if not found:
         raise RefusedFileError(f"no attached data: the header does not end within {MAX_TEXT_HEADER_BYTES} bytes "
                                "(a detached .nhdr header is not accepted)")
-    n_dims = _integer(fields.get("dimension"), "dimension")
-    if not 1 <= n_dims <= _MAX_DIMENSIONS:
-        raise RefusedFileError(f"NRRD dimension {n_dims}; label maps have 3")
-    sizes = _integers(fields.get("sizes"), "sizes")
-    if len(sizes) != n_dims:
-        raise RefusedFileError(f"NRRD sizes {sizes} do not have dimension = {n_dims} values")
+    sizes = _shape_fields(fields, "NRRD", "dimension", "sizes")
     type_name = fields.get("type", "")
     if type_name not in _NRRD_TYPE:
         raise RefusedFileError(f"NRRD type {type_name[:40]!r} cannot hold labels")

@@ -19,8 +19,8 @@ TABLES = ("scores.csv", "scores_official.csv", "summary.csv", "results.csv", "ra
           "significance.csv")
 
 
-def produce(preset: str, folder: Path) -> dict[str, Path]:
-    """Score, collect and rank the bundled cases of ``preset`` (two teams) in ``folder``; the tables by name."""
+def bundled_teams(preset: str, folder: Path) -> tuple[Path, Path]:
+    """The bundled predictions of ``preset``'s two teams copied to ``folder/teams``; that folder and the labels."""
     import flare_eval as fe
 
     paths = fe.example_paths()
@@ -31,6 +31,14 @@ def produce(preset: str, folder: Path) -> dict[str, Path]:
     teams = folder / "teams"
     for team in ("teamA", "teamB"):
         shutil.copytree(source / team, teams / team)
+    return teams, labels
+
+
+def produce(preset: str, folder: Path) -> dict[str, Path]:
+    """Score, collect and rank the bundled cases of ``preset`` (two teams) in ``folder``; the tables by name."""
+    import flare_eval as fe
+
+    teams, labels = bundled_teams(preset, folder)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fe.collect_results(teams, labels, folder / "results.csv", preset, workers=1, progress=False)

@@ -431,15 +431,9 @@ def test_a_predictions_only_challenge_from_team_folders_to_report(examples, tmp_
 @pytest.mark.parametrize("preset", ["flare22", "kits23", "brats2023-gli", "flare24-t1", "autopet2022"])
 def test_every_command_works_for_every_preset_and_reads_the_recorded_protocol(preset, examples, tmp_path, capsys):
     """collect names the protocol once; rank, report, cohorts, compare and review read it from the folders."""
-    import shutil
+    from golden import bundled_teams
 
-    if preset == "flare22":
-        source, labels = examples.predictions, examples.labels
-    else:
-        source, labels = examples.challenges / preset / "predictions", examples.challenges / preset / "labels"
-    teams = tmp_path / "teams"
-    for team in ("teamA", "teamB"):
-        shutil.copytree(source / team, teams / team)
+    teams, labels = bundled_teams(preset, tmp_path)
     out = tmp_path / "out"
     commands = [
         ["collect", str(teams), "--labels", str(labels), "--protocol", preset, "--out", str(out / "results.csv"),

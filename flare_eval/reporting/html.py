@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import html
-import json
 import shutil
 import subprocess
 import warnings
@@ -21,7 +20,7 @@ from matplotlib.figure import Figure
 
 from .._version import __version__
 from ..errors import FlareEvalWarning
-from ..io import read_resources, read_scores, read_table, write_table
+from ..io import read_resources, read_scores, read_settings, read_table, write_table
 from ..layout import log_path
 from ..protocol import Protocol, load_protocol
 from . import plots
@@ -319,8 +318,8 @@ def build_report(
         raise ValueError(f"--team {team!r} is not a team of this evaluation; teams: {', '.join(sorted(known))}")
 
     resources = names.shown_table(read_resources(inputs.runs_dir)) if inputs.runs_dir is not None else pd.DataFrame()
-    ranking_settings = _read_json(inputs.ranking_dir / "settings.json") if inputs.ranking_dir else {}
-    run_settings = _read_json(inputs.runs_dir / "settings.json") if inputs.runs_dir else {}
+    ranking_settings = read_settings(inputs.ranking_dir / "settings.json") if inputs.ranking_dir else {}
+    run_settings = read_settings(inputs.runs_dir / "settings.json") if inputs.runs_dir else {}
     page.section("Run facts", _run_facts(protocol, results, resources, ranking_settings, run_settings))
     scores = None
     if inputs.runs_dir is not None and any(inputs.runs_dir.glob("*/scores.csv")):
@@ -520,7 +519,7 @@ def build_report(
     if inputs.quantify_dir is not None and (inputs.quantify_dir / "agreement.csv").exists():
         volumes = read(inputs.quantify_dir / "volumes.csv", "volumes table")
         agreement = read(inputs.quantify_dir / "agreement.csv", "agreement table")
-        measured = _read_json(inputs.quantify_dir / "settings.json").get("predictions")
+        measured = read_settings(inputs.quantify_dir / "settings.json").get("predictions")
         whose = f" of the predictions in {Path(measured).name}" if measured else ""
         if measured and Path(measured).name in names.display:  # a team's folder, shown under its display name
             whose = f" of {names.shown(Path(measured).name)}'s predictions"
@@ -595,13 +594,6 @@ def _publish_tables(out_dir: Path, tables: dict[str, pd.DataFrame | None]) -> di
             write_table(table, out_dir / "data" / name)
             links[name] = f"data/{name}"
     return links
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def _run_facts(protocol: Protocol, results: pd.DataFrame | None, resources: pd.DataFrame, ranking_settings: dict,
