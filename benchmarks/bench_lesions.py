@@ -27,7 +27,7 @@ import surface_distance as deepmind  # noqa: E402
 
 from flare_eval import load_protocol  # noqa: E402
 from flare_eval.lesions import brats_lesion_wise, false_volumes_ml  # noqa: E402
-from flare_eval.regions import score_regions  # noqa: E402
+from flare_eval.scoring import score_label_maps  # noqa: E402
 
 KITS_REGIONS = {"kidney_and_mass": ((1, 2, 3), 1.0330772532390826), "mass": ((2, 3), 1.1328796488598762),
                 "tumor": ((2,), 1.1498198361434828)}
@@ -122,7 +122,7 @@ def main() -> None:
         gt[ball(shape, centre + [-12, 8, 0], 8)] = 3
         pred = np.roll(gt, tuple(int(v) for v in rng.integers(-2, 3, 3)), axis=(0, 1, 2))
         start = time.perf_counter()
-        rows = {row["region"]: row for row in score_regions(gt, pred, spacing, protocol)}
+        rows = {row["region"]: row for row in score_label_maps(gt, pred, spacing, protocol)}
         ours_s += time.perf_counter() - start
         start = time.perf_counter()
         for region, (labels, tolerance) in KITS_REGIONS.items():

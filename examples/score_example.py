@@ -18,5 +18,6 @@ for team in teams:
     statuses = ", ".join(f"{s}: {n}" for s, n in scores.drop_duplicates("case")["status"].value_counts().items())
     print(f"{team}: mean DSC {scores.DSC.mean():.4f}, mean NSD {scores.NSD.mean():.4f} (cases {statuses})")
 
-summary = fe.summarize_scores(fe.score_folder(paths.predictions / "teamA", paths.labels, workers=1, progress=False))
+summary = fe.summarize_scores(fe.score_folder(paths.predictions / "teamA", paths.labels, workers=1, progress=False),
+                             "flare22")
 print(summary.to_string(index=False, float_format=lambda v: f"{v:.3f}"))

@@ -2,18 +2,19 @@
 
 The public API, re-exported here, covers each step of the data flow:
 
-* protocols: `load_protocol`, `available_protocols`, `Protocol`;
+* protocols: `load_protocol`, `available_protocols`, `Protocol` (every challenge is `Region` s scored
+  with `RegionMetric` s: FLARE's organs, KiTS23, BraTS 2023, FLARE24, autoPET alike);
 * metrics on arrays: `dice_coefficient`, `surface_distances`, `normalized_surface_dice`;
 * reading label maps: `read_label_map`, `read_header` (the header alone, before trusting a file), `pair_cases`;
-* other challenges (KiTS23, BraTS 2023, FLARE24, autoPET): `score_regions` on arrays, `region_results`;
-* scoring: `score_case`, `score_folder`, `score_teams`, `score` (writes the output tables),
-  locally or on a Dask cluster (``scheduler=``),
+* scoring: `score_label_maps` (every region of a protocol on two arrays), `score_case`, `score_folder`,
+  `score_teams`, `score` (writes the output tables), locally or on a Dask cluster (``scheduler=``),
   `summarize_scores`, `official_table`;
 * ranking: `rank`, `bootstrap_stability`, `significance` (`paired_wilcoxon`, `holm_adjust`),
   `best_versus_rest`, `ranking_methods` (challengeR's other methods, `ranking_methods_agreement`),
   `prepare_results`, and `rank_results` (reads ``results.csv``, writes the ranking tables);
 * containers: `run_containers` (with `ContainerLimits`, `ContainerInterface`),
-  `collect_results` (scores + resources -> ``results.csv``, penalties applied),
+  `collect_results` (scores + resources -> ``results.csv``, penalties applied; `assemble_results`,
+  `region_results` on tables),
   `evaluate` (the whole chain);
 * report and quantification: `report` (HTML page; the figures are in
   :mod:`flare_eval.reporting.plots` for notebooks), `quantify` (organ volumes against ground truth);
@@ -49,7 +50,7 @@ if TYPE_CHECKING:
         report,
         review,
     )
-    from .protocol import Organ, Protocol, available_protocols, load_protocol
+    from .protocol import Protocol, Region, RegionMetric, available_protocols, load_protocol
     from .ranking import (
         BootstrapResult,
         RankingWarning,
@@ -66,14 +67,13 @@ if TYPE_CHECKING:
         ranking_methods_agreement,
         significance,
     )
-    from .regions import score_regions
     from .results import assemble_results, region_results
     from .scoring import (
-        OrganScore,
         official_table,
         score,
         score_case,
         score_folder,
+        score_label_maps,
         score_teams,
         summarize_scores,
     )
@@ -87,14 +87,13 @@ _SOURCES = {
     ".metrics": ("SurfaceDistances", "dice_coefficient", "normalized_surface_dice", "surface_distances"),
     ".pipeline": ("CohortOutputs", "EvaluationOutputs", "QuantifyOutputs", "RankingOutputs", "cohorts",
                   "collect_results", "compare", "evaluate", "quantify", "rank_results", "report", "review"),
-    ".protocol": ("Organ", "Protocol", "available_protocols", "load_protocol"),
+    ".protocol": ("Protocol", "Region", "RegionMetric", "available_protocols", "load_protocol"),
     ".ranking": ("BootstrapResult", "RankingWarning", "ResultsTableError", "best_versus_rest",
                  "bootstrap_stability", "case_ranks", "holm_adjust", "kendall_tau_b", "paired_wilcoxon",
                  "prepare_results", "rank", "ranking_methods", "ranking_methods_agreement", "significance"),
     ".results": ("assemble_results", "region_results"),
-    ".regions": ("score_regions",),
-    ".scoring": ("OrganScore", "official_table", "score", "score_case", "score_folder",
-                 "score_teams", "summarize_scores"),
+    ".scoring": ("official_table", "score", "score_case", "score_folder", "score_label_maps", "score_teams",
+                 "summarize_scores"),
 }
 _MODULE_OF = {name: module for module, names in _SOURCES.items() for name in names}
 
@@ -125,13 +124,13 @@ __all__ = [
     "dice_coefficient",
     "normalized_surface_dice",
     "surface_distances",
-    "Organ",
     "Protocol",
+    "Region",
+    "RegionMetric",
     "available_protocols",
     "load_protocol",
     "FlareEvalError",
     "FlareEvalWarning",
-    "OrganScore",
     "official_table",
     "score",
     "score_case",
@@ -154,7 +153,7 @@ __all__ = [
     "evaluate",
     "assemble_results",
     "region_results",
-    "score_regions",
+    "score_label_maps",
     "ContainerError",
     "ContainerInterface",
     "ContainerLimits",

@@ -91,6 +91,7 @@ def brats_lesion_wise(
     dilation_iterations: int,
     min_lesion_mm3: float,
     penalty_mm: float = 374.0,
+    n_voxels: int | None = None,
 ) -> LesionWiseScores:
     """BraTS 2023 lesion-wise Dice and HD95 of one region, with the organizers' rules.
 
@@ -111,11 +112,13 @@ def brats_lesion_wise(
 
     Legacy Dice and HD95 are the whole region's (both empty: 1 and 0; one empty:
     Dice 0 and HD95 ``penalty_mm``). ``spacing_mm`` is the voxel size used for
-    volumes and distances (BraTS takes the prediction's).
+    volumes and distances (BraTS takes the prediction's). ``n_voxels`` is the
+    size of the whole volume when the masks are a crop of it (for the
+    specificity's true negatives; default: the masks' size).
     """
     spacing = _check_spacing(spacing_mm, 3)
     gt, pred = np.asarray(mask_gt, bool), np.asarray(mask_pred, bool)
-    n_voxels = gt.size
+    n_voxels = gt.size if n_voxels is None else int(n_voxels)
     box = _mask_box(gt | pred)
     if box is not None:
         # Everything happens within the dilations' reach of the labelled voxels; outside, only background.

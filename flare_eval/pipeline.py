@@ -286,19 +286,24 @@ def _refuse_if_nothing_scored(scores: pd.DataFrame, labels_dir: Path) -> None:
 
 
 def _warn_absent_labels(scores: pd.DataFrame, protocol: Protocol, labels_dir: Path) -> None:
-    """A protocol label that no ground truth of the run holds is the likely sign of the wrong protocol."""
+    """A protocol region that no ground truth of the run holds is the likely sign of the wrong protocol.
+
+    Known from the scores' ground-truth voxel counts, where the protocol counts voxels (FLARE's).
+    """
     from .scoring import SCORED_STATUSES
 
-    if "gt_voxels" not in scores or "label" not in scores:
+    name = protocol.layout.name_column
+    if "gt_voxels" not in scores or name not in scores:
         return
     scored = scores[scores["status"].isin(SCORED_STATUSES)]
     if scored.empty:
         return
-    present = scored.groupby("label")["gt_voxels"].sum()
-    absent = [organ for organ in protocol.organs if present.get(organ.label, 0) == 0]
+    present = scored.groupby(name)["gt_voxels"].sum()
+    absent = [region for region in protocol.regions if present.get(region.name, 0) == 0]
     if absent:
-        warnings.warn(f"{len(absent)} of the {len(protocol.organs)} labels of protocol {protocol.name} never occur "
-                      f"in any ground truth of {labels_dir} ({preview([f'{o.label} {o.code}' for o in absent])}): "
+        named = preview([f"{' '.join(map(str, r.labels))} {r.name}" for r in absent])
+        warnings.warn(f"{len(absent)} of the {len(protocol.regions)} {protocol.layout.unit}s of protocol "
+                      f"{protocol.name} never occur in any ground truth of {labels_dir} ({named}): "
                       "is this the right --protocol?", CollectWarning, stacklevel=3)
 
 

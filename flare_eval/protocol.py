@@ -9,9 +9,11 @@ The schema (all lengths in millimetres)::
     {
       "name": "flare22",
       "description": "...",
-      "organs": [{"label": 1, "code": "Liver", "name": "liver", "tolerance_mm": 5}, ...],
+      "regions": [{"name": "kidney_and_mass", "labels": [1, 2, 3],
+                   "metrics": [{"kind": "dice", "name": "Dice"},
+                               {"kind": "surface_dice", "name": "SD", "tolerance_mm": 1.03}]}, ...],
       "slice_range": {"labels": [5, 6, 10], "mode": "half_open"} or null,
-      "both_empty_score": 1.0,
+      "layout": "regions",
       "ranking": {"metrics": [{"name": "DSC", "higher_is_better": true,
                                "weight": 1.0, "worst": 0.0,
                                "minimum": 0.0, "maximum": 1.0}, ...],
@@ -23,6 +25,21 @@ The schema (all lengths in millimetres)::
                     "command": ["/bin/bash", "-c", "sh predict.sh"],
                     "input_name": "{case}_0000.nii.gz", "output_name": "{case}.nii.gz"}
     }
+
+Every challenge is regions x metrics: a region is one label or the union of
+several, scored with metrics of the kinds in :mod:`flare_eval.metric_kinds`.
+FLARE's files list ``organs`` instead, the short form of one region per label
+scored with Dice and surface Dice at the organ's tolerance::
+
+      "organs": [{"label": 1, "code": "Liver", "name": "liver", "tolerance_mm": 5}, ...],
+      "both_empty_score": 1.0,
+
+which the loader reads as regions named by ``code`` with the metrics
+``dice`` (DSC), ``surface_dice`` (NSD) and ``voxel_counts``, both empty scoring
+``both_empty_score``, laid out as FLARE's tables are (``"layout": "organs"``:
+columns ``label, organ``, the official wide table with 4 decimals) and scoring
+0 everywhere when a prediction cannot be used (``"unusable_prediction":
+"zero"``; a region file's default ``"empty"`` scores it as an empty mask).
 
 A file may start from another protocol with ``"extends": "flare22"`` (a preset
 name or a path relative to the file) and give only the fields that differ; each
@@ -40,10 +57,13 @@ from pathlib import Path
 from typing import Any
 
 from .execution import TaskLimits
+from .metric_kinds import Dice, MetricFieldError, RegionMetric, SurfaceDice, VoxelCounts, metric_from_fields
 
 __all__ = [
     "ContainerInterface",
-    "Organ",
+    "Region",
+    "RegionMetric",
+    "ScoreLayout",
     "SliceRangeRule",
     "RankingMetric",
     "Protocol",
@@ -62,35 +82,14 @@ GPU_MEMORY_READINGS = ("container", "device_total")
 
 
 @dataclass(frozen=True)
-class Organ:
-    """One scored structure.
-
-    Attributes
-    ----------
-    label : int
-        Value of the structure in the label maps.
-    code : str
-        Short name used in the official wide CSV (``Liver``, ``RK``, ...).
-    name : str
-        Human-readable name.
-    tolerance_mm : float
-        NSD tolerance in millimetres.
-    """
-
-    label: int
-    code: str
-    name: str
-    tolerance_mm: float
-
-
-@dataclass(frozen=True)
 class SliceRangeRule:
-    """Evaluate some organs only on the ground truth's slice range.
+    """Evaluate some regions only on the ground truth's slice range.
 
-    Both masks are cut to the ground truth's labelled slices along its
-    superior-inferior axis (whichever array axis that is, from the header; the
-    third axis for RAS NIfTI, as in the official script) before DSC and NSD are
-    computed. With ``mode="half_open"`` the cut is ``[z_min, z_max)`` as in the
+    A region is cut when all its labels are among ``labels``. Both masks are
+    cut to the ground truth's labelled slices along its superior-inferior axis
+    (whichever array axis that is, from the header; the third axis for RAS
+    NIfTI, as in the official script) before its metrics are computed. With
+    ``mode="half_open"`` the cut is ``[z_min, z_max)`` as in the
     official FLARE22 script, which drops the most superior labelled slice;
     ``mode="inclusive"`` keeps it. When the ground truth lies on a single
     slice the half-open cut would be empty (the official script crashes
@@ -101,11 +100,6 @@ class SliceRangeRule:
     mode: str
 
 
-#: Kinds of region metrics (see `RegionMetric`) and the columns each writes.
-METRIC_KINDS = ("dice", "dice_raw", "surface_dice", "hausdorff", "brats_lesion_wise", "false_volumes")
-LESION_WISE_COLUMNS = ("LesionWise_Dice", "LesionWise_HD95", "Legacy_Dice", "Legacy_HD95", "Num_TP", "Num_FP",
-                       "Num_FN", "Sensitivity", "Specificity", "GT_Complete_Volume")
-FALSE_VOLUME_COLUMNS = ("FP_volume_ml", "FN_volume_ml")
 SPACING_SOURCES = ("ground_truth", "prediction")
 #: ``rank_then_aggregate``: FLARE's; ``aggregate_then_rank``: KiTS23's (rank each metric's mean over cases,
 #: average the ranks, rank again, ties broken by ``tie_break``'s mean).
@@ -114,65 +108,96 @@ RANKING_SCHEMES = ("rank_then_aggregate", "aggregate_then_rank")
 #: ``zero_scores`` (FLARE24: DSC = NSD = 0), ``refuse`` (status ``invalid_prediction``, scored as empty; for
 #: metrics on raw values, where another value would inflate the score).
 INVALID_LABEL_RULES = ("ignore", "zero_scores", "refuse")
-
-
-@dataclass(frozen=True)
-class RegionMetric:
-    """One metric of a region, with the parameters and empty-mask rules of a challenge.
-
-    Attributes
-    ----------
-    kind : str
-        ``dice``; ``dice_raw`` (autoPET: ``2 sum(g p) / (sum g + sum p)`` on the
-        raw label values); ``surface_dice`` (DeepMind NSD at ``tolerance_mm``);
-        ``hausdorff`` (DeepMind robust Hausdorff at ``percentile``);
-        ``brats_lesion_wise`` (see :func:`flare_eval.lesions.brats_lesion_wise`;
-        writes `LESION_WISE_COLUMNS`); ``false_volumes`` (autoPET, writes
-        `FALSE_VOLUME_COLUMNS`).
-    name : str
-        Column name (for the kinds that write one column).
-    both_empty, one_empty : float or None
-        Value when ground truth and prediction are both empty, or exactly one
-        is (None: NaN; for ``hausdorff`` one empty may be a penalty in mm).
-    tolerance_mm, percentile : float or None
-        Of ``surface_dice`` and ``hausdorff``.
-    zero_below_dice : float or None
-        FLARE24's rule: this metric is 0 when the region's Dice is below it.
-    dilation_iterations, min_lesion_mm3, penalty_mm : optional
-        BraTS lesion matching.
-    connectivity : int or None
-        Of ``false_volumes`` components (autoPET: 18).
-    """
-
-    kind: str
-    name: str
-    both_empty: float | None = 1.0
-    one_empty: float | None = 0.0
-    tolerance_mm: float | None = None
-    percentile: float | None = None
-    zero_below_dice: float | None = None
-    dilation_iterations: int | None = None
-    min_lesion_mm3: float | None = None
-    penalty_mm: float | None = None
-    connectivity: int | None = None
-
-    @property
-    def columns(self) -> tuple[str, ...]:
-        """The score columns this metric writes."""
-        if self.kind == "brats_lesion_wise":
-            return LESION_WISE_COLUMNS
-        if self.kind == "false_volumes":
-            return FALSE_VOLUME_COLUMNS
-        return (self.name,)
+#: A prediction that cannot be used (missing, unreadable, on another grid): ``zero`` (FLARE: every metric 0,
+#: as the official script scores it) or ``empty`` (scored as an empty mask: Dice 0, a distance's penalty, ...).
+UNUSABLE_PREDICTION_RULES = ("zero", "empty")
 
 
 @dataclass(frozen=True)
 class Region:
-    """A scored region: the union of some labels, and its metrics."""
+    """A scored region: the union of some labels, and its metrics.
+
+    Attributes
+    ----------
+    name : str
+        Name in the tables (FLARE: the organ's code, ``Liver``, ``RK``, ...).
+    labels : tuple of int
+        Label values whose union is the region.
+    metrics : tuple of RegionMetric
+        Its metrics, in column order.
+    title : str
+        Human-readable name (FLARE: ``right kidney``); default ``name``.
+    sliced : bool
+        Whether the protocol's slice-range rule cuts this region.
+    """
 
     name: str
     labels: tuple[int, ...]
     metrics: tuple[RegionMetric, ...]
+    title: str = ""
+    sliced: bool = False
+
+    def metric(self, name: str) -> RegionMetric:
+        """The metric writing column ``name``."""
+        for metric in self.metrics:
+            if name in metric.columns:
+                return metric
+        raise KeyError(f"region {self.name!r} has no metric {name!r}; its columns: "
+                       f"{[c for m in self.metrics for c in m.columns]}")
+
+
+#: The columns a layout takes its region keys from, and how each key is read off a region.
+_KEY_VALUES = {"label": lambda region: region.labels[0], "organ": lambda region: region.name,
+               "region": lambda region: region.name}
+
+
+@dataclass(frozen=True)
+class ScoreLayout:
+    """How a protocol's scores are laid out in its tables: data that the one table writer reads.
+
+    Attributes
+    ----------
+    name : str
+        ``organs`` (FLARE's tables) or ``regions``.
+    unit : str
+        The word for one region in tables and the report (``organ``, ``region``).
+    key_columns : tuple of str
+        Columns naming a region in ``scores.csv``; the last holds its name.
+    official_name : str
+        The official table's ``Name`` column, with ``{case}``.
+    official_by_metric : bool
+        Official columns ``<region>_<metric>`` grouped by metric (FLARE: every
+        organ's DSC, then every NSD) rather than by region.
+    official_decimals : int or None
+        Decimals of the official table (FLARE: 4).
+    wide_summary : bool
+        ``summary.csv`` with one row per region and columns ``<metric>_mean``,
+        ... and a ``mean`` row over regions (FLARE), rather than one row per
+        region and metric.
+    """
+
+    name: str
+    unit: str
+    key_columns: tuple[str, ...]
+    official_name: str
+    official_by_metric: bool
+    official_decimals: int | None
+    wide_summary: bool
+
+    @property
+    def name_column(self) -> str:
+        """The column of ``scores.csv`` holding the region's name (``organ`` or ``region``)."""
+        return self.key_columns[-1]
+
+    def keys(self, region: Region) -> dict:
+        """The key columns' values of ``region``."""
+        return {column: _KEY_VALUES[column](region) for column in self.key_columns}
+
+
+LAYOUTS = {
+    "organs": ScoreLayout("organs", "organ", ("label", "organ"), "{case}.nii.gz", True, 4, True),
+    "regions": ScoreLayout("regions", "region", ("region",), "{case}", False, None, False),
+}
 
 
 @dataclass(frozen=True)
@@ -264,9 +289,8 @@ class Protocol:
 
     name: str
     description: str
-    organs: tuple[Organ, ...]
+    regions: tuple[Region, ...]
     slice_range: SliceRangeRule | None
-    both_empty_score: float
     ranking_metrics: tuple[RankingMetric, ...]
     tie_method: str
     gpu_allowance_mib: float
@@ -274,9 +298,10 @@ class Protocol:
     source: str
     container: ContainerInterface = ContainerInterface()
     gpu_memory: str = "container"
-    regions: tuple[Region, ...] = ()
+    layout: ScoreLayout = LAYOUTS["regions"]
     spacing_from: str = "ground_truth"
     invalid_labels: str = "ignore"
+    unusable_prediction: str = "empty"
     rounding: int | None = None
     ranking_scheme: str = "rank_then_aggregate"
     tie_break: str | None = None
@@ -288,28 +313,41 @@ class Protocol:
 
     @property
     def score_columns(self) -> tuple[str, ...]:
-        """Metric columns of ``scores.csv``: ``DSC, NSD`` for organ protocols, else those of the regions' metrics."""
-        if not self.regions:
-            return ("DSC", "NSD")
+        """Score columns of ``scores.csv``: those of the regions' metrics, in order (FLARE: ``DSC, NSD``)."""
+        return self._columns(descriptive=False)
+
+    @property
+    def descriptive_columns(self) -> tuple[str, ...]:
+        """Columns that describe rather than score (FLARE's ``gt_voxels, pred_voxels``), written after ``status``."""
+        return self._columns(descriptive=True)
+
+    def _columns(self, *, descriptive: bool) -> tuple[str, ...]:
         columns: list[str] = []
         for region in self.regions:
             for metric in region.metrics:
-                columns.extend(c for c in metric.columns if c not in columns)
+                if metric.descriptive == descriptive:
+                    columns.extend(c for c in metric.columns if c not in columns)
         return tuple(columns)
 
     @property
     def labels(self) -> tuple[int, ...]:
-        """Labels of the scored organs, in protocol order (of a region protocol: every region's labels, sorted)."""
-        if self.regions:
-            return tuple(sorted({label for region in self.regions for label in region.labels}))
-        return tuple(organ.label for organ in self.organs)
+        """Every label of the regions, in order of first appearance (FLARE: its organs' labels)."""
+        return tuple(dict.fromkeys(label for region in self.regions for label in region.labels))
 
-    def organ(self, label: int) -> Organ:
-        """Return the organ with the given label value."""
-        for organ in self.organs:
-            if organ.label == label:
-                return organ
-        raise KeyError(f"label {label} is not part of protocol {self.name!r}; labels: {self.labels}")
+    def region(self, name: str) -> Region:
+        """The region called ``name`` (FLARE: an organ's code)."""
+        for region in self.regions:
+            if region.name == name:
+                return region
+        raise KeyError(f"protocol {self.name!r} has no region {name!r}; its regions: "
+                       f"{[r.name for r in self.regions]}")
+
+    def region_of_label(self, label: int) -> Region:
+        """The region made of ``label`` alone (FLARE: the organ with this label)."""
+        for region in self.regions:
+            if region.labels == (label,):
+                return region
+        raise KeyError(f"label {label} is not a region of its own in protocol {self.name!r}; labels: {self.labels}")
 
     def tie_break_parts(self) -> tuple[str, str] | None:
         """``(score column, region)`` of the tie-break column ``<column>_<region>`` (KiTS23: Dice, tumor).
@@ -326,10 +364,6 @@ class Protocol:
         raise ValueError(f"protocol {self.name!r}: tie_break {self.tie_break!r} is not <score column>_<region> for "
                          f"any of the regions {[r.name for r in self.regions]}")
 
-    def slice_range_applies(self, label: int) -> bool:
-        """Whether ``label`` is evaluated only on the ground truth's slice range."""
-        return self.slice_range is not None and label in self.slice_range.labels
-
     def with_slice_range_mode(self, mode: str) -> Protocol:
         """Return a copy whose slice-range rule uses ``mode`` (see `SLICE_RANGE_MODES`)."""
         if mode not in SLICE_RANGE_MODES:
@@ -342,8 +376,8 @@ class Protocol:
         return replace(self, slice_range=replace(self.slice_range, mode=mode), definition=definition)
 
     def __repr__(self) -> str:
-        scored = f"regions={len(self.regions)}" if self.regions else f"organs={len(self.organs)}"
-        return f"Protocol(name={self.name!r}, {scored}, slice_range={self.slice_range}, source={self.source!r})"
+        return (f"Protocol(name={self.name!r}, regions={len(self.regions)}, layout={self.layout.name!r}, "
+                f"slice_range={self.slice_range}, source={self.source!r})")
 
     def record(self) -> dict:
         """What an output folder's settings.json records of this protocol: name, source and full definition."""
@@ -386,7 +420,7 @@ def load_protocol(protocol: str | Path | Protocol | Mapping = "flare22") -> Prot
     Examples
     --------
     >>> p = load_protocol("flare22")
-    >>> p.organ(1).tolerance_mm
+    >>> p.region("Liver").metric("NSD").tolerance_mm
     5.0
     >>> p.slice_range.mode
     'half_open'
@@ -419,6 +453,11 @@ def _load_json(protocol: str | Path, seen: tuple[str, ...]) -> tuple[dict[str, A
     if not base_path.is_absolute() and not source.startswith("preset ") and base_path.suffix == ".json":
         base_path = Path(source).parent / base_path
     base, _ = _load_json(base_path if base_path.suffix == ".json" else str(base_name), (*seen, source))
+    # The two forms of the scored structures replace each other: a file of regions extending FLARE drops its organs.
+    if "regions" in data:
+        base = {k: v for k, v in base.items() if k not in ("organs", "both_empty_score", "layout")}
+    if "organs" in data:
+        base = {k: v for k, v in base.items() if k not in ("regions", "layout")}
     return {**base, **data}, source
 
 
@@ -456,52 +495,26 @@ def _require(data: dict[str, Any], key: str, source: str, where: str = "") -> An
 
 def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
     definition = copy.deepcopy(data)
-    organs = []
-    regions = _regions_from_list(data.get("regions") or [], source)
-    if "organs" not in data and not regions:
-        raise ValueError(f"protocol file {source}: missing field 'organs' (or 'regions')")
-    for i, item in enumerate(data.get("organs") or []):
-        where = f"organs[{i}]."
-        try:
-            organ = Organ(
-                label=int(_require(item, "label", source, where)),
-                code=str(_require(item, "code", source, where)),
-                name=str(item.get("name", item.get("code"))),
-                tolerance_mm=float(_require(item, "tolerance_mm", source, where)),
-            )
-        except (TypeError, AttributeError, ValueError) as exc:
-            raise ValueError(f"protocol file {source}: {where.rstrip('.')} is malformed: label must be a whole "
-                             f"number, code text and tolerance_mm a number ({exc})") from exc
-        if organ.label <= 0:
-            raise ValueError(f"protocol file {source}: {where}label must be a positive integer, got {organ.label}")
-        if not organ.tolerance_mm > 0:
-            raise ValueError(
-                f"protocol file {source}: {where}tolerance_mm must be positive, got {organ.tolerance_mm}"
-            )
-        organs.append(organ)
-    if not organs and not regions:
-        raise ValueError(f"protocol file {source}: 'organs' is empty")
-    labels = [o.label for o in organs]
-    if len(set(labels)) != len(labels):
-        raise ValueError(f"protocol file {source}: duplicated labels in 'organs': {labels}")
-
-    rule = None
-    raw_rule = data.get("slice_range")
-    if raw_rule:
-        unknown_keys = sorted(set(raw_rule) - {"labels", "mode"})
-        if unknown_keys:
-            raise ValueError(f"protocol file {source}: unknown slice_range field(s) {unknown_keys}; fields: "
-                             "labels, mode (the axis is the ground truth's superior-inferior axis)")
-        mode = raw_rule.get("mode", "half_open")
-        if mode not in SLICE_RANGE_MODES:
-            raise ValueError(
-                f"protocol file {source}: slice_range.mode must be one of {SLICE_RANGE_MODES}, got {mode!r}"
-            )
-        rule_labels = tuple(int(v) for v in _require(raw_rule, "labels", source, "slice_range."))
-        unknown = sorted(set(rule_labels) - set(labels))
+    if ("organs" in data) == ("regions" in data):
+        raise ValueError(f"protocol file {source}: give either 'organs' (FLARE's short form) or 'regions'")
+    rule = _slice_range_rule(data.get("slice_range"), source)
+    if "organs" in data:
+        regions = _regions_from_organs(data["organs"], float(data.get("both_empty_score", 1.0)), rule, source)
+        defaults = {"layout": "organs", "unusable_prediction": "zero"}
+    else:
+        if "both_empty_score" in data:
+            raise ValueError(f"protocol file {source}: both_empty_score belongs to the 'organs' form; a region "
+                             "metric gives its own both_empty")
+        regions = _regions_from_list(data["regions"], rule, source)
+        defaults = {"layout": "regions", "unusable_prediction": "empty"}
+    layout = LAYOUTS[_choice(data, "layout", tuple(LAYOUTS), defaults["layout"], source)]
+    if layout.name == "organs" and any(len(r.labels) != 1 for r in regions):
+        raise ValueError(f"protocol file {source}: layout 'organs' needs regions of one label each")
+    labels = [label for region in regions for label in region.labels]
+    if rule is not None:
+        unknown = sorted(set(rule.labels) - set(labels))
         if unknown:
-            raise ValueError(f"protocol file {source}: slice_range.labels {unknown} are not organs of the protocol")
-        rule = SliceRangeRule(labels=rule_labels, mode=mode)
+            raise ValueError(f"protocol file {source}: slice_range.labels {unknown} are not labels of the protocol")
 
     ranking = data.get("ranking") or {}
     metrics = []
@@ -536,9 +549,8 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
     return Protocol(
         name=str(data.get("name", Path(source).stem)),
         description=str(data.get("description", "")),
-        organs=tuple(organs),
+        regions=regions,
         slice_range=rule,
-        both_empty_score=float(data.get("both_empty_score", 1.0)),
         ranking_metrics=tuple(metrics),
         tie_method=tie_method,
         gpu_allowance_mib=float(res.get("gpu_allowance_mib", 2048)),
@@ -546,9 +558,11 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
         source=source,
         container=container,
         gpu_memory=gpu_memory,
-        regions=regions,
+        layout=layout,
         spacing_from=_choice(data, "spacing_from", SPACING_SOURCES, "ground_truth", source),
         invalid_labels=_choice(data, "invalid_labels", INVALID_LABEL_RULES, "ignore", source),
+        unusable_prediction=_choice(data, "unusable_prediction", UNUSABLE_PREDICTION_RULES,
+                                    defaults["unusable_prediction"], source),
         rounding=None if data.get("rounding") is None else int(data["rounding"]),
         ranking_scheme=_choice(ranking, "scheme", RANKING_SCHEMES, "rank_then_aggregate", source),
         tie_break=ranking.get("tie_break"),
@@ -583,57 +597,94 @@ def _choice(data: dict[str, Any], key: str, allowed: tuple[str, ...], default: s
     return value
 
 
-def _regions_from_list(items: list[Any], source: str) -> tuple[Region, ...]:
+def _slice_range_rule(raw: Any, source: str) -> SliceRangeRule | None:
+    if not raw:
+        return None
+    unknown_keys = sorted(set(raw) - {"labels", "mode"})
+    if unknown_keys:
+        raise ValueError(f"protocol file {source}: unknown slice_range field(s) {unknown_keys}; fields: "
+                         "labels, mode (the axis is the ground truth's superior-inferior axis)")
+    mode = raw.get("mode", "half_open")
+    if mode not in SLICE_RANGE_MODES:
+        raise ValueError(f"protocol file {source}: slice_range.mode must be one of {SLICE_RANGE_MODES}, got {mode!r}")
+    return SliceRangeRule(labels=tuple(int(v) for v in _require(raw, "labels", source, "slice_range.")), mode=mode)
+
+
+def _sliced(labels: tuple[int, ...], rule: SliceRangeRule | None) -> bool:
+    return rule is not None and set(labels) <= set(rule.labels)
+
+
+def _regions_from_organs(items: Any, both_empty: float, rule: SliceRangeRule | None,
+                         source: str) -> tuple[Region, ...]:
+    """FLARE's organs as regions: one label each, Dice (DSC) and surface Dice (NSD) at the organ's tolerance."""
     regions = []
-    fields = {f for f in RegionMetric.__dataclass_fields__}
-    for i, item in enumerate(items):
-        where = f"regions[{i}]."
-        labels = tuple(int(v) for v in _require(item, "labels", source, where))
-        if not labels or min(labels) <= 0:
-            raise ValueError(f"protocol file {source}: {where}labels must be positive integers, got {labels}")
-        metrics = []
-        for j, raw in enumerate(_require(item, "metrics", source, where)):
-            unknown = sorted(set(raw) - fields)
-            if unknown:
-                raise ValueError(f"protocol file {source}: {where}metrics[{j}] has unknown field(s) {unknown}")
-            metric = RegionMetric(**_typed_metric_fields(raw, f"{where}metrics[{j}].", source))
-            if metric.kind not in METRIC_KINDS:
-                raise ValueError(f"protocol file {source}: {where}metrics[{j}].kind must be one of {METRIC_KINDS}, "
-                                 f"got {metric.kind!r}")
-            if metric.kind == "surface_dice" and not (metric.tolerance_mm or 0) > 0:
-                raise ValueError(f"protocol file {source}: {where}metrics[{j}] needs a positive tolerance_mm")
-            if metric.kind == "hausdorff" and not 0 < (metric.percentile or 0) <= 100:
-                raise ValueError(f"protocol file {source}: {where}metrics[{j}] needs a percentile in (0, 100]")
-            if metric.kind == "brats_lesion_wise" and None in (metric.dilation_iterations, metric.min_lesion_mm3):
-                raise ValueError(f"protocol file {source}: {where}metrics[{j}] needs dilation_iterations and "
-                                 "min_lesion_mm3")
-            metrics.append(metric)
-        regions.append(Region(str(_require(item, "name", source, where)), labels, tuple(metrics)))
+    for i, item in enumerate(items or []):
+        where = f"organs[{i}]."
+        try:
+            label = int(_require(item, "label", source, where))
+            code = str(_require(item, "code", source, where))
+            tolerance_mm = float(_require(item, "tolerance_mm", source, where))
+            title = str(item.get("name", code))
+        except (TypeError, AttributeError, ValueError) as exc:
+            raise ValueError(f"protocol file {source}: {where.rstrip('.')} is malformed: label must be a whole "
+                             f"number, code text and tolerance_mm a number ({exc})") from exc
+        if label <= 0:
+            raise ValueError(f"protocol file {source}: {where}label must be a positive integer, got {label}")
+        if not tolerance_mm > 0:
+            raise ValueError(f"protocol file {source}: {where}tolerance_mm must be positive, got {tolerance_mm}")
+        metrics = (Dice("DSC", both_empty=both_empty, one_empty=0.0),
+                   SurfaceDice("NSD", both_empty=both_empty, one_empty=0.0, tolerance_mm=tolerance_mm),
+                   VoxelCounts())
+        regions.append(Region(code, (label,), metrics, title, _sliced((label,), rule)))
+    if not regions:
+        raise ValueError(f"protocol file {source}: 'organs' is empty")
+    _refuse_duplicates(regions, source, "organs")
     return tuple(regions)
 
 
-_TEXT_FIELDS = ("kind", "name")
-_WHOLE_FIELDS = ("dilation_iterations", "connectivity")
+def _regions_from_list(items: Any, rule: SliceRangeRule | None, source: str) -> tuple[Region, ...]:
+    regions = []
+    for i, item in enumerate(items or []):
+        where = f"regions[{i}]."
+        if not isinstance(item, dict):
+            raise ValueError(f"protocol file {source}: {where.rstrip('.')} must be an object")
+        unknown = sorted(set(item) - {"name", "labels", "metrics", "title"})
+        if unknown:
+            raise ValueError(f"protocol file {source}: {where.rstrip('.')} has unknown field(s) {unknown}; fields: "
+                             "name, labels, metrics, title")
+        raw_labels = _require(item, "labels", source, where)
+        if (not isinstance(raw_labels, list) or not raw_labels
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in raw_labels)):
+            raise ValueError(f"protocol file {source}: {where}labels must be a list of positive whole numbers, "
+                             f"got {raw_labels!r}")
+        labels = tuple(raw_labels)
+        metrics = []
+        for j, raw in enumerate(_require(item, "metrics", source, where)):
+            if not isinstance(raw, dict):
+                raise ValueError(f"protocol file {source}: {where}metrics[{j}] must be an object")
+            try:
+                metrics.append(metric_from_fields(raw))
+            except MetricFieldError as exc:
+                named = f".{exc.field} {exc.problem}" if exc.field else f": {exc.problem}"
+                raise ValueError(f"protocol file {source}: {where}metrics[{j}]{named}") from None
+        if not metrics:
+            raise ValueError(f"protocol file {source}: {where}metrics is empty")
+        name = str(_require(item, "name", source, where))
+        regions.append(Region(name, labels, tuple(metrics), str(item.get("title", name)), _sliced(labels, rule)))
+    if not regions:
+        raise ValueError(f"protocol file {source}: 'regions' is empty")
+    _refuse_duplicates(regions, source, "regions")
+    return tuple(regions)
 
 
-def _typed_metric_fields(raw: dict[str, Any], where: str, source: str) -> dict[str, Any]:
-    """A region metric's fields, each of its type; a wrong one is named (``"tolerance_mm": "2"`` is not a number)."""
-    typed = {}
-    for key, value in raw.items():
-        if key in _TEXT_FIELDS:
-            ok = isinstance(value, str)
-            wanted = "text"
-        elif key in _WHOLE_FIELDS:
-            ok = value is None or (isinstance(value, int) and not isinstance(value, bool))
-            wanted = "a whole number or null"
-        else:
-            ok = value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
-            wanted = "a number or null"
-            value = None if value is None else float(value) if ok else value
-        if not ok:
-            raise ValueError(f"protocol file {source}: {where}{key} must be {wanted}, got {value!r}")
-        typed[key] = value
-    return typed
+def _refuse_duplicates(regions: list[Region], source: str, where: str) -> None:
+    if where == "organs":
+        labels = [r.labels[0] for r in regions]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"protocol file {source}: duplicated labels in 'organs': {labels}")
+    names = [r.name for r in regions]
+    if len(set(names)) != len(names):
+        raise ValueError(f"protocol file {source}: duplicated names in {where!r}: {names}")
 
 
 def _container_from_dict(raw: dict[str, Any], source: str) -> ContainerInterface:

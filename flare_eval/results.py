@@ -15,7 +15,8 @@ import pandas as pd
 from .errors import STATUS_NO_RUN
 from .protocol import Protocol, load_protocol
 
-__all__ = ["assemble_results", "region_results", "penalized", "PENALIZED_STATUSES", "RESULT_COLUMNS", "STATUS_NO_RUN"]
+__all__ = ["assemble_results", "region_results", "result_columns", "penalized", "PENALIZED_STATUSES", "RESULT_COLUMNS",
+           "RESOURCE_METRICS", "STATUS_NO_RUN"]
 
 #: Container statuses that get the worst value of every metric. Every status but ``ok`` and ``no_run`` does
 #: (see `penalized`), so a status added later can never slip through unpenalised; these are the known ones.
@@ -27,19 +28,25 @@ _UNPENALIZED_STATUSES = ("ok", STATUS_NO_RUN)
 def penalized(statuses: pd.Series) -> pd.Series:
     """Whether each container status gets the worst values: every status but ``ok`` and ``no_run``."""
     return ~statuses.astype(object).fillna(STATUS_NO_RUN).isin(_UNPENALIZED_STATUSES)
+#: FLARE's ``results.csv`` columns; a protocol's own are `result_columns`.
 RESULT_COLUMNS = ["team", "case", "DSC", "NSD", "Time", "AUC_GPU", "AUC_CPU", "status"]
-_RESOURCE_METRICS = {"Time": "time_s", "AUC_GPU": "auc_gpu_mib_s", "AUC_CPU": "auc_cpu_pct_s"}
+#: Ranking metrics read from ``resources.csv`` (its column), not from the scores.
+RESOURCE_METRICS = {"Time": "time_s", "AUC_GPU": "auc_gpu_mib_s", "AUC_CPU": "auc_cpu_pct_s"}
 
 
-def assemble_results(
-    scores: pd.DataFrame, resources: pd.DataFrame | None, protocol: str | Protocol = "flare22"
-) -> pd.DataFrame:
-    """One row per team and case with the five ranking metrics.
+def result_columns(protocol: Protocol) -> list[str]:
+    """Columns of ``results.csv``: team, case, each ranking metric, the tie-break column if any, status."""
+    return ["team", "case", *(m.name for m in protocol.ranking_metrics), *([protocol.tie_break] * bool(
+        protocol.tie_break)), "status"]
+
+
+def assemble_results(scores: pd.DataFrame, resources: pd.DataFrame | None, protocol: str | Protocol) -> pd.DataFrame:
+    """One row per team and case with the protocol's ranking metrics.
 
     Parameters
     ----------
     scores : pandas.DataFrame
-        Long scores (``team, case, label, DSC, NSD, ...``) as written by ``score``.
+        Long scores (``team, case, <region keys>, <scores>, ...``) as written by ``score``.
     resources : pandas.DataFrame or None
         Rows of ``resources.csv`` (``team, case, time_s, auc_gpu_mib_s,
         auc_cpu_pct_s, status, ...``); the last row of a (team, case) counts.
@@ -48,62 +55,71 @@ def assemble_results(
     Returns
     -------
     pandas.DataFrame
-        ``team, case, DSC, NSD, Time, AUC_GPU, AUC_CPU, status``: DSC and NSD
-        are the case's mean over the protocol's organs; ``status`` is the
-        container's (``no_run`` when there is no resources row, whose
-        resource metrics are then left empty for the ranking to fill).
+        `result_columns` (FLARE: ``team, case, DSC, NSD, Time, AUC_GPU,
+        AUC_CPU, status``): a metric made from scores is the case's mean over
+        the regions (see `region_results`), a resource metric the container's
+        measurement; ``status`` is the container's (``no_run`` when there is no
+        resources row, whose resource metrics are then left empty for the
+        ranking to fill).
+
+    Raises
+    ------
+    ValueError
+        If a ranking metric is neither a score column nor a resource measurement.
     """
     protocol = load_protocol(protocol)
-    if protocol.regions:
-        return _region_results_with_status(scores, resources, protocol)
-    labels = set(protocol.labels)
-    organ_scores = scores[scores["label"].isin(labels)]
-    table = organ_scores.groupby(["team", "case"], sort=True)[["DSC", "NSD"]].mean().reset_index()
+    measured = [m.name for m in protocol.ranking_metrics if m.source not in protocol.score_columns]
+    unknown = [name for name in measured if name not in RESOURCE_METRICS]
+    if unknown:
+        raise ValueError(f"protocol {protocol.name}: ranking metric(s) {unknown} are neither score columns "
+                         f"{list(protocol.score_columns)} nor resource measurements {list(RESOURCE_METRICS)}")
+    table = region_results(scores, protocol)
     if resources is not None and len(resources):
         latest = resources.drop_duplicates(["team", "case"], keep="last")
-        columns = ["team", "case", *_RESOURCE_METRICS.values(), "status"]
+        columns = ["team", "case", *(RESOURCE_METRICS[name] for name in measured), "status"]
         table = table.merge(latest[columns], on=["team", "case"], how="outer")
-        table = table.rename(columns={v: k for k, v in _RESOURCE_METRICS.items()})
+        table = table.rename(columns={RESOURCE_METRICS[name]: name for name in measured})
     else:
-        for metric in _RESOURCE_METRICS:
-            table[metric] = np.nan
+        for name in measured:
+            table[name] = np.nan
         table["status"] = np.nan
-    return _apply_penalties(table, protocol)[RESULT_COLUMNS]
+    return _apply_penalties(table, protocol)[result_columns(protocol)]
 
 
 def region_results(scores: pd.DataFrame, protocol: str | Protocol) -> pd.DataFrame:
-    """Results of a region protocol (KiTS23, BraTS, ...): one row per team and case.
+    """The ranking metrics made from scores: one row per team and case.
 
-    Each ranking metric is the case's mean over the regions that have it
-    (KiTS23: Dice and SD averaged over its three regions), or one region's
-    value where the metric names a region (BraTS: ``LesionWise_Dice_WT``); a
-    tie-break column named ``<metric>_<region>`` (KiTS23: ``Dice_tumor``) is
-    that region's value.
+    Each is the case's mean over the protocol's regions that have the score
+    column (FLARE: DSC and NSD averaged over its organs; KiTS23: Dice and SD
+    over its three regions), or one region's value where the metric names a
+    region (BraTS: ``LesionWise_Dice_WT``); a tie-break column named
+    ``<score>_<region>`` (KiTS23: ``Dice_tumor``) is that region's value.
     """
     protocol = load_protocol(protocol)
     keys = ["team", "case"] if "team" in scores else ["case"]
+    name = protocol.layout.name_column
+    scores = _protocol_rows(scores, protocol)
     table = scores[keys].drop_duplicates().sort_values(keys, ignore_index=True)
-    chosen = [(m.name, m.source, m.region) for m in protocol.ranking_metrics]
+    chosen = [(m.name, m.source, m.region) for m in protocol.ranking_metrics if m.source in protocol.score_columns]
     if protocol.tie_break:
         chosen.append((protocol.tie_break, *protocol.tie_break_parts()))
-    for name, source, region in chosen:
+    for column, source, region in chosen:
         if region is None:  # the case's mean over the regions that have the column
-            values = scores.groupby(keys, sort=True)[source].mean().rename(name)
+            values = scores.groupby(keys, sort=True)[source].mean().rename(column)
         else:
-            values = scores[scores["region"] == region].set_index(keys)[source].rename(name)
+            values = scores[scores[name] == region].set_index(keys)[source].rename(column)
         table = table.merge(values.reset_index(), on=keys, how="left")
     return table
 
 
-def _region_results_with_status(scores: pd.DataFrame, resources: pd.DataFrame | None,
-                                protocol: Protocol) -> pd.DataFrame:
-    table = region_results(scores, protocol)
-    if resources is not None and len(resources):
-        latest = resources.drop_duplicates(["team", "case"], keep="last")[["team", "case", "status"]]
-        table = table.merge(latest, on=["team", "case"], how="outer")
-    else:
-        table["status"] = np.nan
-    return _apply_penalties(table, protocol)
+def _protocol_rows(scores: pd.DataFrame, protocol: Protocol) -> pd.DataFrame:
+    """The rows of the protocol's regions, found by whichever of the layout's key columns the table has."""
+    known = [column for column in protocol.layout.key_columns if column in scores]
+    if not known:
+        raise ValueError(f"scores have none of the columns {list(protocol.layout.key_columns)} that name the "
+                         f"{protocol.layout.unit}s of protocol {protocol.name}: scores of another protocol?")
+    wanted = {tuple(protocol.layout.keys(region)[column] for column in known) for region in protocol.regions}
+    return scores[[key in wanted for key in zip(*(scores[column] for column in known))]]
 
 
 def _apply_penalties(table: pd.DataFrame, protocol: Protocol) -> pd.DataFrame:

@@ -82,26 +82,24 @@ def equivalent_diameter_mm(mask: np.ndarray, spacing_mm: Sequence[float], *, axi
 
 
 def measure_label_map(
-    labels: np.ndarray, spacing_mm: Sequence[float], protocol: str | Protocol = "flare22", *, axis: int = 2
+    labels: np.ndarray, spacing_mm: Sequence[float], protocol: str | Protocol, *, axis: int = 2
 ) -> pd.DataFrame:
-    """Volume (and, for tubular organs, diameter) of every protocol organ (or region) in a label map.
+    """Volume (and, for tubular organs, diameter) of every region of the protocol in a label map.
 
     Returns
     -------
     pandas.DataFrame
-        ``label, organ, volume_ml, diameter_mm`` (NaN diameter for other organs
-        and for absent ones); for a region protocol ``region, volume_ml,
-        diameter_mm``, a region's volume being that of the union of its labels.
+        The layout's region keys (FLARE: ``label, organ``; else ``region``),
+        ``volume_ml`` (of the union of the region's labels) and
+        ``diameter_mm`` (NaN but for the tubular organs, `TUBULAR_CODES`, and
+        for absent ones).
     """
     protocol = load_protocol(protocol)
     rows = []
     for region in protocol.regions:
-        mask = np.isin(labels, region.labels)
-        rows.append({"region": region.name, "volume_ml": organ_volume_ml(mask, spacing_mm), "diameter_mm": np.nan})
-    for organ in protocol.organs:
-        mask = labels == organ.label
-        diameter = equivalent_diameter_mm(mask, spacing_mm, axis=axis) if organ.code in TUBULAR_CODES else np.nan
-        rows.append({"label": organ.label, "organ": organ.code, "volume_ml": organ_volume_ml(mask, spacing_mm),
+        mask = labels == region.labels[0] if len(region.labels) == 1 else np.isin(labels, region.labels)
+        diameter = equivalent_diameter_mm(mask, spacing_mm, axis=axis) if region.name in TUBULAR_CODES else np.nan
+        rows.append({**protocol.layout.keys(region), "volume_ml": organ_volume_ml(mask, spacing_mm),
                      "diameter_mm": diameter})
     return pd.DataFrame(rows)
 

@@ -20,7 +20,6 @@ import flare_eval as fe
 from flare_eval.cli import main
 from flare_eval.lesions import brats_lesion_wise, false_volumes_ml
 from flare_eval.metrics import surface_distances
-from flare_eval.regions import score_regions
 
 KITS_TOLERANCES = {"kidney_and_mass": 1.0330772532390826, "mass": 1.1328796488598762, "tumor": 1.1498198361434828}
 
@@ -47,7 +46,7 @@ def test_kits23_regions_equal_deepmind_and_the_empty_rules():
     gt[18:21, 18:21, 5:8] = 3
     pred = np.roll(gt, (1, -1, 0), axis=(0, 1, 2))
     spacing = (0.78, 0.78, 1.5)
-    rows = by_region(score_regions(gt, pred, spacing, fe.load_protocol("kits23")))
+    rows = by_region(fe.score_label_maps(gt, pred, spacing, fe.load_protocol("kits23")))
     for region, labels in (("kidney_and_mass", [1, 2, 3]), ("mass", [2, 3]), ("tumor", [2])):
         g, p = np.isin(gt, labels), np.isin(pred, labels)
         assert rows[region]["Dice"] == pytest.approx(deepmind.compute_dice_coefficient(g, p), abs=1e-15)
@@ -56,9 +55,9 @@ def test_kits23_regions_equal_deepmind_and_the_empty_rules():
         assert rows[region]["SD"] == pytest.approx(expected, abs=1e-12)
     # No tumor in either: 1 and 1; a tumor in the prediction only: 0 and 0.
     no_tumor = np.where(gt == 2, 1, gt)
-    rows = by_region(score_regions(no_tumor, no_tumor, spacing, fe.load_protocol("kits23")))
+    rows = by_region(fe.score_label_maps(no_tumor, no_tumor, spacing, fe.load_protocol("kits23")))
     assert (rows["tumor"]["Dice"], rows["tumor"]["SD"]) == (1.0, 1.0)
-    rows = by_region(score_regions(no_tumor, gt, spacing, fe.load_protocol("kits23")))
+    rows = by_region(fe.score_label_maps(no_tumor, gt, spacing, fe.load_protocol("kits23")))
     assert (rows["tumor"]["Dice"], rows["tumor"]["SD"]) == (0.0, 0.0)
 
 
@@ -162,7 +161,7 @@ def test_brats_presets_score_the_three_regions():
     gt[5:15, 5:15, 5:15] = 2
     gt[7:12, 7:12, 7:12] = 1
     gt[8:10, 8:10, 8:10] = 3
-    rows = by_region(score_regions(gt, gt, (1, 1, 1), fe.load_protocol("brats2023-gli")))
+    rows = by_region(fe.score_label_maps(gt, gt, (1, 1, 1), fe.load_protocol("brats2023-gli")))
     assert list(rows) == ["WT", "TC", "ET"]
     for region in ("WT", "TC"):
         row = rows[region]
@@ -181,21 +180,21 @@ def test_flare24_rules():
     gt[2:12, 2:12, 2:8] = 1
     pred = np.zeros_like(gt)
     pred[10:14, 10:14, 6:9] = 1  # DSC well below 0.2: NSD is set to 0 whatever the surfaces
-    row = score_regions(gt, pred, (1, 1, 1), protocol)[0]
+    row = fe.score_label_maps(gt, pred, (1, 1, 1), protocol)[0]
     assert row["DSC"] == np.round(2 * 2 * 2 * 2 / (600 + 48), 4) and row["NSD"] == 0.0
     near = np.roll(gt, 1, axis=0)
-    row = score_regions(gt, near, (1, 1, 1), protocol)[0]
+    row = fe.score_label_maps(gt, near, (1, 1, 1), protocol)[0]
     expected = deepmind.compute_surface_dice_at_tolerance(
         deepmind.compute_surface_distances(gt.astype(bool), near.astype(bool), (1, 1, 1)), 2.0)
     assert row["NSD"] == np.round(expected, 4) and row["DSC"] == 0.9  # rounded to 4 decimals, as NumPy rounds
-    row = score_regions(gt, np.where(gt == 1, 2, 0).astype(np.uint8) + gt, (1, 1, 1), protocol)[0]
+    row = fe.score_label_maps(gt, np.where(gt == 1, 2, 0).astype(np.uint8) + gt, (1, 1, 1), protocol)[0]
     assert (row["DSC"], row["NSD"]) == (0.0, 0.0)  # a label other than 0 and 1 in the prediction
     empty = np.zeros_like(gt)
-    assert score_regions(empty, empty, (1, 1, 1), protocol)[0]["DSC"] == 1.0
+    assert fe.score_label_maps(empty, empty, (1, 1, 1), protocol)[0]["DSC"] == 1.0
     # The label check comes first: an empty ground truth and a prediction holding label 2 score 0, not 1.
     stray = np.zeros_like(gt)
     stray[0, 0, 0] = 2
-    assert score_regions(empty, stray, (1, 1, 1), protocol)[0]["DSC"] == 0.0
+    assert fe.score_label_maps(empty, stray, (1, 1, 1), protocol)[0]["DSC"] == 0.0
 
 
 # autoPET 2022 -----------------------------------------------------------------------------------------
@@ -213,10 +212,10 @@ def test_autopet_false_volumes_and_raw_dice():
     gt[2:6, 2:6, 2:6] = 1
     pred = gt.copy()
     pred[2, 2, 2] = 2  # another label inflates the raw Dice, as in the official script
-    row = score_regions(gt, pred, (1, 1, 1), protocol)[0]
+    row = fe.score_label_maps(gt, pred, (1, 1, 1), protocol)[0]
     assert row["Dice"] == pytest.approx(2 * (64 + 1) / (64 + 65))
     empty = np.zeros_like(gt)
-    row = score_regions(empty, empty, (1, 1, 1), protocol)[0]
+    row = fe.score_label_maps(empty, empty, (1, 1, 1), protocol)[0]
     assert np.isnan(row["Dice"]) and row["FP_volume_ml"] == 0 and row["FN_volume_ml"] == 0
 
 
@@ -248,7 +247,8 @@ def test_flare22_outputs_are_unchanged_by_the_general_protocol(examples):
     scores = fe.score_folder(examples.predictions / "teamA", examples.labels, workers=1, progress=False)
     assert list(scores.columns) == ["case", "label", "organ", "DSC", "NSD", "status", "gt_voxels", "pred_voxels",
                                     "message"]
-    assert fe.load_protocol("flare22").regions == ()
+    flare22 = fe.load_protocol("flare22")
+    assert flare22.layout.name == "organs" and all(len(region.labels) == 1 for region in flare22.regions)
 
 
 @pytest.mark.parametrize("preset", ["kits23", "brats2023-gli", "flare24-t1", "autopet2022"])
@@ -272,20 +272,20 @@ def test_presets_collect_rank_and_report_the_bundled_examples(preset, examples, 
 @pytest.mark.parametrize(("preset", "expected_x_mm"), [("kits23", 0.80004), ("flare24-t1", 0.8)])
 def test_spacing_comes_from_the_header_the_preset_names(preset, expected_x_mm, tmp_path, monkeypatch):
     """KiTS, BraTS and autoPET read the prediction's spacing, FLARE24 the ground truth's (same grid, 1e-4 apart)."""
-    import flare_eval.regions as regions
+    import flare_eval.scoring.case as case
 
     gt = np.zeros((12, 12, 8), np.uint8)
     gt[3:8, 3:8, 2:6] = 1
     write_nifti(tmp_path / "gt.nii.gz", gt, (0.8, 0.8, 2.5))
     write_nifti(tmp_path / "pred.nii.gz", gt, (0.80004, 0.8, 2.5))
     seen = []
-    original = regions.score_regions
+    original = case.score_label_maps
 
-    def recording(g, p, spacing, protocol):
+    def recording(g, p, spacing, protocol, **options):
         seen.append(tuple(spacing))
-        return original(g, p, spacing, protocol)
+        return original(g, p, spacing, protocol, **options)
 
-    monkeypatch.setattr(regions, "score_regions", recording)
+    monkeypatch.setattr(case, "score_label_maps", recording)
     scores = fe.score_case(tmp_path / "pred.nii.gz", tmp_path / "gt.nii.gz", preset)
     assert set(scores.status) == {"ok"}
     assert seen[0][0] == pytest.approx(expected_x_mm, abs=1e-7)
@@ -296,8 +296,8 @@ def test_flare24_one_empty_scores_zero():
     gt = np.zeros((10, 10, 10), np.uint8)
     pred = gt.copy()
     pred[2:5, 2:5, 2:5] = 1
-    assert [score_regions(gt, pred, (1, 1, 1), protocol)[0][m] for m in ("DSC", "NSD")] == [0.0, 0.0]
-    assert [score_regions(pred, gt, (1, 1, 1), protocol)[0][m] for m in ("DSC", "NSD")] == [0.0, 0.0]
+    assert [fe.score_label_maps(gt, pred, (1, 1, 1), protocol)[0][m] for m in ("DSC", "NSD")] == [0.0, 0.0]
+    assert [fe.score_label_maps(pred, gt, (1, 1, 1), protocol)[0][m] for m in ("DSC", "NSD")] == [0.0, 0.0]
 
 
 # Fidelity corners (issue 20: raw values; issue 22: the official code's arithmetic) ----------------------
@@ -342,7 +342,7 @@ def test_autopet_false_volumes_count_components_of_every_non_zero_value(tmp_path
     pred = gt.copy()
     pred[8:11, 8, 8] = 2  # 3 voxels of another value, touching no ground truth: false positive
     pred[4, 2, 2] = 2  # 1 voxel of value 2 beside the lesion: a component of its own, touching none
-    row = score_regions(gt, pred, (1, 1, 1), fe.load_protocol(str(protocol)))[0]
+    row = fe.score_label_maps(gt, pred, (1, 1, 1), fe.load_protocol(str(protocol)))[0]
     assert row["FP_volume_ml"] == pytest.approx(4 * 0.001) and row["FN_volume_ml"] == 0
 
 

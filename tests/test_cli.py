@@ -263,7 +263,7 @@ def test_the_wrong_protocol_is_named_when_its_labels_never_occur(tmp_path, capsy
     write_nifti(tmp_path / "pred" / "c.nii.gz", labels)
     for team in ("a", "b"):
         write_nifti(tmp_path / "runs" / team / "predictions" / "c.nii.gz", labels)
-    with pytest.warns(UserWarning, match=r"11 of the 13 labels of protocol flare22 never occur .* right --protocol"):
+    with pytest.warns(UserWarning, match=r"11 of the 13 organs of protocol flare22 never occur .* right --protocol"):
         from flare_eval import collect_results
 
         collect_results(tmp_path / "runs", tmp_path / "gt", progress=False)

@@ -34,4 +34,4 @@ def test_every_public_name_resolves_lazily():
     assert sorted(fe.__all__) == sorted(["__version__", *fe._MODULE_OF])
     for name in fe.__all__:
         assert getattr(fe, name) is not None, name
-    assert "score_regions" in dir(fe)
+    assert "score_label_maps" in dir(fe)

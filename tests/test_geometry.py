@@ -89,8 +89,8 @@ def test_slice_rule_follows_the_superior_inferior_axis():
     assert flipped_scores.set_index("label").loc[5].DSC == 0.8  # arrays carry no header: RAS assumed
     from flare_eval.scoring import score_label_maps
 
-    rai = score_label_maps(aorta_gt[:, :, ::-1], aorta_pred[:, :, ::-1], (1, 1, 1), superior=(2, -1))
-    assert rai[4].DSC == 1.0
+    rai = score_label_maps(aorta_gt[:, :, ::-1], aorta_pred[:, :, ::-1], (1, 1, 1), "flare22", superior=(2, -1))
+    assert rai[4]["DSC"] == 1.0
 
 
 def test_different_grid_is_an_error_unless_resampled(case, tmp_path):

@@ -14,18 +14,19 @@ FLARE22_TOLERANCES = {1: 5, 2: 3, 3: 3, 4: 5, 5: 2, 6: 2, 7: 2, 8: 2, 9: 2, 10: 
 def test_presets():
     assert {"flare21", "flare22", "flare22-grand-challenge", "flare23"} <= set(available_protocols())
     p22 = load_protocol("flare22")
-    assert {o.label: o.tolerance_mm for o in p22.organs} == FLARE22_TOLERANCES
-    assert [o.code for o in p22.organs][:5] == ["Liver", "RK", "Spleen", "Pancreas", "Aorta"]
+    assert {r.labels[0]: r.metric("NSD").tolerance_mm for r in p22.regions} == FLARE22_TOLERANCES
+    assert [r.name for r in p22.regions][:5] == ["Liver", "RK", "Spleen", "Pancreas", "Aorta"]
+    assert [r.name for r in p22.regions if r.sliced] == ["Aorta", "IVC", "Esophagus"]
     assert p22.slice_range.labels == (5, 6, 10) and p22.slice_range.mode == "half_open"
     assert [(m.name, m.weight, m.worst) for m in p22.ranking_metrics] == [
         ("DSC", 1.0, 0.0), ("NSD", 1.0, 0.0), ("Time", 1.0, 3600.0),
         ("AUC_GPU", 0.5, 29491200.0), ("AUC_CPU", 0.5, 360000.0),
     ]
     p21 = load_protocol("flare21")
-    assert p21.labels == (1, 2, 3, 4) and {o.tolerance_mm for o in p21.organs} == {1.0}
+    assert p21.labels == (1, 2, 3, 4) and {r.metric("NSD").tolerance_mm for r in p21.regions} == {1.0}
     assert p21.slice_range is None
     p23 = load_protocol("flare23")
-    assert p23.organ(14).tolerance_mm == 2.0 and p23.organ(14).code == "Lesion"
+    assert p23.region_of_label(14).metric("NSD").tolerance_mm == 2.0 and p23.region_of_label(14).name == "Lesion"
 
 
 def test_inclusive_mode_copy():
@@ -40,7 +41,8 @@ def test_user_file(tmp_path):
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"name": "mine", "organs": [{"label": 3, "code": "Sp", "tolerance_mm": 1.5}]}))
     protocol = load_protocol(path)
-    assert protocol.labels == (3,) and protocol.organ(3).tolerance_mm == 1.5 and protocol.slice_range is None
+    assert protocol.labels == (3,) and protocol.region("Sp").metric("NSD").tolerance_mm == 1.5
+    assert protocol.slice_range is None and protocol.layout.key_columns == ("label", "organ")
 
 
 @pytest.mark.parametrize(
@@ -53,7 +55,7 @@ def test_user_file(tmp_path):
         (json.dumps({"organs": [{"label": 1, "code": "L", "tolerance_mm": 1}] * 2}), "duplicated labels"),
         (
             json.dumps({"organs": [{"label": 1, "code": "L", "tolerance_mm": 1}], "slice_range": {"labels": [7]}}),
-            r"slice_range.labels \[7\] are not organs",
+            r"slice_range.labels \[7\] are not labels of the protocol",
         ),
     ],
 )
@@ -83,7 +85,7 @@ def test_non_editable_install_ships_presets_and_examples(tmp_path):
         "import flare_eval, sys; "
         f"assert flare_eval.__file__.startswith({str(target)!r}), flare_eval.__file__; "
         "print(flare_eval.available_protocols()); "
-        "print(flare_eval.load_protocol('flare22').organ(12).tolerance_mm); "
+        "print(flare_eval.load_protocol('flare22').region('Duodenum').metric('NSD').tolerance_mm); "
         "print(sorted(p.name for p in flare_eval.example_paths().labels.glob('*.nii.gz'))); "
         "print((flare_eval.example_paths().runs / 'teamA' / 'samples' / 'case_0001.csv').is_file() and "
         "(flare_eval.example_paths().challenges / 'kits23' / 'predictions' / 'teamB' / 'case_0003.nii.gz').is_file())"

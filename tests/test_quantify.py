@@ -41,7 +41,7 @@ def test_volume_and_measure_label_map():
     labels[:5] = 1
     labels[5:, :2] = 5
     assert organ_volume_ml(labels == 1, (0.8, 0.8, 2.5)) == pytest.approx(500 * 1.6 / 1000)
-    table = measure_label_map(labels, (0.8, 0.8, 2.5))
+    table = measure_label_map(labels, (0.8, 0.8, 2.5), "flare22")
     assert table.set_index("organ").loc["Liver", "volume_ml"] == pytest.approx(0.8)
     assert np.isnan(table.set_index("organ").loc["Liver", "diameter_mm"])
     assert table.set_index("organ").loc["Aorta", "diameter_mm"] == pytest.approx(2 * np.sqrt(10 * 0.64 / np.pi))

@@ -147,7 +147,7 @@ def test_parallel_equals_serial_and_official_table(examples):
     serial = score_folder(examples.predictions / "teamC", examples.labels, workers=1, progress=False)
     parallel = score_folder(examples.predictions / "teamC", examples.labels, workers=2, progress=False)
     pd.testing.assert_frame_equal(serial, parallel)
-    table = official_table(serial)
+    table = official_table(serial, "flare22")
     assert list(table.columns[:3]) == ["Name", "Liver_DSC", "RK_DSC"] and table.columns[-1] == "LK_NSD"
     assert list(table["Name"]) == ["case_0001.nii.gz", "case_0002.nii.gz", "case_0003.nii.gz"]
     liver = serial[(serial.case == "case_0001") & (serial.label == 1)].DSC.iloc[0]
@@ -156,7 +156,7 @@ def test_parallel_equals_serial_and_official_table(examples):
 
 def test_summary_statistics(examples):
     scores = score_folder(examples.predictions / "teamA", examples.labels, workers=1, progress=False)
-    summary = summarize_scores(scores)
+    summary = summarize_scores(scores, "flare22")
     liver = scores[scores.label == 1].DSC
     got = summary[summary.organ == "Liver"].iloc[0]
     assert got.DSC_median == pytest.approx(np.median(liver))

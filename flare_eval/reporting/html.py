@@ -446,11 +446,11 @@ def build_report(
         from ..pipeline import accuracy_metrics
         from ..ranking import rank_per_region
 
-        unit = "region" if protocol.regions else "organ"
-        view = scores
-        if protocol.regions:  # the figures and tables take organs; a region is one, in the protocol's order
-            position = {r.name: i for i, r in enumerate(protocol.regions)}
-            view = scores.assign(organ=scores["region"], label=scores["region"].map(position))
+        unit = protocol.layout.unit
+        # The figures and tables take an ``organ`` name and a ``label`` to order by: the region's, in protocol order.
+        position = {r.name: i for i, r in enumerate(protocol.regions)}
+        region_names = scores[protocol.layout.name_column]
+        view = scores.assign(organ=region_names, label=region_names.map(position))
         order = [t for t in (team_order or []) if t in set(scores["team"])] or sorted(scores["team"].unique())
         metrics = accuracy_metrics(protocol)[:2]
         page.section(f"Accuracy per {unit}", "".join(
@@ -525,11 +525,11 @@ def build_report(
             whose = f" of {names.shown(Path(measured).name)}'s predictions"
         elif measured and Path(measured).name == "predictions" and Path(measured).parent.name:
             whose = f" of {names.shown(Path(measured).parent.name)}'s predictions"
-        page.section("Volumes" if protocol.regions else "Organ volumes", page.figure(
+        page.section(f"{protocol.layout.unit.capitalize()} volumes", page.figure(
             "volumes", plots.volume_agreement_figure(volumes, agreement),
             f"Predicted against ground-truth volumes{whose}") + _table(agreement))
     else:
-        page.missing("Volumes" if protocol.regions else "Organ volumes",
+        page.missing(f"{protocol.layout.unit.capitalize()} volumes",
                      "no quantify/ folder with ground truth (run `flare-eval quantify`)")
 
     # Cohorts, subgroups and paired comparisons

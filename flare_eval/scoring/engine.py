@@ -1,0 +1,179 @@
+"""The scoring engine: every region of a protocol on two label arrays of one grid. Pure, no I/O.
+
+One pass over each volume finds the bounding box of every label; each region
+is then scored on the crop of its boxes' union, where its masks, counts and
+surface distances are computed once for all its metrics (see
+:class:`flare_eval.metric_kinds.RegionPair`). FLARE's organs, KiTS23's nested
+regions, BraTS's lesion-wise metrics and autoPET's raw-value metrics all go
+through here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+from .. import metrics
+from ..errors import FlareEvalWarning
+from ..metric_kinds import RegionPair, _region_mask
+from ..protocol import Protocol, Region, SliceRangeRule, load_protocol
+
+__all__ = ["score_label_maps"]
+
+
+def score_label_maps(
+    gt: np.ndarray,
+    pred: np.ndarray,
+    spacing_mm: Sequence[float],
+    protocol: str | Protocol,
+    *,
+    superior: tuple[int, int] = (2, 1),
+) -> list[dict]:
+    """Score every region of the protocol on two label arrays of the same grid.
+
+    Parameters
+    ----------
+    gt, pred : (I, J, K) ndarray of integers
+        Ground-truth and predicted label maps.
+    spacing_mm : sequence of 3 floats
+        Voxel size along each array axis, in mm.
+    protocol : str or Protocol
+        Preset name, JSON path or `Protocol`.
+    superior : (int, int)
+        The array axis of the superior-inferior direction and +1 if indices
+        increase towards superior, else -1 (see
+        :func:`flare_eval.geometry.superior_axis`); the slice-range rule cuts
+        along it. The default is RAS's third axis, as the official script.
+
+    Returns
+    -------
+    list of dict
+        One row per region, in protocol order: the layout's key columns
+        (FLARE: ``label, organ``; else ``region``) and a value per column of the
+        region's metrics, rounded to ``protocol.rounding`` decimals when it
+        says so.
+
+    Warns
+    -----
+    FlareEvalWarning
+        When the ground truth, or under ``invalid_labels = "ignore"`` the
+        prediction, holds values that are not protocol labels; they are
+        scored as background.
+
+    Examples
+    --------
+    >>> gt = np.zeros((8, 8, 8), np.uint8); gt[2:6, 2:6, 2:6] = 1
+    >>> pred = gt.copy(); pred[2:6, 2:6, 5] = 0
+    >>> row = score_label_maps(gt, pred, (1, 1, 1), "flare22")[0]
+    >>> row["organ"], round(row["DSC"], 4), row["gt_voxels"]
+    ('Liver', 0.8571, 64)
+    """
+    protocol = load_protocol(protocol)
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt and pred must have the same shape, got {gt.shape} and {pred.shape}")
+    if gt.ndim != 3:
+        raise ValueError(f"label maps must be 3D, got shape {gt.shape}")
+    if superior[0] not in (0, 1, 2) or superior[1] not in (1, -1):
+        raise ValueError(f"superior must be (axis in 0..2, +1 or -1), got {superior}")
+    spacing = metrics._check_spacing(spacing_mm, 3)
+    invalid = _check_values(gt, pred, protocol)
+    # One pass over each volume finds every label's bounding box; all later work is on crops.
+    gt_boxes, pred_boxes = _label_boxes(gt, protocol.labels), _label_boxes(pred, protocol.labels)
+    rows = []
+    for region in protocol.regions:
+        pair = _region_pair(gt, pred, spacing, region, gt_boxes, pred_boxes, protocol.slice_range, superior)
+        row = protocol.layout.keys(region)
+        for metric in region.metrics:
+            if invalid and metric.zeroed_by_invalid_labels:
+                row.update(dict.fromkeys(metric.columns, 0.0))
+            else:
+                row.update(metric.score(pair))
+        if protocol.rounding is not None:
+            # NumPy's rounding (scale, round half to even, unscale), as the official scripts round NumPy floats.
+            row = {k: (float(np.round(np.float64(v), protocol.rounding)) if isinstance(v, float) else v)
+                   for k, v in row.items()}
+        rows.append(row)
+    return rows
+
+
+def _check_values(gt: np.ndarray, pred: np.ndarray, protocol: Protocol) -> bool:
+    """Warn of values outside the protocol's labels; whether the prediction holds any under ``zero_scores``."""
+    checked = [("ground truth", gt)] + [("prediction", pred)] * (protocol.invalid_labels == "ignore")
+    for name, labels in checked:
+        unknown = metrics._labels_outside(labels, protocol.labels)
+        if unknown:
+            warnings.warn(f"{name} holds values {unknown} that are not labels of protocol {protocol.name!r}; "
+                          "they are scored as background", FlareEvalWarning, stacklevel=3)
+    return protocol.invalid_labels == "zero_scores" and bool(metrics._labels_outside(pred, protocol.labels))
+
+
+def _region_pair(gt: np.ndarray, pred: np.ndarray, spacing: np.ndarray, region: Region, gt_boxes: dict,
+                 pred_boxes: dict, rule: SliceRangeRule | None, superior: tuple[int, int]) -> RegionPair:
+    """The region's crops, after the slice-range cut where the rule applies to it."""
+    gt_box = _union_of(gt_boxes[label] for label in region.labels)
+    pred_box = _union_of(pred_boxes[label] for label in region.labels)
+    if region.sliced and gt_box is not None:
+        axis, direction = superior
+        first, stop = gt_box[axis].start, gt_box[axis].stop
+        if rule.mode == "half_open" and stop - first > 1:
+            # The official [z_min, z_max) on RAS images drops the most superior labelled slice.
+            if direction > 0:
+                stop -= 1
+            else:
+                first += 1
+        gt_box = _restrict_box(gt, gt_box, axis, slice(first, stop), region.labels)
+        pred_box = _restrict_box(pred, pred_box, axis, slice(first, stop), region.labels)
+    box = metrics._union_of_boxes(gt_box, pred_box)
+    if box is None:
+        pair = RegionPair(gt, pred, None, None, None, spacing, region.labels)
+    else:
+        pair = RegionPair(gt, pred, box, _region_mask(gt[box], region.labels), _region_mask(pred[box], region.labels),
+                          spacing, region.labels)
+    pair.reach_mm = max((m.reach_mm for m in region.metrics), default=0.0) or np.inf
+    return pair
+
+
+def _union_of(boxes) -> tuple[slice, ...] | None:
+    union = None
+    for box in boxes:
+        union = metrics._union_of_boxes(union, box)
+    return union
+
+
+def _label_boxes(labels: np.ndarray, wanted: Sequence[int]) -> dict[int, tuple[slice, ...] | None]:
+    """Bounding box of each wanted label (None where absent), from one pass over the array.
+
+    Values above the largest wanted label, or below 1, are ignored, so a
+    stray huge value allocates nothing.
+    """
+    from scipy import ndimage
+
+    if labels.dtype.kind not in "iu" or labels.dtype.itemsize > 8:
+        labels = labels.astype(np.int64)
+    if labels.dtype == np.uint64:
+        # find_objects works on signed integers; values beyond int64 are not labels anyway.
+        labels = np.where(labels > np.iinfo(np.int64).max, 0, labels).astype(np.int64)
+    if labels.flags.f_contiguous and not labels.flags.c_contiguous:
+        # NIfTI arrays are Fortran-ordered: scanning the C-ordered transpose is five times faster.
+        found = [None if box is None else box[::-1] for box in ndimage.find_objects(labels.T, max_label=max(wanted))]
+    else:
+        found = ndimage.find_objects(labels, max_label=max(wanted))
+    return {label: found[label - 1] for label in wanted}
+
+
+def _restrict_box(labels: np.ndarray, box: tuple[slice, ...] | None, axis: int, cut: slice,
+                  region_labels: tuple[int, ...]) -> tuple[slice, ...] | None:
+    """The bounding box of the region within ``box`` once indices along ``axis`` are limited to ``cut``."""
+    if box is None:
+        return None
+    start, stop = max(box[axis].start, cut.start), min(box[axis].stop, cut.stop)
+    if start >= stop:
+        return None
+    limited = list(box)
+    limited[axis] = slice(start, stop)
+    inner = metrics._mask_box(_region_mask(labels[tuple(limited)], region_labels))
+    if inner is None:
+        return None
+    return tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(limited, inner))
