@@ -72,6 +72,7 @@ def engine():
 #: Modules whose every test starts a cluster, a browser or a kernel, and tests that draw whole reports.
 _SLOW_MODULES = {"test_dask.py", "test_report_evaluation.py", "test_notebook.py", "test_report.py"}
 _SLOW_TESTS = {"test_every_command_works_for_every_preset_and_reads_the_recorded_protocol",
+               "test_a_new_challenge_written_as_json_only_is_scored_ranked_and_reported",
                "test_presets_collect_rank_and_report_the_bundled_examples",
                "test_a_predictions_only_challenge_from_team_folders_to_report",
                "test_a_case_past_the_protocols_scoring_limits_is_marked_and_the_run_goes_on"}

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import surface_distance as deepmind
-from conftest import write_nifti
+from conftest import REPO, write_nifti
 
 import flare_eval as fe
 from flare_eval.cli import main
@@ -428,19 +428,14 @@ def test_a_predictions_only_challenge_from_team_folders_to_report(examples, tmp_
     assert re.search(r"<h2>\d+\. Accuracy per region", text)
 
 
-@pytest.mark.parametrize("preset", ["flare22", "kits23", "brats2023-gli", "flare24-t1", "autopet2022"])
-def test_every_command_works_for_every_preset_and_reads_the_recorded_protocol(preset, examples, tmp_path, capsys):
+def _run_every_command(protocol: str, teams, labels, out, tmp_path, capsys) -> None:
     """collect names the protocol once; rank, report, cohorts, compare and review read it from the folders."""
-    from golden import bundled_teams
-
-    teams, labels = bundled_teams(preset, tmp_path)
-    out = tmp_path / "out"
     commands = [
-        ["collect", str(teams), "--labels", str(labels), "--protocol", preset, "--out", str(out / "results.csv"),
+        ["collect", str(teams), "--labels", str(labels), "--protocol", protocol, "--out", str(out / "results.csv"),
          "--no-progress", "--quiet"],
         ["rank", str(out / "results.csv"), "--out", str(out / "ranking"), "--samples", "20"],
         ["report", str(out), "--runs", str(teams), "--out", str(out / "report")],
-        ["quantify", str(teams / "teamA"), str(labels), "--protocol", preset, "--out", str(out / "quantify"),
+        ["quantify", str(teams / "teamA"), str(labels), "--protocol", protocol, "--out", str(out / "quantify"),
          "--no-progress"],
         ["compare", str(teams), "teamA", "teamB", "--out", str(out / "compare"), "--samples", "50"],
         ["review", str(teams), "--out", str(out / "review.csv"), "--threshold", "1"],
@@ -457,12 +452,52 @@ def test_every_command_works_for_every_preset_and_reads_the_recorded_protocol(pr
     code = main(["cohorts", str(teams), "--metadata", str(tmp_path / "metadata.csv"), "--out", str(out / "cohorts")])
     err = capsys.readouterr().err
     assert code == 0 and "too few to say much" in err, err
+
+
+@pytest.mark.parametrize("preset", ["flare22", "kits23", "brats2023-gli", "flare24-t1", "autopet2022"])
+def test_every_command_works_for_every_preset_and_reads_the_recorded_protocol(preset, examples, tmp_path, capsys):
+    """collect names the protocol once; rank, report, cohorts, compare and review read it from the folders."""
+    from golden import bundled_teams
+
+    teams, labels = bundled_teams(preset, tmp_path)
+    out = tmp_path / "out"
+    _run_every_command(preset, teams, labels, out, tmp_path, capsys)
     recorded = json.loads((out / "ranking" / "settings.json").read_text())
     assert recorded["protocol"] == preset and recorded["protocol_definition"]["name"] == preset
     # A protocol that differs from the recorded one is refused, naming both.
     other = "kits23" if preset != "kits23" else "flare22"
     assert main(["rank", str(out / "results.csv"), "--out", str(out / "r2"), "--protocol", other]) == 2
     assert f"--protocol {other} differs from the protocol {preset} recorded in" in capsys.readouterr().err
+
+
+def test_a_new_challenge_written_as_json_only_is_scored_ranked_and_reported(examples, tmp_path, capsys):
+    """examples/new_challenge.json (the README's worked example): regions, metrics and ranking as data, no code."""
+    from golden import bundled_teams
+
+    protocol = str(REPO / "examples" / "new_challenge.json")
+    teams, labels = bundled_teams("kits23", tmp_path)
+    assert main(["score", str(teams / "teamA"), str(labels), "--protocol", protocol, "--out",
+                 str(tmp_path / "scored"), "--no-progress"]) == 0
+    scores = pd.read_csv(tmp_path / "scored" / "scores.csv")
+    assert list(scores.columns) == ["case", "region", "Dice", "HD95", "NSD", "status", "message"]
+    # The kidney is every label 1-3 together, the tumour label 2; each value equals DeepMind's on the union.
+    first = scores[scores.case == scores.case.iloc[0]].set_index("region")
+    gt = fe.read_label_map(labels / f"{scores.case.iloc[0]}.nii.gz")
+    pred = fe.read_label_map(teams / "teamA" / f"{scores.case.iloc[0]}.nii.gz")
+    kidney_gt, kidney_pred = np.isin(gt.array, [1, 2, 3]), np.isin(pred.array, [1, 2, 3])
+    distances = deepmind.compute_surface_distances(kidney_gt, kidney_pred, gt.spacing_mm)
+    assert first.loc["kidney", "HD95"] == pytest.approx(deepmind.compute_robust_hausdorff(distances, 95), abs=1e-12)
+    tumour = deepmind.compute_surface_distances(gt.array == 2, pred.array == 2, gt.spacing_mm)
+    assert first.loc["tumour", "NSD"] == pytest.approx(deepmind.compute_surface_dice_at_tolerance(tumour, 2.0),
+                                                       abs=1e-12)
+    out = tmp_path / "out"
+    _run_every_command(protocol, teams, labels, out, tmp_path, capsys)
+    results = pd.read_csv(out / "results.csv")
+    assert list(results.columns) == ["team", "case", "Dice", "HD95", "NSD_tumour", "Dice_tumour", "status"]
+    ranking = pd.read_csv(out / "ranking" / "ranking.csv")
+    assert ranking.set_index("team").loc["teamA", "rank"] == 1 and "tie_break_mean" in ranking
+    text = (out / "report" / "index.html").read_text()
+    assert "kidney-tumour-example" in text and re.search(r"<h2>\d+\. Accuracy per region", text)
 
 
 def test_ranking_methods_are_compared_with_the_protocols_own_ranking():

@@ -123,3 +123,60 @@ def test_a_field_of_the_wrong_type_is_named(tmp_path):
                                                                   "tolerance_mm": 5}]}))
     with pytest.raises(ValueError, match=r"organs\[0\] is malformed: label must be a whole number"):
         load_protocol(bad)
+
+
+@pytest.mark.parametrize(("metric", "pattern"), [
+    ({"kind": "surface_dice", "name": "SD", "tolerance_mm": -1}, r"metrics\[0\]\.tolerance_mm must be a positive"),
+    ({"kind": "hausdorff", "name": "HD", "percentile": 150}, r"metrics\[0\]\.percentile must lie in \(0, 100\]"),
+    ({"kind": "hausdorff", "name": "HD", "tolerance_mm": 2}, r"unknown field\(s\) \['tolerance_mm'\] for kind "
+                                                             r"'hausdorff'; its fields: .*'percentile'"),
+    ({"kind": "jaccard", "name": "J"}, r"metrics\[0\]\.kind must be one of \('dice', "),
+    ({"kind": "dice"}, r"metrics\[0\]: missing field 'name'"),
+    ({"kind": "false_volumes", "name": "fv", "connectivity": 4}, r"connectivity must be 6, 18 or 26"),
+    ({"kind": "brats_lesion_wise", "name": "L", "min_lesion_mm3": 50}, r"dilation_iterations must be a whole"),
+])
+def test_each_metric_kind_checks_its_own_fields(tmp_path, metric, pattern):
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps({"regions": [{"name": "r", "labels": [1], "metrics": [metric]}]}))
+    with pytest.raises(ValueError, match=pattern):
+        load_protocol(path)
+
+
+def test_flare_organs_are_regions_written_in_short(tmp_path):
+    """FLARE22's organs written out as regions score and lay out exactly as the preset."""
+    import numpy as np
+
+    from flare_eval import score_label_maps
+
+    flare22 = load_protocol("flare22")
+    regions = [{"name": r.name, "labels": list(r.labels), "title": r.title, "metrics": [
+        {"kind": "dice", "name": "DSC"},
+        {"kind": "surface_dice", "name": "NSD", "tolerance_mm": r.metric("NSD").tolerance_mm},
+        {"kind": "voxel_counts"}]} for r in flare22.regions]
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps({"extends": "flare22", "regions": regions, "layout": "organs",
+                                "unusable_prediction": "zero"}))
+    long = load_protocol(path)
+    assert long.regions == flare22.regions and long.layout == flare22.layout
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 14, (20, 18, 16)).astype(np.uint8)
+    pred = np.roll(gt, 1, axis=2)
+    assert score_label_maps(gt, pred, (1, 1, 2), long) == score_label_maps(gt, pred, (1, 1, 2), flare22)
+
+
+def test_a_slice_range_cuts_a_region_of_several_labels():
+    """The rule cuts a region whose labels it all lists, at the ground truth's labelled slices of the union."""
+    import numpy as np
+
+    from flare_eval import score_label_maps
+
+    protocol = load_protocol({"name": "cut", "regions": [{"name": "vessels", "labels": [1, 2], "metrics": [
+        {"kind": "dice", "name": "DSC"}, {"kind": "voxel_counts"}]}],
+        "slice_range": {"labels": [1, 2], "mode": "half_open"}})
+    gt = np.zeros((6, 6, 10), np.uint8)
+    gt[1:3, 1:3, 2:5] = 1
+    gt[3:5, 3:5, 5:7] = 2  # the union spans slices 2..6; half-open drops slice 6
+    pred = gt.copy()
+    pred[:, :, 6:9] = 2  # extra prediction at and beyond the top slice: cut away
+    row = score_label_maps(gt, pred, (1, 1, 1), protocol)[0]
+    assert row["DSC"] == 1.0 and row["gt_voxels"] == 4 * 3 + 4 * 1 and row["pred_voxels"] == row["gt_voxels"]
