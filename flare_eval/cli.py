@@ -723,7 +723,9 @@ def _quantify(args: argparse.Namespace) -> int:
     if outputs.agreement is not None:
         print(outputs.agreement.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     else:
-        unit = "organ" if "organ" in outputs.summary else "region"
+        from .protocol import layout_of_table
+
+        unit = layout_of_table(outputs.summary.columns).name_column
         table = outputs.summary[[unit, "n", "text"]].rename(columns={"text": "volume_ml median (Q1, Q3)"})
         print(table.to_string(index=False))
     print(f"wrote {outputs.folder}/volumes.csv, volume_summary.csv" +

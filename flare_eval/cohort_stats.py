@@ -52,8 +52,10 @@ class CohortWarning(FlareEvalWarning):
 
 
 def unit_columns(scores: pd.DataFrame) -> list[str]:
-    """The columns naming what a row of long scores scored in its case: ``label, organ`` or ``region``."""
-    return ["label", "organ"] if "organ" in scores else ["region"]
+    """The columns naming what a row of long scores scored in its case: its layout's keys (``label, organ``, ...)."""
+    from .protocol import layout_of_table
+
+    return list(layout_of_table(scores.columns).key_columns)
 
 
 def _check_metrics(scores: pd.DataFrame, metrics: Sequence[str]) -> None:
@@ -291,8 +293,8 @@ def compare_teams(
     if wide.empty:
         raise ValueError(f"teams {team_a!r} and {team_b!r} share no scored case")
     means = wide.groupby("case")[[team_a, team_b]].mean().reset_index().assign(**{unit: "mean"})
-    if "label" in units:
-        means["label"] = 10**9  # the mean comes after every organ
+    for column in units[:-1]:
+        means[column] = 10**9  # the mean comes after every organ (a key sorted before the name)
     table = pd.concat([wide, means], ignore_index=True)
     differences = table.assign(difference=table[team_a] - table[team_b]).rename(
         columns={team_a: "value_a", team_b: "value_b"})

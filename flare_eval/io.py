@@ -598,12 +598,16 @@ def read_scores(source: str | Path) -> pd.DataFrame:
         scores = read_table(source, role="scores table")
         if "team" not in scores:
             raise ValueError(f"scores table {source} has no 'team' column: score with --teams, or give a runs folder")
-        missing = [c for c in ("case", "label", "organ", "DSC", "NSD") if c not in scores]
-        if "region" in scores:  # a region protocol's scores (KiTS23, BraTS, ...)
-            missing = [c for c in ("case", "region") if c not in scores]
-        if missing:
-            raise ValueError(f"scores table {source} has no {', '.join(repr(c) for c in missing)} column(s): "
-                             "it should be the long scores.csv of `score`, one row per case and organ")
+        from .protocol import layout_of_table
+
+        try:
+            layout_of_table(scores.columns)
+        except ValueError as exc:
+            raise ValueError(f"scores table {source}: {exc}; it should be the long scores.csv of `score`, one "
+                             "row per case and organ or region") from None
+        if "case" not in scores:
+            raise ValueError(f"scores table {source} has no 'case' column: it should be the long scores.csv of "
+                             "`score`, one row per case and organ or region")
         return scores
     if not source.is_dir():
         raise FileNotFoundError(f"{source} does not exist: give a scores.csv or a runs folder")

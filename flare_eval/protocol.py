@@ -64,6 +64,7 @@ __all__ = [
     "Region",
     "RegionMetric",
     "ScoreLayout",
+    "layout_of_table",
     "SliceRangeRule",
     "RankingMetric",
     "Protocol",
@@ -198,6 +199,22 @@ LAYOUTS = {
     "organs": ScoreLayout("organs", "organ", ("label", "organ"), "{case}.nii.gz", True, 4, True),
     "regions": ScoreLayout("regions", "region", ("region",), "{case}", False, None, False),
 }
+
+
+def layout_of_table(columns) -> ScoreLayout:
+    """The layout whose region keys a table's ``columns`` hold (a table read without its protocol).
+
+    Raises
+    ------
+    ValueError
+        If the columns hold the keys of no layout.
+    """
+    for layout in sorted(LAYOUTS.values(), key=lambda layout: -len(layout.key_columns)):
+        if all(column in columns for column in layout.key_columns):
+            return layout
+    raise ValueError(f"a scores table names what each row scored in the columns of a layout "
+                     f"({' or '.join(', '.join(lay.key_columns) for lay in LAYOUTS.values())}); these columns "
+                     f"have none: {list(columns)[:12]}")
 
 
 @dataclass(frozen=True)

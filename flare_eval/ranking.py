@@ -109,7 +109,7 @@ class ResultsMatrix:
     warnings: tuple[str, ...] = ()
 
 
-def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22") -> ResultsMatrix:
+def prepare_results(results: pd.DataFrame, protocol: str | Protocol) -> ResultsMatrix:
     """Check a results table and arrange it for ranking.
 
     Parameters
@@ -155,6 +155,16 @@ def prepare_results(results: pd.DataFrame, protocol: str | Protocol = "flare22")
     while len(_TOLD) > 64:
         _TOLD.pop(next(iter(_TOLD)))
     return replace(matrix, warnings=tuple(messages))
+
+
+def _as_matrix(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol | None) -> ResultsMatrix:
+    """A prepared matrix as it is; a table prepared under its protocol, which it must be given."""
+    if isinstance(results, ResultsMatrix):
+        return results
+    if protocol is None:
+        raise TypeError("a results table is ranked under a protocol: pass protocol= (a preset name such as "
+                        "'flare22', a JSON path or a Protocol), or a ResultsMatrix from prepare_results")
+    return prepare_results(results, protocol)
 
 
 #: The warnings already given per results table (by content and protocol), so that each is given once.
@@ -329,7 +339,7 @@ def _rank_scores(scores: np.ndarray) -> np.ndarray:
     return _min_ranks(scores[None], np.array([False]))[0]
 
 
-def rank(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol = "flare22") -> pd.DataFrame:
+def rank(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol | None = None) -> pd.DataFrame:
     """Rank teams by rank-then-aggregate.
 
     Parameters
@@ -352,10 +362,10 @@ def rank(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol = "flar
     ...     "team": ["a", "b", "a", "b"], "case": ["1", "1", "2", "2"],
     ...     "DSC": [0.9, 0.8, 0.7, 0.8], "NSD": [0.9, 0.8, 0.9, 0.8],
     ...     "Time": [10, 20, 10, 20], "AUC_GPU": [0, 0, 0, 0], "AUC_CPU": [5, 1, 5, 1]})
-    >>> rank(table)[["team", "rank", "score"]].to_string(index=False)
+    >>> rank(table, "flare22")[["team", "rank", "score"]].to_string(index=False)
     'team  rank  score\\n   a     1  1.250\\n   b     2  1.625'
     """
-    matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    matrix = _as_matrix(results, protocol)
     if matrix.scheme == "aggregate_then_rank":
         counts = np.ones((1, len(matrix.cases)))
         final, scores, metric_ranks = _aggregate_then_rank(matrix, counts)
@@ -396,7 +406,7 @@ def _aggregate_then_rank(matrix: ResultsMatrix, counts: np.ndarray) -> tuple[np.
     return (ahead.sum(axis=-1) + 1).astype(np.float64), scores, metric_ranks
 
 
-def case_ranks(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol = "flare22") -> pd.DataFrame:
+def case_ranks(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol | None = None) -> pd.DataFrame:
     """Each team's overall rank within each case: its weighted mean rank over the metrics, ranked.
 
     Returns
@@ -405,7 +415,7 @@ def case_ranks(results: pd.DataFrame | ResultsMatrix, protocol: str | Protocol =
         ``team, case, score, rank`` (ties at the minimum); the data of
         challengeR's ranking heatmap.
     """
-    matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    matrix = _as_matrix(results, protocol)
     weights = _weights(matrix.metrics)
     scores = np.tensordot(weights, _case_ranks(matrix), axes=1) / weights.sum()  # (C, T)
     ranks = _rank_scores(scores)
@@ -513,7 +523,7 @@ class BootstrapResult:
 
 def bootstrap_stability(
     results: pd.DataFrame | ResultsMatrix,
-    protocol: str | Protocol = "flare22",
+    protocol: str | Protocol | None = None,
     *,
     n_samples: int = 1000,
     seed: int | None = None,
@@ -566,11 +576,11 @@ def bootstrap_stability(
     >>> from flare_eval import example_paths
     >>> table = pd.read_csv(example_paths().results)
     >>> complete = table[table.team != "teamL"]  # teamL lacks a case: that would warn
-    >>> result = bootstrap_stability(complete, n_samples=200, seed=1)
+    >>> result = bootstrap_stability(complete, "flare22", n_samples=200, seed=1)
     >>> bool(result.samples["kendall_tau"].median() > 0.5)
     True
     """
-    matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    matrix = _as_matrix(results, protocol)
     if copies not in BOOTSTRAP_COPIES:
         raise ValueError(f"copies must be one of {BOOTSTRAP_COPIES}, got {copies!r}")
     n_cases = len(matrix.cases)
@@ -728,7 +738,7 @@ def _warn_no_common_cases(matrix: ResultsMatrix) -> None:
 
 def significance(
     results: pd.DataFrame | ResultsMatrix,
-    protocol: str | Protocol = "flare22",
+    protocol: str | Protocol | None = None,
     *,
     adjust: str = "holm",
     alpha: float = 0.05,
@@ -766,7 +776,7 @@ def significance(
     """
     if adjust not in ADJUST_METHODS:
         raise ValueError(f"adjust must be one of {ADJUST_METHODS}, got {adjust!r}")
-    matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    matrix = _as_matrix(results, protocol)
     _warn_no_common_cases(matrix)
     frames = []
     for metric, first, second, n_cases, p in _pairwise_tests(matrix):
@@ -802,7 +812,7 @@ def _pairwise_tests(matrix: ResultsMatrix):
 
 def best_versus_rest(
     results: pd.DataFrame | ResultsMatrix,
-    protocol: str | Protocol = "flare22",
+    protocol: str | Protocol | None = None,
     *,
     metric: str = "DSC",
     adjust: str = "holm",
@@ -821,7 +831,7 @@ def best_versus_rest(
     """
     if adjust not in ADJUST_METHODS:
         raise ValueError(f"adjust must be one of {ADJUST_METHODS}, got {adjust!r}")
-    matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    matrix = _as_matrix(results, protocol)
     names = [m.name for m in matrix.metrics]
     if metric not in names:
         raise ValueError(f"metric must be one of {names}, got {metric!r}")
@@ -856,7 +866,7 @@ def _is_significant(p_adjusted: np.ndarray, alpha: float) -> np.ndarray:
 
 def ranking_methods(
     results: pd.DataFrame | ResultsMatrix,
-    protocol: str | Protocol = "flare22",
+    protocol: str | Protocol | None = None,
     *,
     alpha: float = 0.05,
 ) -> pd.DataFrame:
@@ -891,7 +901,7 @@ def ranking_methods(
         ``team, official`` and one column of final ranks per method of
         `RANKING_METHODS`, sorted by the official rank then team.
     """
-    matrix = results if isinstance(results, ResultsMatrix) else prepare_results(results, protocol)
+    matrix = _as_matrix(results, protocol)
     official = rank(matrix).set_index("team")["rank"]
     directions = _directions(matrix.metrics)
     per_metric = {
@@ -908,7 +918,7 @@ def ranking_methods(
     return table.sort_values(["official", "team"], ignore_index=True)
 
 
-def rank_per_region(scores: pd.DataFrame, protocol: str | Protocol = "flare22") -> pd.DataFrame:
+def rank_per_region(scores: pd.DataFrame, protocol: str | Protocol) -> pd.DataFrame:
     """Each team's rank in each region (or FLARE organ) alone, and their consensus: challengeR's multi-task view.
 
     Within each region, the teams are ranked by rank-then-aggregate on the protocol's accuracy metrics of
@@ -927,7 +937,7 @@ def rank_per_region(scores: pd.DataFrame, protocol: str | Protocol = "flare22") 
         ``team``, one column of ranks per region (organ codes for FLARE), ``consensus``; sorted by consensus.
     """
     protocol = load_protocol(protocol)
-    unit = "organ" if "organ" in scores else "region"
+    unit = protocol.layout.name_column
     columns = set(protocol.score_columns)
     chosen = [m for m in protocol.ranking_metrics if m.source in columns]
     metrics = list({m.source: replace(m, name=m.source, region=None, score_column=None, weight=1.0)

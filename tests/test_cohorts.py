@@ -179,7 +179,7 @@ def test_cohort_commands_on_the_examples(examples, tmp_path, capsys):
         (["cohorts", "{scores}", "--metadata", "{meta}", "--out", "{tmp}", "--bins", "age"], "--bins must be"),
         (["cohorts", "{scores}", "--metadata", "{meta}", "--out", "{tmp}", "--columns", "race"], "no column(s)"),
         (["review", "{scores}", "--out", "{tmp}/r.csv", "--threshold", "2"], "--threshold must be between"),
-        (["review", "{results}", "--out", "{tmp}/r.csv"], "has no 'label'"),
+        (["review", "{results}", "--out", "{tmp}/r.csv"], "these columns have none"),
     ],
 )
 def test_cohort_command_errors(examples, tmp_path, capsys, argv, pattern):

@@ -55,7 +55,7 @@ def test_rank_hand_worked_with_ties():
     # weighted sums (GPU, CPU at 0.5): a = (1+2+1+.5+1.5) + (3+2+2+.5+1) = 14.5
     #                                 b = (1+3+2+.5+.5) + (2+1+1+1.5+1) = 13.5
     #                                 c = (3+1+3+1.5+.5) + (1+3+3+.5+.5) = 17
-    ranking = rank(HAND)
+    ranking = rank(HAND, "flare22")
     assert list(ranking.team) == ["b", "a", "c"]
     assert list(ranking["rank"]) == [1, 2, 3]
     np.testing.assert_allclose(ranking.score, [13.5 / 8, 14.5 / 8, 17 / 8])
@@ -65,7 +65,7 @@ def test_rank_hand_worked_with_ties():
 
 def test_final_ranks_tie_at_minimum():
     tied = table_from([("x", "1", 0.9, 0.8, 1, 0, 0), ("y", "1", 0.8, 0.9, 1, 0, 0), ("z", "1", 0.1, 0.1, 1, 0, 0)])
-    ranking = rank(tied)
+    ranking = rank(tied, "flare22")
     assert dict(zip(ranking.team, ranking["rank"])) == {"x": 1, "y": 1, "z": 3}
 
 
@@ -82,7 +82,7 @@ def test_missing_rows_and_values_get_worst_values_with_warnings():
     table = HAND[~((HAND.team == "c") & (HAND.case == "2"))].copy()
     table.loc[0, "Time"] = np.nan
     with pytest.warns(RankingWarning) as record:
-        matrix = prepare_results(table)
+        matrix = prepare_results(table, "flare22")
     messages = " ".join(str(w.message) for w in record)
     assert "team 'c' has no row for 1 case(s) (2)" in messages
     assert "team 'a' has no Time for 1 case(s) (1); they get the worst value 3600" in messages
@@ -107,12 +107,12 @@ def test_missing_rows_and_values_get_worst_values_with_warnings():
 )
 def test_bad_tables_are_clear_errors(change, pattern):
     with pytest.raises(ResultsTableError, match=pattern):
-        prepare_results(change(HAND.copy()))
+        prepare_results(change(HAND.copy()), "flare22")
 
 
 def test_other_columns_are_ignored_with_a_warning():
     with pytest.warns(RankingWarning, match=r"ignoring column\(s\) \['comment'\]"):
-        rank(HAND.assign(comment="x"))
+        rank(HAND.assign(comment="x"), "flare22")
 
 
 def test_kendall_tau_b_matches_scipy_with_ties():
@@ -132,16 +132,16 @@ def naive_bootstrap_ranking(table, draws, cases):
         part = table[table.case == cases[index]].copy()
         part["case"] = f"draw{i}"
         parts.append(part)
-    return rank(pd.concat(parts)).set_index("team")["rank"]
+    return rank(pd.concat(parts), "flare22").set_index("team")["rank"]
 
 
 def test_bootstrap_equals_naive_recomputation_including_duplicates():
     rng = np.random.default_rng(5)
     rows = [(t, str(c), *rng.random(2), *rng.integers(1, 4, 3)) for t in "pqrst" for c in range(6)]
     table = table_from(rows)
-    result = bootstrap_stability(table, n_samples=25, seed=11)
-    matrix = prepare_results(table)
-    full = rank(table).set_index("team")["rank"].reindex(matrix.teams)
+    result = bootstrap_stability(table, "flare22", n_samples=25, seed=11)
+    matrix = prepare_results(table, "flare22")
+    full = rank(table, "flare22").set_index("team")["rank"].reindex(matrix.teams)
     assert any(len(set(d)) < len(d) for d in result.draws)  # samples contain duplicated cases
     for s, draws in enumerate(result.draws):
         expected = naive_bootstrap_ranking(table, draws, matrix.cases).reindex(matrix.teams)
@@ -154,9 +154,9 @@ def test_duplicated_case_counts_twice_not_jointly():
     # by default a draw of case 0 twice must equal ranking a table with two separate copies.
     table = HAND
     draws = np.array([[0, 0]])
-    result = bootstrap_stability(table, draws=draws)
+    result = bootstrap_stability(table, "flare22", draws=draws)
     doubled = pd.concat([HAND[HAND.case == "1"], HAND[HAND.case == "1"].assign(case="1b")])
-    expected = rank(doubled).set_index("team")["rank"].reindex(result.teams).to_numpy()
+    expected = rank(doubled, "flare22").set_index("team")["rank"].reindex(result.teams).to_numpy()
     np.testing.assert_array_equal(result.ranks[0], expected)
     assert result.seed == -1
 
@@ -182,9 +182,9 @@ def test_joint_copies_reproduce_challenger_duplicate_ranking():
     rows = [(t, str(c), *rng.random(2), *rng.integers(1, 4, 3)) for t in "pqrstu" for c in range(7)]
     table = table_from(rows)
     protocol = load_protocol("flare22")
-    result = bootstrap_stability(table, n_samples=40, seed=3, copies="joint")
-    separate = bootstrap_stability(table, n_samples=40, seed=3)
-    matrix = prepare_results(table)
+    result = bootstrap_stability(table, "flare22", n_samples=40, seed=3, copies="joint")
+    separate = bootstrap_stability(table, "flare22", n_samples=40, seed=3)
+    matrix = prepare_results(table, "flare22")
     assert any(max(np.bincount(d)) >= 3 for d in result.draws)  # some case drawn three times or more
     for s, draws in enumerate(result.draws):
         expected = joint_bootstrap_ranking(table, draws, matrix.cases, protocol).reindex(matrix.teams)
@@ -200,13 +200,13 @@ def test_joint_copies_reproduce_challenger_duplicate_ranking():
 
 def test_copies_must_be_named():
     with pytest.raises(ValueError, match="copies must be one of"):
-        bootstrap_stability(HAND, n_samples=2, copies="challenger")
+        bootstrap_stability(HAND, "flare22", n_samples=2, copies="challenger")
 
 
 def test_bootstrap_is_reproducible_and_summarised(example_results):
     with pytest.warns(RankingWarning):
-        a = bootstrap_stability(example_results, n_samples=50, seed=7)
-    b = bootstrap_stability(example_results, n_samples=50, seed=7)  # the same table: its warning was given
+        a = bootstrap_stability(example_results, "flare22", n_samples=50, seed=7)
+    b = bootstrap_stability(example_results, "flare22", n_samples=50, seed=7)  # the same table: its warning was given
     pd.testing.assert_frame_equal(a.samples, b.samples)
     assert list(a.samples.columns) == ["sample", "kendall_tau", *[f"kendall_tau_{m}" for m in METRICS]]
     dist = a.rank_distribution
@@ -237,7 +237,7 @@ def r_wilcox_paired_p(x, y, alternative):
 
 def test_significance_matches_r_formula_and_scipy(example_results):
     with pytest.warns(RankingWarning):
-        tests = significance(example_results, adjust="none")
+        tests = significance(example_results, "flare22", adjust="none")
     table = example_results
     for metric, alternative in (("DSC", "greater"), ("Time", "less")):
         for a, b in (("teamA", "teamB"), ("teamL", "teamC"), ("teamC", "teamL")):
@@ -257,7 +257,7 @@ def test_significance_matches_r_formula_and_scipy(example_results):
 def test_significance_identical_teams_give_one_as_r_does():
     # R: wilcox.test(x, x, paired=TRUE, exact=FALSE, alternative="greater") has z = -Inf, p = 1.
     same = pd.concat([HAND[HAND.team == "a"], HAND[HAND.team == "a"].assign(team="a2")])
-    tests = significance(same)
+    tests = significance(same, "flare22")
     assert (tests.p_value == 1.0).all() and not tests.significant.any()
 
 
@@ -266,7 +266,7 @@ def test_never_differing_pair_counts_in_holm_as_in_r():
     rows = [(t, str(c), v, 0.5, 1, 0, 1) for t, values in (("a", (0.9, 0.8, 0.85)), ("b", (0.9, 0.8, 0.85)),
                                                            ("c", (0.7, 0.6, 0.5)))
             for c, v in enumerate(values)]
-    tests = significance(table_from(rows)).set_index(["metric", "team_a", "team_b"]).sort_index()
+    tests = significance(table_from(rows), "flare22").set_index(["metric", "team_a", "team_b"]).sort_index()
     assert tests.loc[("DSC", "a", "b"), "p_value"] == 1.0
     raw = r_wilcox_paired_p([0.9, 0.8, 0.85], [0.7, 0.6, 0.5], "greater")
     assert tests.loc[("DSC", "a", "c"), "p_value"] == pytest.approx(raw, rel=1e-12)
@@ -299,7 +299,7 @@ def test_alpha_decision_includes_the_boundary_as_challenger():
     rows = [(t, str(c), v, 0.5, 1, 0, 1) for t, values in (("a", (0.9, 0.8, 0.85)), ("c", (0.7, 0.6, 0.5)))
             for c, v in enumerate(values)]
     raw = r_wilcox_paired_p([0.9, 0.8, 0.85], [0.7, 0.6, 0.5], "greater")
-    tests = significance(table_from(rows), adjust="none", alpha=raw)
+    tests = significance(table_from(rows), "flare22", adjust="none", alpha=raw)
     assert tests.set_index(["metric", "team_a"]).loc[("DSC", "a"), "significant"]
 
 
@@ -315,7 +315,7 @@ def test_single_ranking_metric_protocol_ranks(tmp_path):
 def test_teams_without_common_cases_get_nan_and_a_spelling_hint():
     renamed = HAND.assign(case=np.where(HAND.team == "c", "Case_0" + HAND.case, "case_" + HAND.case))
     with pytest.warns(RankingWarning) as record:
-        tests = significance(renamed)
+        tests = significance(renamed, "flare22")
     messages = " ".join(str(w.message) for w in record)
     assert "team 'c' has no case in common with 2 team(s) (a, b)" in messages
     assert "'Case_01' looks like 'case_1'" in messages
@@ -338,7 +338,7 @@ def test_impossible_values_are_errors(column, value, pattern):
     table = HAND.copy()
     table.loc[0, column] = value
     with pytest.raises(ResultsTableError, match=pattern):
-        prepare_results(table)
+        prepare_results(table, "flare22")
 
 
 def test_protocol_worst_value_must_lie_in_range(tmp_path):
@@ -387,12 +387,12 @@ def test_ranking_methods_equal_an_independent_computation_with_ties_and_a_consta
             rows.append((team, f"c{case:02d}", dsc, np.round(dsc - 0.05, 1), rng.integers(10, 14), 0.0,
                          rng.integers(1, 4) * 100))
     table = table_from(rows)  # AUC_GPU is constant: every team within the allowance
-    methods = ranking_methods(table)
+    methods = ranking_methods(table, "flare22")
     assert list(methods.columns) == ["team", "official", *RANKING_METHODS]
     expected = independent_methods(table).reindex(methods.team)
     for method in RANKING_METHODS:
         assert methods[method].tolist() == expected[method].tolist(), method
-    official = rank(table).set_index("team")["rank"].reindex(methods.team)
+    official = rank(table, "flare22").set_index("team")["rank"].reindex(methods.team)
     assert methods.rank_then_aggregate.tolist() == official.tolist()
     assert methods.test_then_rank.nunique() > 1
     agreement = ranking_methods_agreement(methods)
@@ -410,8 +410,8 @@ def test_holm_hand_worked():
 
 def test_holm_is_applied_per_metric(example_results):
     with pytest.warns(RankingWarning):
-        raw = significance(example_results, adjust="none")
-    holm = significance(example_results)  # the same table: warned once
+        raw = significance(example_results, "flare22", adjust="none")
+    holm = significance(example_results, "flare22")  # the same table: warned once
     for metric in METRICS:
         mask = raw.metric == metric
         np.testing.assert_allclose(holm.p_adjusted[mask], holm_adjust(raw.p_value[mask].to_numpy()))
@@ -419,13 +419,13 @@ def test_holm_is_applied_per_metric(example_results):
 
 def test_best_versus_rest(example_results):
     with pytest.warns(RankingWarning):
-        table = best_versus_rest(example_results)
+        table = best_versus_rest(example_results, "flare22")
     medians = example_results.groupby("team").DSC.median()
     assert set(table.team_a) == {medians.idxmax()}
     assert len(table) == 11 and table.team_b.nunique() == 11
     np.testing.assert_allclose(table.p_adjusted, holm_adjust(table.p_value.to_numpy()))
     with pytest.raises(ValueError, match="metric must be one of"):
-        best_versus_rest(example_results, metric="HD95")  # the same table: its warning was given above
+        best_versus_rest(example_results, "flare22", metric="HD95")  # the same table: its warning was given above
 
 
 def test_each_warning_about_a_table_is_given_once(example_results):
@@ -437,20 +437,20 @@ def test_each_warning_about_a_table_is_given_once(example_results):
     table = example_results.assign(note="x")  # a fresh table: an ignored column and a team lacking a case
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        rank(table)
-        bootstrap_stability(table, n_samples=20, seed=1)
-        significance(table)
-        ranking_methods(table)
+        rank(table, "flare22")
+        bootstrap_stability(table, "flare22", n_samples=20, seed=1)
+        significance(table, "flare22")
+        ranking_methods(table, "flare22")
     told = [str(w.message) for w in caught if issubclass(w.category, RankingWarning)]
     assert len(told) == len(set(told)) >= 2
     assert all(w.filename == __file__ for w in caught if issubclass(w.category, RankingWarning))
-    assert prepare_results(table).warnings == tuple(sorted(set(told), key=told.index))
+    assert prepare_results(table, "flare22").warnings == tuple(sorted(set(told), key=told.index))
 
 
 def test_numeric_team_ids_are_flagged():
     numeric = HAND.assign(team=HAND.team.map({"a": 1, "b": 2, "c": 3}))
     with pytest.warns(RankingWarning, match="leading zeros"):
-        prepare_results(numeric)
+        prepare_results(numeric, "flare22")
 
 
 def test_bounded_chunks_change_no_result(example_results, monkeypatch):
@@ -459,11 +459,14 @@ def test_bounded_chunks_change_no_result(example_results, monkeypatch):
     from flare_eval.ranking import ranking_methods, significance
 
     table = example_results
-    whole = (rank(table), bootstrap_stability(table, n_samples=30, seed=3), significance(table),
-             ranking_methods(table))
+
+    def everything():
+        return (rank(table, "flare22"), bootstrap_stability(table, "flare22", n_samples=30, seed=3),
+                significance(table, "flare22"), ranking_methods(table, "flare22"))
+
+    whole = everything()
     monkeypatch.setattr(module, "CHUNK_ELEMENTS", 1)
-    chunked = (rank(table), bootstrap_stability(table, n_samples=30, seed=3), significance(table),
-               ranking_methods(table))
+    chunked = everything()
     pd.testing.assert_frame_equal(whole[0], chunked[0])
     pd.testing.assert_frame_equal(whole[1].samples, chunked[1].samples)
     np.testing.assert_array_equal(whole[1].ranks, chunked[1].ranks)

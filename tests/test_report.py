@@ -149,7 +149,7 @@ def test_figures_stay_readable_with_48_teams():
 
     results = synthetic_results(48, 20)
     ranking = fe.rank(results)
-    boot = fe.bootstrap_stability(results, n_samples=50, seed=0)
+    boot = fe.bootstrap_stability(results, "flare22", n_samples=50, seed=0)
     order = ranking.team.tolist()
     blob = plots.rank_blob_figure(boot.ranks, boot.teams, boot.rank_distribution.set_index("team")
                                   .loc[list(boot.teams), "rank"].to_numpy())
@@ -159,9 +159,9 @@ def test_figures_stay_readable_with_48_teams():
     scores = pd.DataFrame([{"team": t, "case": c, "label": 1, "organ": "Liver", "DSC": 0.9, "NSD": 0.9}
                            for t in order for c in range(3)])
     assert not tick_labels_overlap(plots.organ_scores_figure(scores, "DSC", order))
-    heatmap = plots.rank_heatmap_figure(fe.case_ranks(results), order)
+    heatmap = plots.rank_heatmap_figure(fe.case_ranks(results, "flare22"), order)
     assert isinstance(heatmap, Figure)
-    significance = fe.significance(results[results.team.isin(order[:10])])
+    significance = fe.significance(results[results.team.isin(order[:10])], "flare22")
     assert not tick_labels_overlap(plots.significance_figure(significance, order[:10]))
 
 
@@ -193,8 +193,8 @@ def test_titles_are_never_clipped(n_teams):
     results["status"] = "ok"
     ranking = fe.rank(results)
     order = ranking.team.tolist()
-    boot = fe.bootstrap_stability(results, n_samples=30, seed=0)
-    methods = fe.ranking_methods(results)
+    boot = fe.bootstrap_stability(results, "flare22", n_samples=30, seed=0)
+    methods = fe.ranking_methods(results, "flare22")
     figures = [
         plots.rank_blob_figure(boot.ranks, boot.teams, list(range(1, n_teams + 1))),
         plots.rank_frequency_figure(boot.ranks, boot.teams, order),
@@ -202,9 +202,9 @@ def test_titles_are_never_clipped(n_teams):
         plots.dot_box_figure(results, "DSC", order),
         plots.podium_figure(results, ranking, "DSC"),
         plots.ranking_methods_figure(methods, fe.ranking_methods_agreement(methods)),
-        plots.rank_heatmap_figure(fe.case_ranks(results), order),
+        plots.rank_heatmap_figure(fe.case_ranks(results, "flare22"), order),
         plots.accuracy_time_figure(results, ranking),
-        plots.significance_figure(fe.significance(results), order),
+        plots.significance_figure(fe.significance(results, "flare22"), order),
     ]
     for figure in figures:
         assert titles_fit(figure), [a.title.get_text() for a in figure.axes]
@@ -273,7 +273,7 @@ def test_podium_places_are_the_per_case_ranks_and_labels_show_tied_ranks():
 
     results = pd.read_csv(fe.example_paths().results, dtype={"team": str, "case": str})
     results = results[results.team.isin(["teamA", "teamB", "teamC", "teamD"])]
-    matrix = prepare_results(results)
+    matrix = prepare_results(results, "flare22")
     dsc = load_protocol("flare22").ranking_metrics[0]
     places = plots.case_places(results, "DSC", higher_is_better=dsc.higher_is_better)
     expected = _case_ranks(matrix)[0]  # the DSC ranks of rank-then-aggregate, (cases, teams)

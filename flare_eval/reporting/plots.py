@@ -194,7 +194,7 @@ def rank_blob_figure(ranks, teams: Sequence[str] | None = None, full_rank: Seque
     --------
     >>> import flare_eval as fe, pandas as pd
     >>> table = pd.read_csv(fe.example_paths().results)
-    >>> boot = fe.bootstrap_stability(table[table.team != "teamL"], n_samples=50, seed=1)
+    >>> boot = fe.bootstrap_stability(table[table.team != "teamL"], "flare22", n_samples=50, seed=1)
     >>> rank_blob_figure(boot).axes[0].get_title()
     'Ranking stability over 50 bootstrap samples'
     """
@@ -566,7 +566,7 @@ def ranking_methods_figure(methods: pd.DataFrame, agreement: pd.DataFrame | None
     --------
     >>> import flare_eval as fe, pandas as pd
     >>> table = pd.read_csv(fe.example_paths().results)
-    >>> methods = fe.ranking_methods(table[table.team != "teamL"])
+    >>> methods = fe.ranking_methods(table[table.team != "teamL"], "flare22")
     >>> len(ranking_methods_figure(methods).axes)
     1
     """
