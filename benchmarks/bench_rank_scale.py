@@ -18,7 +18,7 @@ SCRIPT = """
 import sys, time
 sys.path.insert(0, {bench!r})
 from bench_ranking import synthetic_results
-import flare_eval.ranking as ranking
+import flare_eval.ranking.arrays as ranking
 from flare_eval import rank_results
 if {unbounded}:
     ranking.CHUNK_ELEMENTS = 2**62

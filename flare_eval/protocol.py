@@ -102,8 +102,8 @@ class SliceRangeRule:
 
 
 SPACING_SOURCES = ("ground_truth", "prediction")
-#: ``rank_then_aggregate``: FLARE's; ``aggregate_then_rank``: KiTS23's (rank each metric's mean over cases,
-#: average the ranks, rank again, ties broken by ``tie_break``'s mean).
+#: ``rank_then_aggregate``: FLARE's; ``aggregate_then_rank``: KiTS23's (rank each metric's mean over cases, or
+#: its median with ``statistic``, average the ranks, rank again, ties broken by ``tie_break``'s mean or median).
 RANKING_SCHEMES = ("rank_then_aggregate", "aggregate_then_rank")
 #: A prediction holding a value outside the protocol's labels: ``ignore`` (background, with a warning),
 #: ``zero_scores`` (FLARE24: DSC = NSD = 0), ``refuse`` (status ``invalid_prediction``, scored as empty; for
@@ -321,6 +321,7 @@ class Protocol:
     unusable_prediction: str = "empty"
     rounding: int | None = None
     ranking_scheme: str = "rank_then_aggregate"
+    ranking_statistic: str = "mean"
     tie_break: str | None = None
     scoring_limits: TaskLimits = TaskLimits()
     max_consecutive_failures: int | None = None
@@ -582,12 +583,27 @@ def _protocol_from_dict(data: dict[str, Any], source: str) -> Protocol:
                                     defaults["unusable_prediction"], source),
         rounding=None if data.get("rounding") is None else int(data["rounding"]),
         ranking_scheme=_choice(ranking, "scheme", RANKING_SCHEMES, "rank_then_aggregate", source),
-        tie_break=ranking.get("tie_break"),
+        ranking_statistic=_choice(ranking, "statistic", ("mean", "median"), "mean", source),
+        tie_break=_tie_break(ranking.get("tie_break"), regions, source),
         scoring_limits=_scoring_limits(data.get("scoring_limits") or {}, source),
         max_consecutive_failures=_positive_int_or_none(res.get("max_consecutive_failures"),
                                                        "resources.max_consecutive_failures", source),
         definition=definition,
     )
+
+
+def _tie_break(raw: Any, regions: tuple[Region, ...], source: str) -> str | None:
+    """The tie-break column ``<score column>_<region>``, given as that name or as ``{"score_column", "region"}``."""
+    if raw is None or isinstance(raw, str):
+        return raw
+    if not isinstance(raw, dict) or set(raw) != {"score_column", "region"}:
+        raise ValueError(f"protocol file {source}: ranking.tie_break must be a results column name or an object "
+                         "with score_column and region")
+    region = next((r for r in regions if r.name == raw["region"]), None)
+    if region is None or raw["score_column"] not in [c for m in region.metrics for c in m.columns]:
+        raise ValueError(f"protocol file {source}: ranking.tie_break: region {raw['region']!r} has no score "
+                         f"{raw['score_column']!r}")
+    return f"{raw['score_column']}_{raw['region']}"
 
 
 def _positive_int_or_none(value: Any, field: str, source: str) -> int | None:

@@ -12,7 +12,6 @@ from flare_eval.ranking import (
     RANKING_METHODS,
     RankingWarning,
     ResultsTableError,
-    _min_ranks,
     best_versus_rest,
     bootstrap_stability,
     holm_adjust,
@@ -24,6 +23,7 @@ from flare_eval.ranking import (
     ranking_methods_agreement,
     significance,
 )
+from flare_eval.ranking.arrays import _min_ranks
 
 METRICS = ["DSC", "NSD", "Time", "AUC_GPU", "AUC_CPU"]
 
@@ -455,7 +455,7 @@ def test_numeric_team_ids_are_flagged():
 
 def test_bounded_chunks_change_no_result(example_results, monkeypatch):
     """The ranking code works in chunks of bounded size; with chunks of one row the results are the same."""
-    from flare_eval import ranking as module
+    from flare_eval.ranking import arrays as module
     from flare_eval.ranking import ranking_methods, significance
 
     table = example_results
@@ -472,3 +472,32 @@ def test_bounded_chunks_change_no_result(example_results, monkeypatch):
     np.testing.assert_array_equal(whole[1].ranks, chunked[1].ranks)
     pd.testing.assert_frame_equal(whole[2], chunked[2])
     pd.testing.assert_frame_equal(whole[3], chunked[3])
+
+
+def test_schemes_are_objects_the_protocol_names():
+    """aggregate-then-rank with the median and a structured tie-break, hand-worked, through rank and bootstrap."""
+    from flare_eval.ranking import AggregateThenRank, RankThenAggregate, TestThenRank, scheme_of
+
+    assert scheme_of("flare22") == RankThenAggregate()
+    assert scheme_of("kits23") == AggregateThenRank("mean", "Dice_tumor")
+    protocol = load_protocol({"name": "median", "regions": [
+        {"name": "organ", "labels": [1], "metrics": [{"kind": "dice", "name": "Dice"}]}],
+        "ranking": {"scheme": "aggregate_then_rank", "statistic": "median",
+                    "tie_break": {"score_column": "Dice", "region": "organ"},
+                    "metrics": [{"name": "Dice", "higher_is_better": True, "worst": 0.0}]}})
+    assert scheme_of(protocol) == AggregateThenRank("median", "Dice_organ")
+    # Dice over 3 cases: a (.9, .1, .5) median .5 mean .5; b (.6, .6, .0) median .6 mean .4; c (.5, .5, .5)
+    values = {"a": (.9, .1, .5), "b": (.6, .6, .0), "c": (.5, .5, .5)}
+    tie = {"a": (1, 1, 1), "b": (0, 0, 0), "c": (0, 0, 0)}  # a wins ties with c on the median
+    table = pd.DataFrame([{"team": t, "case": str(i), "Dice": v, "Dice_organ": tie[t][i]}
+                          for t, vs in values.items() for i, v in enumerate(vs)])
+    ranking = rank(table, protocol).set_index("team")
+    assert ranking["rank"].to_dict() == {"b": 1, "a": 2, "c": 3}
+    assert ranking.loc["b", "Dice_median"] == 0.6 and ranking.loc["a", "tie_break_median"] == 1.0
+    boot = bootstrap_stability(table, protocol, draws=np.array([[0, 1, 2], [1, 1, 1]]))
+    # The second sample draws case 1 three times: medians a .1, b .6, c .5 -> b, c, a.
+    assert boot.ranks.tolist() == [[2, 1, 3], [3, 1, 2]]
+    # Test-then-rank as a scheme: with 3 cases no one-sided test reaches 0.05, so everyone ties.
+    assert TestThenRank(0.05).final_ranks(prepare_results(table, protocol)).tolist() == [1, 1, 1]
+    with pytest.raises(ValueError, match="statistic must be 'mean' or 'median'"):
+        AggregateThenRank("mode")

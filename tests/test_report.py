@@ -269,7 +269,8 @@ def test_publishing_options_title_names_contents_logs_single_file(evaluation, tm
 
 def test_podium_places_are_the_per_case_ranks_and_labels_show_tied_ranks():
     from flare_eval.protocol import load_protocol
-    from flare_eval.ranking import _case_ranks, prepare_results
+    from flare_eval.ranking import prepare_results
+    from flare_eval.ranking.arrays import _case_ranks
 
     results = pd.read_csv(fe.example_paths().results, dtype={"team": str, "case": str})
     results = results[results.team.isin(["teamA", "teamB", "teamC", "teamD"])]
