@@ -9,6 +9,7 @@ says what kind it is, so ``except ValueError`` still works), and every warning i
 __all__ = [
     "FlareEvalError",
     "FlareEvalWarning",
+    "HarnessWarning",
     "STATUS_OK",
     "STATUS_REORIENTED",
     "STATUS_RESAMPLED",
@@ -34,6 +35,10 @@ class FlareEvalError(Exception):
 
 class FlareEvalWarning(UserWarning):
     """Base of every warning flare-eval gives: something was accepted but deserves the user's attention."""
+
+
+class HarnessWarning(FlareEvalWarning):
+    """A run of containers went on, but something deserves attention (no GPU, dropped files, stale containers)."""
 
 
 # Scoring (scores.csv): how a prediction was scored, or why it could not be.

@@ -12,7 +12,14 @@
 
 from pathlib import Path
 
-__all__ = ["resources_path", "samples_path", "log_path", "predictions_dir", "SCRATCH"]
+__all__ = ["resources_path", "samples_path", "log_path", "predictions_dir", "SCRATCH", "RESOURCE_COLUMNS"]
+
+#: The columns of ``<team>/resources.csv``, one row per case.
+RESOURCE_COLUMNS = [
+    "team", "case", "time_s", "engine_time_s", "auc_gpu_mib_s", "auc_cpu_pct_s", "max_gpu_mib", "max_cpu_pct",
+    "gpu_measured", "gpu_mode", "exit_code", "status", "n_samples", "image", "image_id", "host", "worker", "n_cpus",
+    "gpu_name", "gpu_driver", "started_at",
+]
 
 #: The scratch folder's name: it starts with a dot, so no team can be named like it.
 SCRATCH = ".scratch"

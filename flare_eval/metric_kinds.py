@@ -20,22 +20,23 @@ kind                   value                                          columns
                        prediction (after the slice-range cut)         ``pred_voxels``
 =====================  =============================================  ==========================
 
-A metric sees a region of one case through a `RegionPair`: the two masks
-cropped to their union's bounding box, their voxel counts and, computed once
-for every metric of the region that asks, the surface distances. The
-engine that builds it is :func:`flare_eval.scoring.score_label_maps`.
+A metric sees a region of one case through a
+:class:`flare_eval.scoring.engine.RegionPair`: the two masks cropped to their
+union's bounding box, their voxel counts and, computed once for every metric of
+the region that asks, the surface distances. The engine that builds it is
+:func:`flare_eval.scoring.score_label_maps`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
+if TYPE_CHECKING:  # the command line loads protocols without NumPy; the engine brings it
+    from .scoring.engine import RegionPair
 
 __all__ = [
     "RegionMetric",
@@ -46,7 +47,6 @@ __all__ = [
     "LesionWise",
     "FalseVolumes",
     "VoxelCounts",
-    "RegionPair",
     "METRIC_KINDS",
     "metric_from_fields",
     "MetricFieldError",
@@ -58,79 +58,6 @@ LESION_WISE_COLUMNS = ("LesionWise_Dice", "LesionWise_HD95", "Legacy_Dice", "Leg
                        "Num_FN", "Sensitivity", "Specificity", "GT_Complete_Volume")
 FALSE_VOLUME_COLUMNS = ("FP_volume_ml", "FN_volume_ml")
 VOXEL_COUNT_COLUMNS = ("gt_voxels", "pred_voxels")
-
-
-class RegionPair:
-    """Ground truth and prediction of one region of one case, as the metrics see them.
-
-    Parameters
-    ----------
-    gt, pred : (I, J, K) ndarray of integers
-        The whole label maps (for the metrics of raw values or of the whole volume).
-    box : tuple of slices or None
-        The union of the region's bounding boxes in both maps (after any
-        slice-range cut); None when both are empty.
-    gt_mask, pred_mask : ndarray of bool or None
-        The region's masks within ``box``.
-    spacing_mm : (3,) ndarray
-        Voxel size in mm.
-    labels : tuple of int
-        The region's labels (to grow a crop from the whole maps).
-    """
-
-    def __init__(self, gt: np.ndarray, pred: np.ndarray, box: tuple[slice, ...] | None,
-                 gt_mask: np.ndarray | None, pred_mask: np.ndarray | None, spacing_mm: np.ndarray,
-                 labels: tuple[int, ...]) -> None:
-        self.gt, self.pred, self.box, self.spacing_mm, self.labels = gt, pred, box, spacing_mm, labels
-        self.gt_mask, self.pred_mask = gt_mask, pred_mask
-        self.gt_voxels = 0 if gt_mask is None else int(np.count_nonzero(gt_mask))
-        self.pred_voxels = 0 if pred_mask is None else int(np.count_nonzero(pred_mask))
-        self._distances: dict = {}
-        self.reach_mm = np.inf
-
-    @property
-    def gt_empty(self) -> bool:
-        return self.gt_voxels == 0
-
-    @property
-    def pred_empty(self) -> bool:
-        return self.pred_voxels == 0
-
-    @functools.cached_property
-    def dice(self) -> float:
-        """Dice of the two masks (NaN when both are empty)."""
-        if self.box is None:
-            return float("nan")
-        from .metrics import _dice_from_counts
-
-        overlap = int(np.count_nonzero(self.gt_mask & self.pred_mask))
-        return float(_dice_from_counts(overlap, self.gt_voxels, self.pred_voxels))
-
-    def surface_distances(self):
-        """Surface distances up to `reach_mm` (the farthest any metric of the region needs), computed once.
-
-        Returns a :class:`flare_eval.metrics.SurfaceDistances`.
-        """
-        from . import metrics
-
-        if self.reach_mm not in self._distances:
-            self._distances[self.reach_mm] = metrics._surface_distances_of_crops(
-                self.gt_mask, self.pred_mask, self.spacing_mm, max_distance_mm=self.reach_mm)
-        return self._distances[self.reach_mm]
-
-    def grown_masks(self, margin_vx: int) -> tuple[np.ndarray, np.ndarray]:
-        """The region's masks in ``box`` grown by ``margin_vx`` voxels on every side (within the volume)."""
-        if self.box is None:
-            return np.zeros((1, 1, 1), bool), np.zeros((1, 1, 1), bool)
-        grown = tuple(slice(max(0, b.start - margin_vx), min(n, b.stop + margin_vx))
-                      for b, n in zip(self.box, self.gt.shape))
-        return _region_mask(self.gt[grown], self.labels), _region_mask(self.pred[grown], self.labels)
-
-
-def _region_mask(labels: np.ndarray, region_labels: tuple[int, ...]) -> np.ndarray:
-    if len(region_labels) == 1:
-        return labels == region_labels[0]
-    return np.isin(labels, region_labels)
 
 
 @dataclass(frozen=True)
@@ -206,6 +133,8 @@ class RawDice(RegionMetric):
     kind: ClassVar[str] = "dice_raw"
 
     def score(self, pair: RegionPair) -> dict[str, float]:
+        import numpy as np
+
         overlap = float(np.sum(pair.gt.astype(np.float64) * pair.pred))
         total = float(np.sum(pair.gt, dtype=np.float64) + np.sum(pair.pred, dtype=np.float64))
         return {self.name: overlap * 2 / total if total else float("nan")}

@@ -10,6 +10,7 @@ through here.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Sequence
 
@@ -17,10 +18,9 @@ import numpy as np
 
 from .. import metrics
 from ..errors import FlareEvalWarning
-from ..metric_kinds import RegionPair, _region_mask
 from ..protocol import Protocol, Region, SliceRangeRule, load_protocol
 
-__all__ = ["score_label_maps"]
+__all__ = ["score_label_maps", "RegionPair"]
 
 
 def score_label_maps(
@@ -177,3 +177,70 @@ def _restrict_box(labels: np.ndarray, box: tuple[slice, ...] | None, axis: int, 
     if inner is None:
         return None
     return tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(limited, inner))
+
+
+class RegionPair:
+    """Ground truth and prediction of one region of one case, as the metrics see them.
+
+    Parameters
+    ----------
+    gt, pred : (I, J, K) ndarray of integers
+        The whole label maps (for the metrics of raw values or of the whole volume).
+    box : tuple of slices or None
+        The union of the region's bounding boxes in both maps (after any
+        slice-range cut); None when both are empty.
+    gt_mask, pred_mask : ndarray of bool or None
+        The region's masks within ``box``.
+    spacing_mm : (3,) ndarray
+        Voxel size in mm.
+    labels : tuple of int
+        The region's labels (to grow a crop from the whole maps).
+    """
+
+    def __init__(self, gt: np.ndarray, pred: np.ndarray, box: tuple[slice, ...] | None,
+                 gt_mask: np.ndarray | None, pred_mask: np.ndarray | None, spacing_mm: np.ndarray,
+                 labels: tuple[int, ...]) -> None:
+        self.gt, self.pred, self.box, self.spacing_mm, self.labels = gt, pred, box, spacing_mm, labels
+        self.gt_mask, self.pred_mask = gt_mask, pred_mask
+        self.gt_voxels = 0 if gt_mask is None else int(np.count_nonzero(gt_mask))
+        self.pred_voxels = 0 if pred_mask is None else int(np.count_nonzero(pred_mask))
+        self._distances: metrics.SurfaceDistances | None = None
+        #: The farthest any metric of the region needs surface distances (set by the engine).
+        self.reach_mm = np.inf
+
+    @property
+    def gt_empty(self) -> bool:
+        return self.gt_voxels == 0
+
+    @property
+    def pred_empty(self) -> bool:
+        return self.pred_voxels == 0
+
+    @functools.cached_property
+    def dice(self) -> float:
+        """Dice of the two masks (NaN when both are empty)."""
+        if self.box is None:
+            return float("nan")
+        overlap = int(np.count_nonzero(self.gt_mask & self.pred_mask))
+        return float(metrics._dice_from_counts(overlap, self.gt_voxels, self.pred_voxels))
+
+    def surface_distances(self) -> metrics.SurfaceDistances:
+        """Surface distances up to `reach_mm`, computed once for every metric of the region."""
+        if self._distances is None:
+            self._distances = metrics._surface_distances_of_crops(self.gt_mask, self.pred_mask, self.spacing_mm,
+                                                                  max_distance_mm=self.reach_mm)
+        return self._distances
+
+    def grown_masks(self, margin_vx: int) -> tuple[np.ndarray, np.ndarray]:
+        """The region's masks in ``box`` grown by ``margin_vx`` voxels on every side (within the volume)."""
+        if self.box is None:
+            return np.zeros((1, 1, 1), bool), np.zeros((1, 1, 1), bool)
+        grown = tuple(slice(max(0, b.start - margin_vx), min(n, b.stop + margin_vx))
+                      for b, n in zip(self.box, self.gt.shape))
+        return _region_mask(self.gt[grown], self.labels), _region_mask(self.pred[grown], self.labels)
+
+
+def _region_mask(labels: np.ndarray, region_labels: tuple[int, ...]) -> np.ndarray:
+    if len(region_labels) == 1:
+        return labels == region_labels[0]
+    return np.isin(labels, region_labels)
