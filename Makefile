@@ -53,6 +53,7 @@ bench: install-test  ## ours against the official-equivalent reference, side by 
 	$(BIN)/python benchmarks/bench_rank_scale.py
 	$(BIN)/python benchmarks/bench_dask.py
 	$(BIN)/python benchmarks/bench_lesions.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 gpu-check: install  ## on the evaluation workstation: driver, NVML, the engine's NVIDIA runtime, and a CUDA workload measured on the host and in a container
 	$(BIN)/flare-eval gpu-check

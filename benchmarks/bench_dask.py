@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -34,14 +35,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@contextmanager
+def local_cluster(n_workers: int):
+    """A Dask scheduler and ``n_workers`` single-threaded worker processes on this machine; yields a Client."""
+    from distributed import Client
+
+    dask = str(Path(sys.executable).parent / "dask")
+    address = f"tcp://127.0.0.1:{free_port()}"
+    processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
+                                   "--no-dashboard"], stderr=subprocess.DEVNULL)]
+    processes += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard"],
+                                   stderr=subprocess.DEVNULL) for _ in range(n_workers)]
+    try:
+        client = Client(address, timeout=60)
+        client.wait_for_workers(n_workers, timeout=60)
+        yield client
+        client.close()
+    finally:
+        for process in processes:
+            process.kill()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", type=int, default=24)
     parser.add_argument("--ship", choices=("paths", "bytes"), default="paths")
     args = parser.parse_args()
-    from distributed import Client
-
-    dask = str(Path(sys.executable).parent / "dask")
     with tempfile.TemporaryDirectory() as tmp:
         gt_dir, pred_dir = build_cases(Path(tmp), args.cases)
         timings, tables = {}, {}
@@ -49,23 +68,12 @@ def main() -> None:
             start = time.perf_counter()
             tables[f"local {workers}"] = fe.score_folder(pred_dir, gt_dir, workers=workers, progress=False)
             timings[f"local, {workers} worker process(es)"] = time.perf_counter() - start
-        address = f"tcp://127.0.0.1:{free_port()}"
-        processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-                                       "--no-dashboard"], stderr=subprocess.DEVNULL)]
-        processes += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard"],
-                                       stderr=subprocess.DEVNULL) for _ in range(2)]
-        try:
-            client = Client(address, timeout=60)
-            client.wait_for_workers(2, timeout=60)
+        with local_cluster(2) as client:
             # Workers import the scoring code once, as a long-running cluster would have.
             client.run(__import__, "flare_eval.scoring")
             start = time.perf_counter()
             tables["dask"] = fe.score_folder(pred_dir, gt_dir, scheduler=client, ship=args.ship, progress=False)
             timings[f"Dask, 2 workers ({args.ship})"] = time.perf_counter() - start
-            client.close()
-        finally:
-            for process in processes:
-                process.kill()
     reference = tables["local 1"]
     for name, table in tables.items():
         pd.testing.assert_frame_equal(table, reference, obj=name)

@@ -23,7 +23,6 @@ Usage: ``python benchmarks/bench_scale.py [--cases 2000] [--distinct 20] [--grid
 import argparse
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,15 +33,10 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
+from bench_dask import local_cluster  # noqa: E402
 from bench_realistic import GRIDS, build  # noqa: E402
 
 FLARE_EVAL = str(Path(sys.executable).parent / "flare-eval")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def many_cases(folder: Path, shape, n_cases: int, n_distinct: int) -> tuple[Path, Path]:
@@ -90,7 +84,6 @@ def main() -> None:
     parser.add_argument("--grid", default="256x256x80")
     args = parser.parse_args()
     shape = tuple(int(n) for n in args.grid.split("x"))
-    dask = str(Path(sys.executable).parent / "dask")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         gt_dir, pred_dir = many_cases(tmp, shape, args.cases, args.distinct)
@@ -99,25 +92,13 @@ def main() -> None:
                                               str(tmp / "local"), "--workers", "2", "--no-progress"])
         rows.append(("local pool, 2 worker processes", seconds, f"{worker_mib:.0f}", f"{own_mib:.0f}"))
 
-        from distributed import Client
-
-        address = f"tcp://127.0.0.1:{free_port()}"
-        processes = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", address.rsplit(":", 1)[1],
-                                       "--no-dashboard"], stderr=subprocess.DEVNULL)]
-        processes += [subprocess.Popen([dask, "worker", address, "--nthreads", "1", "--no-dashboard"],
-                                       stderr=subprocess.DEVNULL) for _ in range(2)]
-        try:
-            client = Client(address, timeout=60)
-            client.wait_for_workers(2, timeout=60)
+        with local_cluster(2) as client:
             seconds, own_mib, _ = timed([FLARE_EVAL, "score", str(pred_dir), str(gt_dir), "--out", str(tmp / "dask"),
-                                         "--scheduler", address, "--ship", "paths", "--no-progress"])
+                                         "--scheduler", client.scheduler_info()["address"], "--ship", "paths",
+                                         "--no-progress"])
             peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             rows.append(("Dask, 2 single-threaded workers", seconds, "/".join(f"{v:.0f}" for v in peaks.values()),
                          f"{own_mib:.0f}"))
-            client.close()
-        finally:
-            for process in processes:
-                process.kill()
 
         local = pd.read_csv(tmp / "local" / "scores.csv")
         remote = pd.read_csv(tmp / "dask" / "scores.csv")

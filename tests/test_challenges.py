@@ -199,6 +199,29 @@ def test_flare24_rules():
 
 # autoPET 2022 -----------------------------------------------------------------------------------------
 
+def test_autopet_false_volumes_over_groups_of_blocks_equal_the_whole_volume_reference():
+    """Components are found per group of occupied 16-voxel blocks; the sums equal the whole-volume algorithm's:
+    scattered lesions, lesions across block corners, and a group inside the bounding box of another."""
+    from flare_eval import lesions
+
+    rng = np.random.default_rng(11)
+    gt = random_blobs(rng, (120, 120, 60), 12, size=(1, 6))
+    pred = random_blobs(rng, (120, 120, 60), 12, size=(1, 6))
+    gt[0:64, 1, 1] = 1  # an L of blocks ...
+    gt[1, 0:64, 1] = 1
+    pred[40:42, 40:42, 3:5] = 1  # ... around a false positive of its own group, inside the L's bounding box
+    pred[30:50, 2, 2] = 2  # another value along the L, touching nothing
+    gt[15:17, 15:17, 30:32] = 1  # a lesion across the corner of eight blocks
+    pred[16, 16, 31] = 1
+    for connectivity in (6, 18, 26):
+        ours = false_volumes_ml(gt, pred, (2.0, 2.0, 3.0), connectivity=connectivity)
+        whole = (lesions._untouched_voxels(pred, gt != 0, connectivity) * 0.012,
+                 lesions._untouched_voxels(gt, pred != 0, connectivity) * 0.012)
+        assert ours == pytest.approx(whole, abs=1e-12), connectivity
+    assert false_volumes_ml(gt, pred, (2.0, 2.0, 3.0)) == pytest.approx(
+        challenge_reference.false_volumes(gt, pred, 12.0 / 1000), abs=1e-9)
+
+
 def test_autopet_false_volumes_and_raw_dice():
     rng = np.random.default_rng(5)
     for _ in range(5):
