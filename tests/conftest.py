@@ -75,7 +75,9 @@ _SLOW_TESTS = {"test_every_command_works_for_every_preset_and_reads_the_recorded
                "test_a_new_challenge_written_as_json_only_is_scored_ranked_and_reported",
                "test_presets_collect_rank_and_report_the_bundled_examples",
                "test_a_predictions_only_challenge_from_team_folders_to_report",
-               "test_a_case_past_the_protocols_scoring_limits_is_marked_and_the_run_goes_on"}
+               "test_a_case_past_the_protocols_scoring_limits_is_marked_and_the_run_goes_on",
+               "test_non_editable_install_ships_presets_and_examples", "test_cohort_commands_on_the_examples",
+               "test_matches_official_reference_on_bundled_examples"}
 
 
 def pytest_collection_modifyitems(config, items):
