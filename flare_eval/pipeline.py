@@ -126,7 +126,7 @@ def _protocols_differ(a: Protocol, b: Protocol) -> bool:
 def rank_results(
     results_csv: str | Path,
     out_dir: str | Path,
-    protocol: str | Protocol = "flare22",
+    protocol: str | Protocol | None = None,
     *,
     n_samples: int = 1000,
     seed: int | None = DEFAULT_SEED,
@@ -150,10 +150,11 @@ def rank_results(
     ``bootstrap_copies`` is `flare_eval.ranking.bootstrap_stability`'s
     ``copies`` (``joint`` reproduces challengeR's bootstrap).
 
-    Warnings about filled-in values name the results file.
+    ``protocol`` defaults to the one recorded beside ``results_csv`` (see
+    `resolve_protocol`). Warnings about filled-in values name the results file.
     """
-    protocol = load_protocol(protocol)
     results_csv, out_dir = Path(results_csv), Path(out_dir)
+    protocol = resolve_protocol(protocol, results_csv)
     table = read_table(results_csv, role="results table")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RankingWarning)
@@ -199,7 +200,7 @@ def collect_results(
     runs_dir: str | Path,
     labels_dir: str | Path,
     out_csv: str | Path | None = None,
-    protocol: str | Protocol = "flare22",
+    protocol: str | Protocol | None = None,
     *,
     workers: int | None = None,
     progress: bool | None = None,
@@ -219,12 +220,13 @@ def collect_results(
     ``runs_dir/results.csv``). ``scheduler`` and ``ship`` score on a Dask
     cluster (see :func:`flare_eval.score_folder`). One `CollectWarning` says
     which teams' cases ran without GPU measurement (``warn_unmeasured=False``
-    when that was asked for, as with ``--gpus none``).
+    when that was asked for, as with ``--gpus none``). ``protocol`` defaults
+    to the one recorded in the runs folder or beside ``out_csv`` (see `resolve_protocol`).
     """
     from .scoring import FlareEvalWarning, score
 
-    protocol = load_protocol(protocol)
     runs_dir = Path(runs_dir)
+    protocol = resolve_protocol(protocol, runs_dir, Path(out_csv).parent if out_csv is not None else None)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"runs folder {runs_dir} does not exist or is not a folder")
     team_dirs = sorted(p for p in runs_dir.iterdir() if not p.name.startswith(".") and (
@@ -337,7 +339,7 @@ def evaluate(
     inputs_dir: str | Path,
     labels_dir: str | Path,
     out_dir: str | Path,
-    protocol: str | Protocol = "flare22",
+    protocol: str | Protocol | None = None,
     *,
     gpus: str | int | None = "auto",
     limits=None,
@@ -356,12 +358,13 @@ def evaluate(
     ``out_dir/results.csv`` and, with two teams or more, ``out_dir/ranking/``.
     Rerunning resumes every step. With ``scheduler``, containers and scoring
     run on that Dask cluster (see :func:`flare_eval.run_containers`).
+    ``protocol`` defaults to the one an earlier run of ``out_dir`` recorded.
     """
     from .harness.runner import find_cases, run_containers
     from .io import pair_cases
 
-    protocol = load_protocol(protocol)
     out_dir = Path(out_dir)
+    protocol = resolve_protocol(protocol, out_dir / "runs", out_dir)
     inputs = find_cases(inputs_dir)
     without_input = tuple(p.case for p in pair_cases(labels_dir, labels_dir).pairs if p.case not in inputs)
     if without_input:
@@ -392,7 +395,7 @@ def quantify(
     pred_dir: str | Path,
     gt_dir: str | Path | None,
     out_dir: str | Path | None = None,
-    protocol: str | Protocol = "flare22",
+    protocol: str | Protocol | None = None,
     *,
     progress: bool | None = None,
 ) -> QuantifyOutputs:
@@ -408,6 +411,7 @@ def quantify(
     :func:`flare_eval.volumes.volume_agreement`); with ``out_dir`` None (in a
     notebook) it writes nothing and returns the tables. Cases without a
     prediction are reported in a warning and left out of the agreement.
+    ``protocol`` defaults to ``flare22`` (label maps record none).
     """
     from tqdm import tqdm
 
@@ -416,7 +420,7 @@ def quantify(
     from .io import LABEL_MAP_SUFFIXES, case_id, pair_cases
     from .volumes import median_iqr_table, paired_volumes, volume_agreement
 
-    protocol = load_protocol(protocol)
+    protocol = resolve_protocol(protocol)
     pred_dir, out_dir = Path(pred_dir), None if out_dir is None else Path(out_dir)
     if gt_dir is not None:
         pairing = pair_cases(pred_dir, gt_dir)
@@ -491,7 +495,7 @@ def _measure_failed(arguments: tuple, failure) -> str:
 def report(
     source: str | Path,
     out_dir: str | Path,
-    protocol: str | Protocol = "flare22",
+    protocol: str | Protocol | None = None,
     *,
     ranking_dir: str | Path | None = None,
     runs_dir: str | Path | None = None,
@@ -511,13 +515,16 @@ def report(
 
     See :func:`flare_eval.reporting.build_report` (also for ``title``, ``display_names``,
     ``include_logs``, ``single_file`` and ``paper``); returns the path of ``index.html``. With ``pdf``,
-    also ``out_dir/report.pdf``, the page printed by headless Chromium.
+    also ``out_dir/report.pdf``, the page printed by headless Chromium. ``protocol`` defaults to the one
+    recorded in ``source``, its ranking or its runs (see `resolve_protocol`).
     """
     from .reporting import build_report, find_report_inputs
     from .reporting.html import print_pdf
 
     inputs = find_report_inputs(source, ranking_dir=ranking_dir, runs_dir=runs_dir, quantify_dir=quantify_dir,
                                 cohorts_dir=cohorts_dir, compare_dir=compare_dir)
+    folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    protocol = resolve_protocol(protocol, folder, ranking_dir or folder / "ranking", runs_dir or folder / "runs")
     index = build_report(inputs, out_dir, protocol, team=team, case=case, title=title, display_names=display_names,
                          include_logs=include_logs, single_file=single_file, paper=paper)
     if pdf:
@@ -542,7 +549,7 @@ def cohorts(
     *,
     columns: list[str] | None = None,
     bins: dict[str, list[float]] | None = None,
-    protocol: str | Protocol = "flare22",
+    protocol: str | Protocol | None = None,
 ) -> CohortOutputs:
     """Accuracy per cohort and subgroup, per team.
 
@@ -561,6 +568,9 @@ def cohorts(
         Numeric columns to bin and their inner edges; ``age`` is binned at the
         paper's 50 and 70 unless given.
 
+    protocol : str or Protocol, optional
+        Default: the one recorded beside the scores (see `resolve_protocol`).
+
     See :mod:`flare_eval.cohort_stats` for the statistics.
     """
     from .cohort_stats import (
@@ -572,7 +582,7 @@ def cohorts(
         unit_columns,
     )
 
-    protocol = load_protocol(protocol)
+    protocol = resolve_protocol(protocol, scores_source)
     scores = read_scores(scores_source)
     metrics = accuracy_metrics(protocol)
     units = unit_columns(scores)
@@ -621,7 +631,7 @@ def compare(
     metric: str | None = None,
     n_samples: int = 2000,
     seed: int | None = DEFAULT_SEED,
-    protocol: str | Protocol = "flare22",
+    protocol: str | Protocol | None = None,
 ):
     """Compare two teams case by case; writes ``comparison.csv`` and ``differences.csv``.
 
@@ -629,7 +639,7 @@ def compare(
     """
     from .cohort_stats import compare_teams
 
-    metric = metric or accuracy_metrics(load_protocol(protocol))[0]
+    metric = metric or accuracy_metrics(resolve_protocol(protocol, scores_source))[0]
     comparison = compare_teams(read_scores(scores_source), team_a, team_b, metric=metric, n_samples=n_samples,
                                seed=seed)
     out_dir = Path(out_dir)
@@ -641,7 +651,7 @@ def compare(
 
 def review(
     scores_source: str | Path, out_csv: str | Path, *, threshold: float = 0.75, reference: str | None = None,
-    protocol: str | Protocol = "flare22", metric: str | None = None,
+    protocol: str | Protocol | None = None, metric: str | None = None,
 ) -> pd.DataFrame:
     """Write the annotation review list (see :func:`flare_eval.cohort_stats.review_cases`) to ``out_csv``.
 
@@ -649,7 +659,7 @@ def review(
     """
     from .cohort_stats import review_cases
 
-    metric = metric or accuracy_metrics(load_protocol(protocol))[0]
+    metric = metric or accuracy_metrics(resolve_protocol(protocol, scores_source))[0]
     table = review_cases(read_scores(scores_source), threshold=threshold, reference=reference, metric=metric)
     write_table(table, out_csv)
     return table

@@ -521,6 +521,10 @@ def test_a_new_challenge_written_as_json_only_is_scored_ranked_and_reported(exam
     assert ranking.set_index("team").loc["teamA", "rank"] == 1 and "tie_break_mean" in ranking
     text = (out / "report" / "index.html").read_text()
     assert "kidney-tumour-example" in text and re.search(r"<h2>\d+\. Accuracy per region", text)
+    # The Python API's file-level steps read the recorded protocol too, as the commands do.
+    api = fe.rank_results(out / "results.csv", tmp_path / "api_ranking", n_samples=10)
+    assert list(api.ranking.columns[:5]) == ["team", "rank", "score", "Dice_mean", "Dice_rank"]
+    assert "Dice" in set(fe.review(teams, tmp_path / "review.csv", threshold=1).columns)
 
 
 def test_ranking_methods_are_compared_with_the_protocols_own_ranking():
