@@ -1,6 +1,6 @@
 """Golden outputs: every bundled preset family scored, collected and ranked, frozen before a refactoring.
 
-``python tests/golden.py`` writes them into ``tests/golden/<preset>/``; tests/test_golden.py recomputes them
+``python tests/golden.py`` writes them into ``tests/golden/<preset>/``; tests/scoring/test_golden.py recomputes them
 and compares value by value. Regenerate only on purpose, naming in the commit what changed and why.
 """
 

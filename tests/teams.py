@@ -47,7 +47,7 @@ GRAND_CHALLENGE_TEAMS = {
         'cp "/answers/$c.mha" "/output/images/abdominal-organ-segmentation/result-$c.mha"; done\n'
     ),
 }
-# Hostile or careless submissions, one per defence of the harness (tests/test_hostile.py).
+# Hostile or careless submissions, one per defence of the harness (tests/harness/test_hostile.py).
 HOSTILE_TEAMS = {
     # 83 bytes of gzip whose NIfTI header claims 2000 x 2000 x 2000 voxels.
     "bomb": 'for f in /workspace/inputs/*_0000.nii.gz; do c=$(basename "$f" _0000.nii.gz); '
