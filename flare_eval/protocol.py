@@ -69,6 +69,7 @@ __all__ = [
     "RankingMetric",
     "Protocol",
     "load_protocol",
+    "resolve_protocol",
     "available_protocols",
     "SLICE_RANGE_MODES",
 ]
@@ -449,6 +450,56 @@ def load_protocol(protocol: str | Path | Protocol | Mapping = "flare22") -> Prot
         return _protocol_from_dict(copy.deepcopy(dict(protocol)), f"recorded definition of {protocol.get('name')!r}")
     data, source = _load_json(protocol, seen=())
     return _protocol_from_dict(data, source)
+
+
+def resolve_protocol(given: str | Path | Protocol | None, *places: str | Path | None) -> Protocol:
+    """The protocol of a command: the one given, or the one recorded where its inputs or outputs are.
+
+    Each place is a folder (or a file, meaning its folder) whose ``settings.json`` may record the protocol it
+    was made with (see `flare_eval.protocol.Protocol.record`); for a runs folder, its teams' folders too. With
+    nothing given and nothing recorded: ``flare22``.
+
+    Raises
+    ------
+    ValueError
+        If the given protocol differs from a recorded one (a folder made with KiTS23 ranked with FLARE22), or
+        two places record different protocols; the message names both and where each comes from.
+    """
+    from .io import read_settings
+
+    recorded: list[tuple[Protocol, Path]] = []
+    for place in places:
+        if place is None:
+            continue
+        folder = Path(place) if Path(place).is_dir() else Path(place).parent
+        candidates = [folder / "settings.json", *sorted(folder.glob("*/settings.json"))[:1]]
+        for settings_path in candidates:
+            settings = read_settings(settings_path)
+            found = settings.get("protocol_definition") or settings.get("protocol")
+            if found:
+                recorded.append((load_protocol(found), settings_path))
+                break
+    chosen = None if given is None else load_protocol(given)
+    for protocol, where in recorded:
+        reference = chosen or recorded[0][0]
+        if _protocols_differ(reference, protocol):
+            mine = f"--protocol {chosen.name}" if chosen is not None else \
+                f"the protocol {reference.name} recorded in {recorded[0][1]}"
+            raise ValueError(f"{mine} differs from the protocol {protocol.name} recorded in {where}: "
+                             "leave --protocol out to use the recorded one, or use a new output folder")
+    if chosen is not None:
+        return chosen
+    return recorded[0][0] if recorded else load_protocol("flare22")
+
+
+def _protocols_differ(a: Protocol, b: Protocol) -> bool:
+    """Whether two protocols evaluate differently: their definitions but for the description (prose only)."""
+    if a.definition and b.definition:
+        def rules(protocol: Protocol) -> dict:
+            return {k: v for k, v in protocol.definition.items() if k != "description"}
+
+        return rules(a) != rules(b)
+    return a.name != b.name
 
 
 def _load_json(protocol: str | Path, seen: tuple[str, ...]) -> tuple[dict[str, Any], str]:

@@ -56,7 +56,7 @@ def _add_protocol_argument(parser: argparse.ArgumentParser) -> None:
 
 def _resolved_protocol(args: argparse.Namespace, *places):
     """The command's protocol (given, else recorded in the settings.json of ``places``); kept in ``args``."""
-    from ..pipeline import resolve_protocol
+    from ..protocol import resolve_protocol
 
     args.protocol = resolve_protocol(args.protocol, *places)
     return args.protocol
