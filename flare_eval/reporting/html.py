@@ -654,11 +654,12 @@ def _method(protocol: Protocol, ranking_settings: dict) -> str:
     weights = ('<table class="table"><tr><th>metric</th><th>better</th><th>weight</th><th>value of a missing or '
                f"failed case</th></tr>{rows}</table>")
     if protocol.ranking_scheme == "aggregate_then_rank":
-        scheme = ("<p><b>Aggregate, then rank.</b> For each metric, each team's mean over the cases is ranked "
-                  "(1 = best, tied teams share the smallest rank); the weighted mean of a team's ranks "
+        statistic = protocol.ranking_statistic
+        scheme = (f"<p><b>Aggregate, then rank.</b> For each metric, each team's {statistic} over the cases is "
+                  "ranked (1 = best, tied teams share the smallest rank); the weighted mean of a team's ranks "
                   "<i>s = &Sigma; w<sub>m</sub> r<sub>m</sub> / &Sigma; w<sub>m</sub></i> is ranked again"
-                  + (f", teams still tied ordered by their mean {html.escape(protocol.tie_break)} (higher first)"
-                     if protocol.tie_break else "") + ".</p>")
+                  + (f", teams still tied ordered by their {statistic} {html.escape(protocol.tie_break)} (higher "
+                     "first)" if protocol.tie_break else "") + ".</p>")
     else:
         scheme = ("<p><b>Rank, then aggregate.</b> Within each case, the teams are ranked on each metric (1 = best; "
                   "tied teams share the smallest rank, R's <code>ties.method = \"min\"</code>). A team's score is "
