@@ -2,6 +2,7 @@
 
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import nibabel as nib
@@ -9,6 +10,8 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+#: A token of this test session: the images it builds carry it (tests/teams.py), and only those are removed.
+SESSION = os.environ.setdefault("FLARE_EVAL_TEST_SESSION", uuid.uuid4().hex[:12])
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 
@@ -61,8 +64,8 @@ def engine():
             pytest.fail(f"FLARE_EVAL_REQUIRE_DOCKER=1 but no Docker engine answers: {exc}")
         pytest.skip(f"no Docker engine: {exc}")
     yield client
-    # Remove every image the suite built (all carry the label of tests/teams.py), tagged or not.
-    for image in client.images.list(all=True, filters={"label": "flare-eval-test=1"}):
+    # Remove every image this session built (all carry its token in the label of tests/teams.py), tagged or not.
+    for image in client.images.list(all=True, filters={"label": f"flare-eval-test={SESSION}"}):
         try:
             client.images.remove(image.id, force=True)
         except docker.errors.APIError:

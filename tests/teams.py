@@ -11,7 +11,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-from conftest import write_nifti
+from conftest import SESSION, write_nifti
 
 COPY_ANSWERS = (
     'for f in /workspace/inputs/*_0000.nii.gz; do c=$(basename "$f" _0000.nii.gz); '
@@ -105,9 +105,10 @@ def half_values_bytes() -> bytes:
 
 
 HOSTILE_ROOT_FILES["halfvalues"] = {"answers/half.nii.gz": half_values_bytes()}
-#: Every test image carries TEST_IMAGE_LABEL, so the suite removes all it built (tests/conftest.py).
+#: Every test image carries TEST_IMAGE_LABEL with this session's token, so the suite removes all it built and only
+#: those (tests/conftest.py): a second test session on the same engine keeps its own.
 TEST_IMAGE_LABEL = "flare-eval-test"
-IMAGE_CHANGES = ("WORKDIR /workspace", f"LABEL {TEST_IMAGE_LABEL}=1")
+IMAGE_CHANGES = ("WORKDIR /workspace", f"LABEL {TEST_IMAGE_LABEL}={SESSION}")
 APPLETS = ["sh", "cat", "cp", "ls", "sleep", "mkdir", "true", "echo", "ln", "rm", "basename", "wget", "touch", "date",
            "truncate", "chmod", "grep", "mknod", "yes", "head", "tr", "printf"]
 

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 import pytest
+from teams import IMAGE_CHANGES
 
 from flare_eval.harness.gpu_check import (
     TOLERANCE,
@@ -110,7 +111,7 @@ def test_container_measured_against_the_known_allocation(workload, gpu, context_
 
     plan = WorkloadPlan(1024, 4, 1.0, 2.0)
     tag = f"flare-eval-test/gpu-workload:{reading}"
-    image_id = workload_image(engine_with_gpus, workload, tag, changes=("LABEL flare-eval-test=1",))
+    image_id = workload_image(engine_with_gpus, workload, tag, changes=(IMAGE_CHANGES[-1],))
     write_label_map(np.zeros((4, 4, 4), np.uint8), np.eye(4), tmp_path / "in" / "g_0000.nii.gz")
     protocol_path = tmp_path / "p.json"
     protocol_path.write_text(json.dumps({"extends": "flare22", "resources": {"gpu_memory": reading}}))
@@ -148,7 +149,7 @@ def test_per_process_reading_attributes_memory_to_the_right_container(workload, 
         assert bystander.stdout.readline().startswith("event allocated")
         plan = WorkloadPlan(512, 2, 1.0, 1.0)
         tag = "flare-eval-test/gpu-workload:attribution"
-        image_id = workload_image(engine_with_gpus, workload, tag, changes=("LABEL flare-eval-test=1",))
+        image_id = workload_image(engine_with_gpus, workload, tag, changes=(IMAGE_CHANGES[-1],))
         write_label_map(np.zeros((4, 4, 4), np.uint8), np.eye(4), tmp_path / "in" / "g_0000.nii.gz")
         interface = replace(load_protocol("flare22").container, command=("/alloc_steps", *plan.arguments()))
         try:
