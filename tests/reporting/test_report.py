@@ -148,7 +148,7 @@ def test_figures_stay_readable_with_48_teams():
     from bench_ranking import synthetic_results
 
     results = synthetic_results(48, 20)
-    ranking = fe.rank(results)
+    ranking = fe.rank(results, "flare22")
     boot = fe.bootstrap_stability(results, "flare22", n_samples=50, seed=0)
     order = ranking.team.tolist()
     blob = plots.rank_blob_figure(boot.ranks, boot.teams, boot.rank_distribution.set_index("team")
@@ -191,7 +191,7 @@ def test_titles_are_never_clipped(n_teams):
 
     results = synthetic_results(n_teams, 12)
     results["status"] = "ok"
-    ranking = fe.rank(results)
+    ranking = fe.rank(results, "flare22")
     order = ranking.team.tolist()
     boot = fe.bootstrap_stability(results, "flare22", n_samples=30, seed=0)
     methods = fe.ranking_methods(results, "flare22")
@@ -280,7 +280,7 @@ def test_podium_places_are_the_per_case_ranks_and_labels_show_tied_ranks():
     expected = _case_ranks(matrix)[0]  # the DSC ranks of rank-then-aggregate, (cases, teams)
     got = places.pivot(index="case", columns="team", values="place").loc[list(matrix.cases), list(matrix.teams)]
     np.testing.assert_array_equal(got.to_numpy(), expected)
-    tied = fe.rank(results).assign(rank=[1, 1, 3, 4])
+    tied = fe.rank(results, "flare22").assign(rank=[1, 1, 3, 4])
     figure = plots.podium_figure(results, tied, "DSC")
     labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
     assert labels[:2] == [f"1. {tied.team.iloc[0]}", f"1. {tied.team.iloc[1]}"] and labels[2].startswith("3. ")
