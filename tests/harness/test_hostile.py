@@ -248,7 +248,7 @@ def test_interrupt_exits_130_with_one_line_and_watchdog_removes_orphans(hostile,
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     started(process, tmp_path / "runs")
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=60)
+    _, err = process.communicate(timeout=240)  # wide: stopping a container on a busy engine can take a while
     assert process.returncode == 130
     assert err.strip().splitlines()[-1].startswith("flare-eval run-containers: interrupted")
     assert "Traceback" not in err
