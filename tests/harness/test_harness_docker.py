@@ -313,7 +313,8 @@ def test_time_is_the_wall_clock_of_the_whole_run_and_samples_end_within_it(works
     resources = run_containers(sleeper, images, tmp_path / "runs", gpus=None, interface=interface, progress=False)
     for row in resources.itertuples():
         assert 3.0 <= row.time_s < 5.0 + 10.0  # create, start, run and exit; generous on a busy machine
-        assert 3.0 <= row.engine_time_s <= row.time_s
+        # The engine stamps StartedAt a few ms after the process began (2.993 s seen for sleep 3).
+        assert 3.0 - 0.1 <= row.engine_time_s <= row.time_s
         samples = pd.read_csv(tmp_path / "runs" / "sleep3" / "samples" / f"{row.case}.csv")
         assert samples.time_s.iloc[-1] <= row.time_s
         assert samples.time_s.iloc[-1] >= 3.0 - 0.2

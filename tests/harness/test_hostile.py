@@ -245,7 +245,10 @@ def test_interrupt_exits_130_with_one_line_and_watchdog_removes_orphans(hostile,
             time.sleep(0.1)
         assert engine.containers.list(filters=label), "the container never started"
 
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell's background job (CI started with &) ignores SIGINT, and a child inherits that: give the harness
+    # the default disposition, as a terminal's Ctrl-C finds it.
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     started(process, tmp_path / "runs")
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=240)  # wide: stopping a container on a busy engine can take a while
