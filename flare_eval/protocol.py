@@ -203,15 +203,21 @@ LAYOUTS = {
 
 
 def layout_of_table(columns) -> ScoreLayout:
-    """The layout whose region keys a table's ``columns`` hold (a table read without its protocol).
+    """The layout whose region keys (or, failing that, whose name column) a table's ``columns`` hold.
+
+    For tables read without their protocol (scores, volumes, a comparison's differences).
 
     Raises
     ------
     ValueError
         If the columns hold the keys of no layout.
     """
-    for layout in sorted(LAYOUTS.values(), key=lambda layout: -len(layout.key_columns)):
+    ordered = sorted(LAYOUTS.values(), key=lambda layout: -len(layout.key_columns))
+    for layout in ordered:
         if all(column in columns for column in layout.key_columns):
+            return layout
+    for layout in ordered:  # a derived table may keep only the name (a comparison's differences: organ)
+        if layout.name_column in columns:
             return layout
     raise ValueError(f"a scores table names what each row scored in the columns of a layout "
                      f"({' or '.join(', '.join(lay.key_columns) for lay in LAYOUTS.values())}); these columns "

@@ -534,13 +534,16 @@ def build_report(
 
     # Cohorts, subgroups and paired comparisons
     if inputs.cohorts_dir is not None and (inputs.cohorts_dir / "case_metrics.csv").exists():
+        from ..pipeline import accuracy_metrics
+
         per_case = read(inputs.cohorts_dir / "case_metrics.csv", "cohort table")
-        columns = [c for c in per_case.columns if c not in ("team", "case", "DSC", "NSD")]
+        metric = accuracy_metrics(protocol)[0]
+        columns = [c for c in per_case.columns if c not in ("team", "case", *protocol.score_columns)]
         shown = [t for t in (team_order or []) if t in set(per_case["team"])] or sorted(per_case["team"].unique())
         shown = shown[:6]
         page.section("Cohorts and subgroups", "".join(
-            page.figure(f"subgroups_{i}", plots.subgroup_figure(per_case, column, "DSC", shown),
-                        f"Case mean DSC by {column}") for i, column in enumerate(columns)))
+            page.figure(f"subgroups_{i}", plots.subgroup_figure(per_case, column, metric, shown),
+                        f"Case mean {metric} by {column}") for i, column in enumerate(columns)))
     else:
         page.missing("Cohorts and subgroups", "no cohorts/ folder (run `flare-eval cohorts`)")
     if inputs.compare_dir is not None and (inputs.compare_dir / "comparison.csv").exists():

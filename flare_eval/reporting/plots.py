@@ -317,18 +317,22 @@ def resource_timeline_figure(samples: pd.DataFrame, *, title: str, allowance_mib
 
 
 def volume_agreement_figure(volumes: pd.DataFrame, agreement: pd.DataFrame) -> Figure:
-    """Predicted against ground-truth organ volume, with Pearson's r per organ (the paper's Fig. 4f)."""
+    """Predicted against ground-truth volume, with Pearson's r per organ or region (the paper's Fig. 4f)."""
+    from ..protocol import layout_of_table
     from ..volumes import paired_volumes
 
     wide = paired_volumes(volumes)
+    layout = layout_of_table(wide.columns)
+    name = layout.name_column
     figure = Figure(figsize=(7, 6), layout="constrained")
     axis = figure.add_subplot()
-    r_by_organ = dict(zip(agreement["organ"], agreement["pearson_r"]))
-    colors = dict(zip(wide.sort_values("label")["organ"].unique(), _colors(wide["organ"].nunique())))
-    for organ, group in wide.groupby("organ", sort=False):
-        r = r_by_organ.get(organ, np.nan)
-        label = f"{organ} (r={r:.3f})" if np.isfinite(r) else organ
-        axis.scatter(group["volume_ml_gt"], group["volume_ml_pred"], s=18, color=colors[organ], label=label,
+    r_by_unit = dict(zip(agreement[name], agreement["pearson_r"]))
+    order = wide.sort_values(list(layout.key_columns), kind="stable")[name].unique()
+    colors = dict(zip(order, _colors(len(order))))
+    for unit, group in wide.groupby(name, sort=False):
+        r = r_by_unit.get(unit, np.nan)
+        label = f"{unit} (r={r:.3f})" if np.isfinite(r) else unit
+        axis.scatter(group["volume_ml_gt"], group["volume_ml_pred"], s=18, color=colors[unit], label=label,
                      alpha=0.8)
     positive = wide[["volume_ml_gt", "volume_ml_pred"]].to_numpy(float)
     positive = positive[positive > 0]
@@ -340,7 +344,7 @@ def volume_agreement_figure(volumes: pd.DataFrame, agreement: pd.DataFrame) -> F
     axis.set_xlabel("ground-truth volume (mL)")
     axis.set_ylabel("predicted volume (mL)")
     axis.legend(fontsize=7, ncol=2)
-    axis.set_title("Organ volumes: prediction against ground truth", wrap=True)
+    axis.set_title(f"{layout.unit.capitalize()} volumes: prediction against ground truth", wrap=True)
     return figure
 
 
@@ -390,10 +394,13 @@ def subgroup_figure(case_metrics: pd.DataFrame, column: str, metric: str, teams:
 
 
 def paired_difference_figure(differences: pd.DataFrame, *, team_a: str, team_b: str, metric: str) -> Figure:
-    """Per-case differences between two teams per organ and overall (the paper's Fig. 2a)."""
-    organs = differences["organ"].drop_duplicates().tolist()
+    """Per-case differences between two teams per organ (or region) and overall (the paper's Fig. 2a)."""
+    from ..protocol import layout_of_table
+
+    name = layout_of_table(differences.columns).name_column
+    organs = differences[name].drop_duplicates().tolist()
     organs = [o for o in organs if o != "mean"] + (["mean"] if "mean" in organs else [])
-    data = [differences.loc[differences["organ"] == o, "difference"].to_numpy(float) for o in organs]
+    data = [differences.loc[differences[name] == o, "difference"].to_numpy(float) for o in organs]
     figure = Figure(figsize=(max(6.0, 0.55 * len(organs) + 2), 4), layout="constrained")
     axis = figure.add_subplot()
     axis.axhline(0, color="0.5", linewidth=0.8)

@@ -452,29 +452,34 @@ def test_a_predictions_only_challenge_from_team_folders_to_report(examples, tmp_
 
 
 def _run_every_command(protocol: str, teams, labels, out, tmp_path, capsys) -> None:
-    """collect names the protocol once; rank, report, cohorts, compare and review read it from the folders."""
+    """collect names the protocol once; the other commands read it from the folders; the report comes last and
+    shows what every other command wrote (volumes, the paired comparison, cohorts)."""
+    scores = teams / "teamA" / "scores.csv"
     commands = [
         ["collect", str(teams), "--labels", str(labels), "--protocol", protocol, "--out", str(out / "results.csv"),
          "--no-progress", "--quiet"],
         ["rank", str(out / "results.csv"), "--out", str(out / "ranking"), "--samples", "20"],
-        ["report", str(out), "--runs", str(teams), "--out", str(out / "report")],
         ["quantify", str(teams / "teamA"), str(labels), "--protocol", protocol, "--out", str(out / "quantify"),
          "--no-progress"],
         ["compare", str(teams), "teamA", "teamB", "--out", str(out / "compare"), "--samples", "50"],
         ["review", str(teams), "--out", str(out / "review.csv"), "--threshold", "1"],
+        ["cohorts", str(teams), "--metadata", str(tmp_path / "metadata.csv"), "--out", str(out / "cohorts")],
+        ["report", str(out), "--runs", str(teams), "--out", str(out / "report")],
     ]
     for argv in commands:
+        if argv[0] == "cohorts":
+            cases = sorted(pd.read_csv(scores, dtype={"case": str})["case"].unique())
+            pd.DataFrame({"case": cases, "sex": ["F", "M"] * (len(cases) // 2) + ["F"] * (len(cases) % 2)}).to_csv(
+                tmp_path / "metadata.csv", index=False)
         code = main(argv)
         err = capsys.readouterr().err
         assert code in (0, 1), (argv[0], err)
         assert "internal error" not in err and "Traceback" not in err, (argv[0], err)
-    scores = pd.read_csv(teams / "teamA" / "scores.csv", dtype={"case": str})
-    cases = sorted(scores["case"].unique())
-    pd.DataFrame({"case": cases, "sex": ["F", "M"] * (len(cases) // 2) + ["F"] * (len(cases) % 2)}).to_csv(
-        tmp_path / "metadata.csv", index=False)
-    code = main(["cohorts", str(teams), "--metadata", str(tmp_path / "metadata.csv"), "--out", str(out / "cohorts")])
-    err = capsys.readouterr().err
-    assert code == 0 and "too few to say much" in err, err
+        if argv[0] == "cohorts":
+            assert code == 0 and "too few to say much" in err, err
+    text = (out / "report" / "index.html").read_text()
+    for heading in ("volumes", "Paired comparison", "Cohorts and subgroups"):
+        assert re.search(rf"<h2>\d+\. [^<]*{heading}", text), heading
 
 
 @pytest.mark.parametrize("preset", ["flare22", "kits23", "brats2023-gli", "flare24-t1", "autopet2022"])
