@@ -15,7 +15,7 @@ import pandas as pd
 from .errors import STATUS_NO_RUN
 from .protocol import Protocol, load_protocol
 
-__all__ = ["assemble_results", "region_results", "result_columns", "penalized", "PENALIZED_STATUSES", "RESULT_COLUMNS",
+__all__ = ["assemble_results", "region_results", "result_columns", "penalized", "PENALIZED_STATUSES",
            "RESOURCE_METRICS", "STATUS_NO_RUN"]
 
 #: Container statuses that get the worst value of every metric. Every status but ``ok`` and ``no_run`` does
@@ -28,8 +28,6 @@ _UNPENALIZED_STATUSES = ("ok", STATUS_NO_RUN)
 def penalized(statuses: pd.Series) -> pd.Series:
     """Whether each container status gets the worst values: every status but ``ok`` and ``no_run``."""
     return ~statuses.astype(object).fillna(STATUS_NO_RUN).isin(_UNPENALIZED_STATUSES)
-#: FLARE's ``results.csv`` columns; a protocol's own are `result_columns`.
-RESULT_COLUMNS = ["team", "case", "DSC", "NSD", "Time", "AUC_GPU", "AUC_CPU", "status"]
 #: Ranking metrics read from ``resources.csv`` (its column), not from the scores.
 RESOURCE_METRICS = {"Time": "time_s", "AUC_GPU": "auc_gpu_mib_s", "AUC_CPU": "auc_cpu_pct_s"}
 

@@ -75,7 +75,7 @@ def summarize_scores(scores: pd.DataFrame, protocol: str | Protocol) -> pd.DataF
     summary = summary.assign(_r=summary[name].map(order), _m=summary["metric"].map(metric_order))
     summary = summary.sort_values([*teams, "_r", "_m"]).drop(columns=["_r", "_m"]).reset_index(drop=True)
     if not protocol.layout.wide_summary:
-        return summary.rename(columns={name: "region"}) if name != "region" else summary
+        return summary
     return _wide_summary(summary, [*teams, name], columns)
 
 
