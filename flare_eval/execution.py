@@ -129,6 +129,7 @@ def run_tasks(
     prepare: Callable[[tuple], tuple] | None = None,
     on_failure: Callable[[tuple, str], Any] | None = None,
     limits: TaskLimits | None = None,
+    meanwhile: Callable[[], Any] | None = None,
 ) -> Iterator[Any]:
     """Run ``function(*arguments)`` for each tuple and yield the results as they complete.
 
@@ -162,14 +163,19 @@ def run_tasks(
         raised here.
     limits : TaskLimits, optional
         Time and memory of one local task (default `TaskLimits()`).
+    meanwhile : callable, optional
+        Called once here, with no arguments, as soon as the first tasks are
+        handed out: work of the caller's that can overlap with theirs (``score``
+        loads its table code there, a third of a command's start-up).
     """
     prepare = prepare or (lambda arguments: arguments)
     limits = limits or TaskLimits()
     if client is not None:
-        yield from _run_on_cluster(function, argument_tuples, client, in_flight, retries, resources, prepare)
+        yield from _run_on_cluster(function, argument_tuples, client, in_flight, retries, resources, prepare,
+                                   meanwhile)
     else:
         yield from run_bounded(function, argument_tuples, workers=workers, limits=limits, prepare=prepare,
-                               on_failure=on_failure)
+                               on_failure=on_failure, meanwhile=meanwhile)
 
 
 @dataclass(frozen=True)
@@ -281,6 +287,7 @@ def run_bounded(
     limits: TaskLimits | None = None,
     prepare: Callable[[tuple], tuple] | None = None,
     on_failure: Callable[[tuple, str], Any] | None = None,
+    meanwhile: Callable[[], Any] | None = None,
 ) -> Iterator[Any]:
     """Run each task in a bounded, disposable worker process; yield results as they complete.
 
@@ -314,6 +321,9 @@ def run_bounded(
                 worker.connection.send((function, prepare(tasks[worker.task])))
                 worker.deadline = time.monotonic() + limits.time_s
                 busy.append(worker)
+            if meanwhile is not None:
+                meanwhile()
+                meanwhile = None
             timeout = max(0.0, min(w.deadline for w in busy) - time.monotonic())
             wait([w.connection for w in busy] + [w.process.sentinel for w in busy], timeout=timeout)
             for worker in list(busy):
@@ -354,7 +364,8 @@ def _death(worker: _Worker) -> str:
     return f"its worker process died (exit code {code})"
 
 
-def _run_on_cluster(function, argument_tuples, client, in_flight, retries, resources, prepare) -> Iterator[Any]:
+def _run_on_cluster(function, argument_tuples, client, in_flight, retries, resources, prepare, meanwhile
+                    ) -> Iterator[Any]:
     from distributed import as_completed
 
     if in_flight is None:
@@ -369,6 +380,8 @@ def _run_on_cluster(function, argument_tuples, client, in_flight, retries, resou
         return client.submit(function, *prepare(arguments), pure=False, retries=retries, resources=resources)
 
     first = [f for f in (submit_next() for _ in range(max(1, in_flight))) if f is not None]
+    if meanwhile is not None:
+        meanwhile()
     if not first:
         return
     completed = as_completed(first)

@@ -60,8 +60,6 @@ def _add_score_parser(commands) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    import pandas as pd
-
     from ..scoring import SCORED_STATUSES, STATUS_OK, score, summarize_scores
 
     _note_replacing(args.out, "scores.csv")
@@ -82,6 +80,8 @@ def _score(args: argparse.Namespace) -> int:
         ship=args.ship,
         resample=args.resample,
     )
+    import pandas as pd  # loaded by score while its first cases ran
+
     summary = summarize_scores(scores, protocol)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))

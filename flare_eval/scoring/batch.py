@@ -13,8 +13,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from .._text import preview
 from .._version import __version__
@@ -35,7 +34,15 @@ from .case import _score_case_from_bytes, _score_case_task, _with_bytes, _worker
 from .prediction import _Options
 from .tables import official_table, score_columns, sort_keys, summarize_scores
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = ["score_folder", "score_teams", "team_folders", "score", "ScoreFiles"]
+
+
+def _load_pandas() -> None:
+    """Import pandas, about a third of a ``score`` command's start-up, while the workers score the first cases."""
+    import pandas  # noqa: F401
 
 
 def _refuse_folder_of_teams(pred_dir: Path) -> None:
@@ -97,7 +104,9 @@ def _score_many(
     try:
         for team, rows, messages in run_tasks(task, arguments, workers=local_workers, client=client,
                                               prepare=prepare, on_failure=_worker_died,
-                                              limits=protocol.scoring_limits):
+                                              limits=protocol.scoring_limits, meanwhile=_load_pandas):
+            import pandas as pd
+
             for message in messages:
                 warnings.warn(message, FlareEvalWarning, stacklevel=4)
             frame = pd.DataFrame(rows, columns=base)
@@ -111,6 +120,8 @@ def _score_many(
         bar.close()
         if client is not None and client is not scheduler:
             client.close()
+    import pandas as pd
+
     if not frames:
         return pd.DataFrame(columns=columns)
     keys = sort_keys(teams=columns != base)
@@ -254,6 +265,8 @@ def score_teams(
     jobs = [(folder.name, pair) for folder in team_folders(pred_root)
             for pair in _team_pairs(folder, Path(gt_dir), folder.name) if (folder.name, pair.case) not in done]
     if not jobs:
+        import pandas as pd
+
         return pd.DataFrame(columns=["team", *score_columns(protocol)])
     return _score_many(jobs, protocol, workers=workers, options=_Options(strict, resample), progress=progress,
                        on_case=on_case, scheduler=scheduler, ship=ship)
@@ -315,26 +328,21 @@ def score(
     protocol = load_protocol(protocol)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    keys = ["team", "case"] if teams else ["case"]
     partial = out_dir / "scores.partial.csv"
-    done = pd.DataFrame(columns=keys[:-1] + score_columns(protocol))
-    if partial.exists():
-        if force:
-            partial.unlink()
-        else:
-            drop_torn_tail(partial)
-            done = read_table(partial, role="partial scores")
-            done["message"] = done["message"].astype(object).fillna("")
-            # A torn append can leave a case with some of its regions: score it again.
-            complete = done.groupby(keys[:-1] + ["case"])["case"].transform("size") == len(protocol.regions)
-            done = done[complete]
+    if force:
+        partial.unlink(missing_ok=True)
+    done = _finished_rows(partial, protocol, teams=teams) if partial.exists() else None
     common = dict(workers=workers, strict=strict, progress=progress, scheduler=scheduler, ship=ship,
                   resample=resample, on_case=lambda rows: append_rows(rows, partial))
     if teams:
-        new = score_teams(pred_dir, gt_dir, protocol, skip=set(zip(done["team"], done["case"])), **common)
+        finished = set() if done is None else set(zip(done["team"], done["case"]))
+        new = score_teams(pred_dir, gt_dir, protocol, skip=finished, **common)
     else:
-        new = score_folder(pred_dir, gt_dir, protocol, skip_cases=set(done["case"]), **common)
-    frames = [frame for frame in (done, new) if len(frame)]
+        new = score_folder(pred_dir, gt_dir, protocol, skip_cases=set() if done is None else set(done["case"]),
+                           **common)
+    import pandas as pd
+
+    frames = [frame for frame in (done, new) if frame is not None and len(frame)]
     scores = pd.concat(frames, ignore_index=True) if frames else new
     scores = scores.sort_values(sort_keys(teams=teams), ignore_index=True, kind="stable")
     files = ScoreFiles(
@@ -348,3 +356,13 @@ def score(
                    out_dir / "settings.json")
     partial.unlink(missing_ok=True)
     return scores, files
+
+
+def _finished_rows(partial: Path, protocol: Protocol, *, teams: bool) -> pd.DataFrame:
+    """The complete cases of an interrupted run's ``scores.partial.csv`` (a case with some regions is not)."""
+    drop_torn_tail(partial)
+    done = read_table(partial, role="partial scores")
+    done["message"] = done["message"].astype(object).fillna("")
+    keys = ["team", "case"] if teams else ["case"]
+    complete = done.groupby(keys)["case"].transform("size") == len(protocol.regions)
+    return done[complete]

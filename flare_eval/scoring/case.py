@@ -11,9 +11,9 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .. import metrics
 from .._text import preview
@@ -23,6 +23,9 @@ from ..protocol import Protocol, load_protocol
 from .engine import score_label_maps
 from .prediction import _as_label_map, _load_prediction, _Options
 from .tables import score_columns
+
+if TYPE_CHECKING:  # workers return plain rows; only score_case builds a table
+    import pandas as pd
 
 __all__ = ["score_case"]
 
@@ -79,6 +82,8 @@ def score_case(
     >>> row["organ"], round(float(row["DSC"]), 4), row["status"]
     ('Liver', 0.8571, 'ok')
     """
+    import pandas as pd
+
     protocol = load_protocol(protocol)
     gt_map = _as_label_map(gt, spacing_mm, "gt")
     rows = _score_pair(gt_map, pred, protocol, _Options(strict, resample), spacing_mm=spacing_mm)

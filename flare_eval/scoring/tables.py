@@ -8,9 +8,12 @@ same for every protocol.
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from ..protocol import Protocol, load_protocol
+
+if TYPE_CHECKING:  # pandas is imported where tables are built: scoring workers never need it
+    import pandas as pd
 
 __all__ = ["score_columns", "summarize_scores", "official_table"]
 
@@ -55,6 +58,8 @@ def summarize_scores(scores: pd.DataFrame, protocol: str | Protocol) -> pd.DataF
         per region and metric: ``region, metric, n, mean, median, q1, q3``.
         NaN values (autoPET's Dice of two empty masks) are left out.
     """
+    import pandas as pd
+
     protocol = load_protocol(protocol)
     teams = ["team"] if "team" in scores else []
     name = protocol.layout.name_column
@@ -97,6 +102,8 @@ def official_table(scores: pd.DataFrame, protocol: str | Protocol) -> pd.DataFra
     every NSD) or by region as the layout says, rounded to its decimals
     (FLARE: 4; other protocols unrounded unless the protocol rounds its scores).
     """
+    import pandas as pd
+
     protocol = load_protocol(protocol)
     layout = protocol.layout
     index = ["team", "case"] if "team" in scores else ["case"]
