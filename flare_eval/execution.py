@@ -165,8 +165,9 @@ def run_tasks(
         Time and memory of one local task (default `TaskLimits()`).
     meanwhile : callable, optional
         Called once here, with no arguments, as soon as the first tasks are
-        handed out: work of the caller's that can overlap with theirs (``score``
-        loads its table code there, a third of a command's start-up).
+        handed out (not at all when there are none): work of the caller's that
+        can overlap with theirs (``score`` loads its table code there, a third
+        of a command's start-up).
     """
     prepare = prepare or (lambda arguments: arguments)
     limits = limits or TaskLimits()
@@ -380,10 +381,10 @@ def _run_on_cluster(function, argument_tuples, client, in_flight, retries, resou
         return client.submit(function, *prepare(arguments), pure=False, retries=retries, resources=resources)
 
     first = [f for f in (submit_next() for _ in range(max(1, in_flight))) if f is not None]
-    if meanwhile is not None:
-        meanwhile()
     if not first:
         return
+    if meanwhile is not None:
+        meanwhile()
     completed = as_completed(first)
     try:
         for future in completed:

@@ -217,20 +217,33 @@ def surface_distances(
 
 
 def _surface_distances_of_crops(
-    gt_crop: np.ndarray, pred_crop: np.ndarray, spacing: np.ndarray, *, max_distance_mm: float
+    gt_crop: np.ndarray,
+    pred_crop: np.ndarray,
+    spacing: np.ndarray,
+    *,
+    max_distance_mm: float,
+    gt_box: tuple[slice, ...] | None = None,
+    pred_box: tuple[slice, ...] | None = None,
 ) -> SurfaceDistances:
-    """`surface_distances` on masks already cropped to (at least) their union's bounding box."""
+    """`surface_distances` on masks already cropped to (at least) their union's bounding box.
+
+    ``gt_box`` and ``pred_box``, boxes within the crops that hold every voxel
+    of each mask (slices with explicit bounds; default: the whole crop), limit
+    the search for surface corners: a mask far from the other (a spurious
+    blob) makes the union's box mostly empty.
+    """
     if all(m.flags.f_contiguous and not m.flags.c_contiguous for m in (gt_crop, pred_crop)):
         # Work on the C-ordered transposes (NIfTI arrays are Fortran-ordered). Surfel
         # areas do not depend on the axis order; distances are summed in the
         # original axis order so that they round exactly as on the original arrays.
         gt_crop, pred_crop, spacing, axis_order = gt_crop.T, pred_crop.T, spacing[::-1], (2, 1, 0)
+        gt_box, pred_box = (None if box is None else box[::-1] for box in (gt_box, pred_box))
     else:
         gt_crop, pred_crop, axis_order = np.ascontiguousarray(gt_crop), np.ascontiguousarray(pred_crop), (0, 1, 2)
     margin_vx = _margin_vx(spacing, max_distance_mm)
     grid = _CornerGrid(tuple(n + 2 * m + 1 for n, m in zip(gt_crop.shape, margin_vx)), spacing, axis_order)
-    gt_corners, gt_codes = _surface_corners(gt_crop, margin_vx)
-    pred_corners, pred_codes = _surface_corners(pred_crop, margin_vx)
+    gt_corners, gt_codes = _surface_corners(gt_crop, margin_vx, gt_box)
+    pred_corners, pred_codes = _surface_corners(pred_crop, margin_vx, pred_box)
     area_table = _surfel_area_table(tuple(spacing.tolist()))
     return SurfaceDistances(
         distances_gt_to_pred_mm=_nearest_distances(gt_corners, pred_corners, grid, max_distance_mm),
@@ -311,7 +324,7 @@ def _check_spacing(spacing_mm: Sequence[float], ndim: int) -> np.ndarray:
 
 
 def _mask_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of a 3D mask as slices; None when the mask is empty."""
+    """Bounding box of the non-zero voxels of a 3D array (a mask or labels) as slices; None when there are none."""
     if mask.flags.f_contiguous and not mask.flags.c_contiguous:
         # NIfTI arrays are Fortran-ordered; their transpose is a C-ordered view.
         box = _mask_box(mask.T)
@@ -367,16 +380,21 @@ def _surfel_area_table(spacing_mm: tuple[float, ...]) -> np.ndarray:
     return np.asarray(lookup_tables.create_table_neighbour_code_to_surface_area(spacing_mm), dtype=np.float64)
 
 
-def _surface_corners(mask: np.ndarray, margin_vx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _surface_corners(
+    mask: np.ndarray, margin_vx: Sequence[int], box: tuple[slice, ...] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Surface corners of a 3D mask and their neighbourhood codes.
 
     Corner ``c`` of the mask sits between voxels ``c - 1`` and ``c`` along each
     axis (``c`` in ``0 .. n``). Corners are returned as flat indices into a
     corner grid of shape ``n + 2 * margin + 1`` in which corner ``c`` has index
-    ``c + margin``, so that offsets up to ``margin`` voxels never leave the grid.
+    ``c + margin``, so that offsets up to ``margin`` voxels never leave the grid,
+    in increasing order. Only ``box`` (explicit bounds; default: the whole
+    mask), which must hold every voxel of the mask, is searched.
     """
-    pad = [(m + 1, m + 1) for m in margin_vx]
-    voxels = np.pad(mask, pad)
+    if box is None:
+        box = tuple(slice(0, n) for n in mask.shape)
+    voxels = np.pad(mask[box], 1)
     any_set = voxels
     all_set = voxels
     for axis in range(3):
@@ -386,17 +404,19 @@ def _surface_corners(mask: np.ndarray, margin_vx: Sequence[int]) -> tuple[np.nda
         upper[axis] = slice(1, None)
         any_set = any_set[tuple(lower)] | any_set[tuple(upper)]
         all_set = all_set[tuple(lower)] & all_set[tuple(upper)]
-    corners = np.flatnonzero(any_set & ~all_set)
+    local = np.flatnonzero(any_set & ~all_set)
 
-    # Corner g of the grid covers voxels g .. g+1 of the padded array.
-    grid_shape = any_set.shape
-    i, j, k = np.unravel_index(corners, grid_shape)
+    # Local corner h covers voxels h .. h+1 of the padded box: it is corner h + box.start of the mask.
+    i, j, k = np.unravel_index(local, any_set.shape)
     n1, n2 = voxels.shape[1], voxels.shape[2]
     base = (i * n1 + j) * n2 + k
     flat_voxels = voxels.reshape(-1)
-    codes = np.zeros(corners.shape, dtype=np.uint8)
+    codes = np.zeros(local.shape, dtype=np.uint8)
     for (a, b, c), weight in zip(_NEIGHBOUR_OFFSETS, _NEIGHBOUR_WEIGHTS):
         codes |= flat_voxels[base + ((a * n1 + b) * n2 + c)].astype(np.uint8) * np.uint8(weight)
+    grid_shape = tuple(n + 2 * m + 1 for n, m in zip(mask.shape, margin_vx))
+    shifts = [part.start + m for part, m in zip(box, margin_vx)]
+    corners = np.ravel_multi_index((i + shifts[0], j + shifts[1], k + shifts[2]), grid_shape)
     return corners, codes
 
 

@@ -36,6 +36,15 @@ def own_pid(_):
     return os.getpid()
 
 
+def wait_for_file(path):
+    deadline = time.monotonic() + 120
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return "the caller's work never ran"
+        time.sleep(0.01)
+    return "overlapped"
+
+
 def noted(arguments, failure):
     return ("failed", arguments[0], failure.kind, str(failure))
 
@@ -123,3 +132,18 @@ def test_limits_must_be_positive_and_finite():
         TaskLimits(memory_mib=0)
 
 
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_callers_meanwhile_work_runs_once_while_the_first_tasks_run(tmp_path, workers):
+    """Each task waits for a file that only the caller's ``meanwhile`` creates: run after a result, it never would."""
+    flag = tmp_path / "flag"
+    calls = []
+
+    def meanwhile():
+        calls.append(1)
+        flag.touch()
+
+    results = list(run_bounded(wait_for_file, [(str(flag),)] * 3, workers=workers, meanwhile=meanwhile))
+    assert results == ["overlapped"] * 3 and calls == [1]
+    assert list(run_bounded(wait_for_file, [], meanwhile=meanwhile)) == [] and calls == [1]

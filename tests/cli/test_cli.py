@@ -309,6 +309,18 @@ def test_score_of_folders_without_a_case_in_common_exits_2(examples, tmp_path, c
     assert code == 2 and "has a ground-truth case" in capsys.readouterr().err
 
 
+def test_scoring_a_case_from_files_needs_no_pandas(examples):
+    """Workers return rows: pandas, a third of a command's start-up, is loaded by the caller while they score."""
+    case = sorted(examples.labels.glob("*.nii.gz"))[0]
+    code = ("import sys; from flare_eval.io import CasePair; from flare_eval.protocol import load_protocol; "
+            "from flare_eval.scoring.case import _score_case_task; from flare_eval.scoring.prediction import _Options; "
+            f"team, rows, _ = _score_case_task(None, CasePair('c', {str(case)!r}, "
+            f"{str(examples.predictions / 'teamA' / case.name)!r}), load_protocol('flare22'), _Options(False, False)); "
+            "print(len(rows), rows[0]['status'], 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["13", "ok", "False"]
+
+
 def test_building_the_command_line_imports_neither_pandas_nor_scipy():
     """--help and argument errors come before any heavy import (a command pays for what it uses)."""
     code = ("import sys; from flare_eval.cli import build_parser; build_parser(); "

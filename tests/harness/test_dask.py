@@ -95,6 +95,27 @@ def test_scoring_on_the_cluster_equals_local_row_for_row(cluster, examples):
     client.close()
 
 
+def test_the_callers_meanwhile_work_runs_once_while_the_cluster_works(cluster, tmp_path):
+    """Tasks wait for a file that only the caller's ``meanwhile`` creates (run after a result, it never would)."""
+    from flare_eval.execution import run_tasks
+
+    def wait_for_file(path):  # defined here, so that it travels to the workers by value
+        deadline = time.monotonic() + 120
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                return "the caller's work never ran"
+            time.sleep(0.01)
+        return "overlapped"
+
+    flag, calls = tmp_path / "flag", []
+    client = cluster.client(2)
+    results = list(run_tasks(wait_for_file, [(str(flag),)] * 3, client=client,
+                             meanwhile=lambda: (calls.append(1), flag.touch())))
+    assert results == ["overlapped"] * 3 and calls == [1]
+    assert list(run_tasks(wait_for_file, [], client=client, meanwhile=lambda: calls.append(1))) == [] and calls == [1]
+    client.close()
+
+
 def test_many_teams_fan_out_as_one_batch_through_the_cli(cluster, examples, tmp_path, capsys):
     cluster.client(2).close()
     code = main(["score", str(examples.predictions), str(examples.labels), "--teams", "--out", str(tmp_path / "d"),

@@ -240,7 +240,7 @@ def test_cli_evaluate_chain(workspace, tmp_path, capsys):
     assert (tmp_path / "o" / "report" / "index.html").is_file() and "next:" not in out
 
 
-def test_bad_archive_and_missing_engine_errors(tmp_path, capsys, monkeypatch):
+def test_bad_archive_and_missing_engine_errors(engine, tmp_path, capsys, monkeypatch):
     (tmp_path / "subs").mkdir()
     (tmp_path / "subs" / "broken.tar").write_bytes(b"not a tar")
     (tmp_path / "in").mkdir()

@@ -104,6 +104,46 @@ def test_far_apart_masks_fall_back_to_the_feature_transform(monkeypatch):
     assert _SCAN_TO_TRANSFORM_COST > 0
 
 
+def test_surface_corners_searched_in_a_box_equal_those_of_the_whole_mask():
+    """Any box that holds the mask (the engine passes each mask's own box) gives the same corners in the same order."""
+    from flare_eval.metrics import _mask_box, _surface_corners
+
+    rng = np.random.default_rng(11)
+    for _ in range(60):
+        shape = tuple(int(n) for n in rng.integers(1, 14, 3))
+        mask = np.zeros(shape, bool)
+        if rng.random() < 0.9:
+            corner = [int(rng.integers(0, n)) for n in shape]
+            size = [int(rng.integers(1, n - c + 1)) for n, c in zip(shape, corner)]
+            mask[tuple(slice(c, c + k) for c, k in zip(corner, size))] = rng.random(size) > 0.4
+        margin = tuple(int(m) for m in rng.integers(0, 4, 3))
+        whole = _surface_corners(mask, margin)
+        tight = _mask_box(mask) or (slice(0, 0),) * 3
+        loose = tuple(slice(int(rng.integers(0, b.start + 1)), int(rng.integers(b.stop, n + 1)))
+                      for b, n in zip(tight, shape)) if _mask_box(mask) else tight
+        for box in (tight, loose):
+            corners, codes = _surface_corners(mask, margin, box)
+            np.testing.assert_array_equal(corners, whole[0])
+            np.testing.assert_array_equal(codes, whole[1])
+
+
+def test_label_boxes_scan_only_the_labelled_part_and_equal_find_objects():
+    from scipy import ndimage
+
+    from flare_eval.scoring.engine import _label_boxes
+
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        shape = tuple(int(n) for n in rng.integers(1, 12, 3))
+        labels = np.zeros(shape, rng.choice([np.uint8, np.int16, np.int32, np.uint64]))
+        for _ in range(int(rng.integers(0, 6))):
+            labels[tuple(int(rng.integers(0, n)) for n in shape)] = rng.integers(1, 6)
+        if rng.random() < 0.5:
+            labels = np.asfortranarray(labels)
+        expected = ndimage.find_objects(labels.astype(np.int64), max_label=4)
+        assert _label_boxes(labels, [1, 2, 3, 4]) == dict(zip([1, 2, 3, 4], expected))
+
+
 def test_surface_dice_refuses_tolerance_beyond_computed_distances():
     gt = cube((8, 8, 8), (2, 2, 2), (5, 5, 5))
     d = surface_distances(gt, gt, (1, 1, 1), max_distance_mm=2.0)
