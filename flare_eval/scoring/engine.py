@@ -155,6 +155,60 @@ def _label_boxes(labels: np.ndarray, wanted: Sequence[int]) -> dict[int, tuple[s
     Values above the largest wanted label, or below 1, are ignored, so a
     stray huge value allocates nothing.
     """
+    # NIfTI arrays are Fortran-ordered: scanning the C-ordered transpose is five times faster.
+    transposed = labels.flags.f_contiguous and not labels.flags.c_contiguous
+    scanned = labels.T if transposed else labels
+    # Vectorised reductions find the box of every non-zero value first (a third of a typical CT grid).
+    occupied = metrics._mask_box(scanned)
+    if occupied is None:
+        return dict.fromkeys(wanted)
+    if labels.dtype.itemsize == 1 and max(wanted) < 64:
+        found = _boxes_from_label_bits(scanned[occupied], wanted)
+    else:
+        found = _boxes_from_find_objects(scanned[occupied], wanted)
+    boxes = {}
+    for label, box in found.items():
+        if box is not None:
+            box = tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(occupied, box))
+            box = box[::-1] if transposed else box
+        boxes[label] = box
+    return boxes
+
+
+#: Slices of a volume turned into label bits at a time (bounds the temporary to a few MiB).
+_BITS_SLAB = 16
+
+
+def _boxes_from_label_bits(labels: np.ndarray, wanted: Sequence[int]) -> dict[int, tuple[slice, ...] | None]:
+    """Boxes of labels below 64 in a one-byte array: each voxel's label as a bit, OR-ed onto the three axes.
+
+    A label is present at ``(i, j, k)`` exactly when its bit is set in the
+    OR over axis 0 at ``(j, k)`` and in the OR over axes 1 and 2 at ``i``, so
+    the three profiles give every box; about three times faster than
+    ``find_objects``, which spends the same time on every voxel. Values of 64
+    and above (and negative ones, read as bytes above 127) shift the bit out:
+    they set none.
+    """
+    largest = max(wanted)
+    bits = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if largest < 8 * np.dtype(t).itemsize)
+    one, values = bits(1), labels.view(np.uint8)
+    plane = np.zeros(labels.shape[1:], bits)
+    along_0 = np.zeros(labels.shape[0], bits)
+    for start in range(0, labels.shape[0], _BITS_SLAB):
+        slab = np.left_shift(one, values[start:start + _BITS_SLAB], dtype=bits)
+        plane |= np.bitwise_or.reduce(slab, axis=0)
+        along_0[start:start + len(slab)] = np.bitwise_or.reduce(slab.reshape(len(slab), -1), axis=1)
+    profiles = (along_0, np.bitwise_or.reduce(plane, axis=1), np.bitwise_or.reduce(plane, axis=0))
+    boxes = {}
+    for label in wanted:
+        hits = [np.flatnonzero(profile & bits(1 << label)) for profile in profiles]
+        boxes[label] = (tuple(slice(int(h[0]), int(h[-1]) + 1) for h in hits)
+                        if label > 0 and hits[0].size else None)
+    return boxes
+
+
+def _boxes_from_find_objects(labels: np.ndarray, wanted: Sequence[int]) -> dict[int, tuple[slice, ...] | None]:
+    """Boxes of any integer labels with scipy's ``find_objects``."""
     from scipy import ndimage
 
     if labels.dtype.kind not in "iu" or labels.dtype.itemsize > 8:
@@ -162,20 +216,8 @@ def _label_boxes(labels: np.ndarray, wanted: Sequence[int]) -> dict[int, tuple[s
     if labels.dtype == np.uint64:
         # find_objects works on signed integers; values beyond int64 are not labels anyway.
         labels = np.where(labels > np.iinfo(np.int64).max, 0, labels).astype(np.int64)
-    # NIfTI arrays are Fortran-ordered: scanning the C-ordered transpose is five times faster.
-    transposed = labels.flags.f_contiguous and not labels.flags.c_contiguous
-    scanned = labels.T if transposed else labels
-    # Vectorised reductions find the box of every non-zero value first (a third of a typical CT grid), so
-    # find_objects, which spends the same time on every voxel, scans only that.
-    occupied = metrics._mask_box(scanned)
-    if occupied is None:
-        return dict.fromkeys(wanted)
-    found = []
-    for box in ndimage.find_objects(scanned[occupied], max_label=max(wanted)):
-        if box is not None:
-            box = tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(occupied, box))
-        found.append(box[::-1] if transposed and box is not None else box)
-    return {label: found[label - 1] for label in wanted}
+    found = ndimage.find_objects(labels, max_label=max(wanted))
+    return {label: found[label - 1] if label > 0 else None for label in wanted}
 
 
 def _restrict_box(labels: np.ndarray, box: tuple[slice, ...] | None, axis: int, cut: slice,

@@ -127,21 +127,41 @@ def test_surface_corners_searched_in_a_box_equal_those_of_the_whole_mask():
             np.testing.assert_array_equal(codes, whole[1])
 
 
-def test_label_boxes_scan_only_the_labelled_part_and_equal_find_objects():
+def test_dilation_by_the_cube_equals_scipys_maximum_filter():
+    from scipy import ndimage
+
+    from flare_eval.metrics import _dilate_by_cube
+
+    rng = np.random.default_rng(8)
+    for _ in range(50):
+        mask = rng.random(tuple(int(n) for n in rng.integers(1, 9, 3))) > rng.uniform(0.6, 1.0)
+        np.testing.assert_array_equal(_dilate_by_cube(mask), ndimage.maximum_filter(mask, size=3, mode="constant"))
+
+
+@pytest.mark.parametrize("slab", [16, 3, 1])
+def test_label_boxes_equal_find_objects_for_every_integer_type(monkeypatch, slab):
+    """The one-byte path (label bits, a slab of slices at a time) and the others (find_objects) on stray values:
+    negative, above the labels, beyond a bit set's width."""
     from scipy import ndimage
 
     from flare_eval.scoring.engine import _label_boxes
 
+    monkeypatch.setattr("flare_eval.scoring.engine._BITS_SLAB", slab)
+
     rng = np.random.default_rng(5)
-    for _ in range(100):
+    for _ in range(200):
         shape = tuple(int(n) for n in rng.integers(1, 12, 3))
-        labels = np.zeros(shape, rng.choice([np.uint8, np.int16, np.int32, np.uint64]))
-        for _ in range(int(rng.integers(0, 6))):
-            labels[tuple(int(rng.integers(0, n)) for n in shape)] = rng.integers(1, 6)
+        dtype = np.dtype(rng.choice([np.uint8, np.int8, np.int16, np.int32, np.uint64]))
+        labels = np.zeros(shape, dtype)
+        for _ in range(int(rng.integers(0, 8))):
+            low = -3 if dtype.kind == "i" else 0
+            labels[tuple(int(rng.integers(0, n)) for n in shape)] = rng.integers(low, 70 if rng.random() < 0.3 else 6)
         if rng.random() < 0.5:
             labels = np.asfortranarray(labels)
-        expected = ndimage.find_objects(labels.astype(np.int64), max_label=4)
-        assert _label_boxes(labels, [1, 2, 3, 4]) == dict(zip([1, 2, 3, 4], expected))
+        wanted = [1, 2, 3, 4] if rng.random() < 0.6 else [1, 5, 15, 16, 31, 32, 63]
+        expected = ndimage.find_objects(np.where(labels.astype(np.int64) > 0, labels, 0).astype(np.int64),
+                                        max_label=max(wanted))
+        assert _label_boxes(labels, wanted) == {label: expected[label - 1] for label in wanted}
 
 
 def test_surface_dice_refuses_tolerance_beyond_computed_distances():
