@@ -451,7 +451,10 @@ def _nearest_distances(
     else:
         remaining = np.arange(query.size)
     if remaining.size:
-        found = _feature_transform_distances(query[remaining], features, grid)
+        if (features.size + remaining.size) * _TREE_COST_PER_POINT < np.prod(grid.shape):
+            found = _tree_distances(query[remaining], features, grid)
+        else:
+            found = _feature_transform_distances(query[remaining], features, grid)
         found[found > max_distance_mm] = np.inf
         distances[remaining] = found
     return distances
@@ -509,22 +512,65 @@ def _near_features(query: np.ndarray, features: np.ndarray, grid: _CornerGrid, m
     return near[tuple(np.asarray(np.unravel_index(query, grid.shape)) // reach[:, None] + 1)]
 
 
+def _dilate_along(mask: np.ndarray, axis: int) -> np.ndarray:
+    """A 3D mask dilated by one voxel both ways along ``axis`` (nothing beyond the edges)."""
+    lower = [slice(None)] * 3
+    upper = [slice(None)] * 3
+    lower[axis], upper[axis] = slice(None, -1), slice(1, None)
+    grown = mask.copy()
+    grown[tuple(lower)] |= mask[tuple(upper)]
+    grown[tuple(upper)] |= mask[tuple(lower)]
+    return grown
+
+
 def _dilate_by_cube(mask: np.ndarray) -> np.ndarray:
-    """A 3D mask dilated by the 3 x 3 x 3 cube (nothing beyond the edges), one axis at a time.
+    """A 3D mask dilated by the 3 x 3 x 3 cube (26-connected element), one axis at a time.
 
     Equal to ``ndimage.maximum_filter(mask, size=3, mode="constant")``, about
     fifteen times faster on boolean arrays.
     """
-    grown = mask
-    for axis in range(3):
-        lower = [slice(None)] * 3
-        upper = [slice(None)] * 3
-        lower[axis], upper[axis] = slice(None, -1), slice(1, None)
-        widened = grown.copy()
-        widened[tuple(lower)] |= grown[tuple(upper)]
-        widened[tuple(upper)] |= grown[tuple(lower)]
-        grown = widened
+    return _dilate_along(_dilate_along(_dilate_along(mask, 0), 1), 2)
+
+
+def _dilate_18(mask: np.ndarray) -> np.ndarray:
+    """A 3D mask dilated by the 18-connected element (the 3 x 3 x 3 cube without its corners).
+
+    The element is the union of the three axis-aligned 3 x 3 squares, each
+    the product of two lines; equal to ``ndimage.binary_dilation`` with
+    ``generate_binary_structure(3, 2)``, about ten times faster.
+    """
+    along_0, along_1 = _dilate_along(mask, 0), _dilate_along(mask, 1)
+    grown = _dilate_along(along_0, 1)
+    grown |= _dilate_along(along_0, 2)
+    grown |= _dilate_along(along_1, 2)
     return grown
+
+
+#: A nearest-neighbour query costs about as much as the feature transform of this many voxels (measured).
+_TREE_COST_PER_POINT = 40
+#: Nearest features compared per query corner by their exact lengths (see `_tree_distances`).
+_TREE_CANDIDATES = 8
+
+
+def _tree_distances(query: np.ndarray, features: np.ndarray, grid: _CornerGrid) -> np.ndarray:
+    """Exact distances from query corners to the nearest feature corner via a k-d tree of the features.
+
+    For surfaces far apart in a large, mostly empty box (a false positive far
+    from every lesion) the tree costs the surfaces, not the box. The tree's
+    floating-point distances only choose candidates: each query's distance is
+    the shortest of the lengths of its `_TREE_CANDIDATES` nearest offsets,
+    computed as the feature transform computes lengths, so that features at
+    the same distance give the same value.
+    """
+    from scipy.spatial import cKDTree
+
+    query_ijk = np.stack(np.unravel_index(query, grid.shape), axis=-1)
+    feature_ijk = np.stack(np.unravel_index(features, grid.shape), axis=-1)
+    k = min(_TREE_CANDIDATES, features.size)
+    _, nearest = cKDTree(feature_ijk * grid.spacing).query(query_ijk * grid.spacing, k=k)
+    nearest = nearest.reshape(query.size, k)
+    offsets = feature_ijk[nearest] - query_ijk[:, None, :]
+    return grid.lengths_mm(offsets.reshape(-1, 3)).reshape(query.size, k).min(axis=1)
 
 
 def _feature_transform_distances(query: np.ndarray, features: np.ndarray, grid: _CornerGrid) -> np.ndarray:

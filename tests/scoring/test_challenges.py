@@ -94,6 +94,26 @@ def test_hd95_equals_deepmind_robust_hausdorff():
         assert surface_distances(g, p, spacing).robust_hausdorff(95) == expected
 
 
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 0.8, 2.5), (0.7, 1.3, 1.1)])
+def test_distances_of_far_surfaces_by_k_d_tree_equal_deepmind_and_the_feature_transform(monkeypatch, spacing):
+    """Small blobs far apart in a large box: the k-d tree path gives every distance as the feature transform does."""
+    rng = np.random.default_rng(21)
+    shape = (70, 64, 40)
+    g, p = np.zeros(shape, bool), np.zeros(shape, bool)
+    for mask, corner in ((g, (4, 5, 3)), (p, (6, 7, 4)), (p, (55, 50, 30)), (g, (60, 8, 33))):
+        mask[tuple(slice(c, c + 6) for c in corner)] |= rng.random((6, 6, 6)) > 0.3
+    expected = deepmind.compute_surface_distances(g, p, spacing)
+    by_tree = surface_distances(g, p, spacing)
+    monkeypatch.setattr("flare_eval.metrics._TREE_COST_PER_POINT", float("inf"))  # the feature transform only
+    by_transform = surface_distances(g, p, spacing)
+    for ours in (by_tree, by_transform):
+        assert ours.robust_hausdorff(95) == deepmind.compute_robust_hausdorff(expected, 95)
+        assert ours.robust_hausdorff(100) == deepmind.compute_robust_hausdorff(expected, 100)
+    np.testing.assert_array_equal(by_tree.distances_gt_to_pred_mm, by_transform.distances_gt_to_pred_mm)
+    np.testing.assert_array_equal(by_tree.distances_pred_to_gt_mm, by_transform.distances_pred_to_gt_mm)
+    np.testing.assert_array_equal(np.sort(by_tree.distances_gt_to_pred_mm), expected["distances_gt_to_pred"])
+
+
 # BraTS 2023 -------------------------------------------------------------------------------------------
 
 def test_brats_hand_worked_one_found_one_missed_one_false_positive():

@@ -127,15 +127,20 @@ def test_surface_corners_searched_in_a_box_equal_those_of_the_whole_mask():
             np.testing.assert_array_equal(codes, whole[1])
 
 
-def test_dilation_by_the_cube_equals_scipys_maximum_filter():
+def test_dilations_by_the_26_and_18_connected_elements_equal_scipys():
     from scipy import ndimage
 
+    from flare_eval.lesions import _dilate
     from flare_eval.metrics import _dilate_by_cube
 
     rng = np.random.default_rng(8)
-    for _ in range(50):
+    edges = ndimage.generate_binary_structure(3, 2)
+    for _ in range(60):
         mask = rng.random(tuple(int(n) for n in rng.integers(1, 9, 3))) > rng.uniform(0.6, 1.0)
         np.testing.assert_array_equal(_dilate_by_cube(mask), ndimage.maximum_filter(mask, size=3, mode="constant"))
+        iterations = int(rng.integers(0, 3))
+        expected = ndimage.binary_dilation(mask, structure=edges, iterations=iterations) if iterations else mask
+        np.testing.assert_array_equal(_dilate(mask, iterations), expected)
 
 
 @pytest.mark.parametrize("slab", [16, 3, 1])
