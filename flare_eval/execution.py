@@ -33,6 +33,10 @@ __all__ = ["run_tasks", "run_bounded", "TaskLimits", "TaskFailure", "TaskFailed"
 SHIP_MODES = ("auto", "paths", "bytes")
 
 
+#: How long `connect` waits for a scheduler to answer (one that is still starting may take a while).
+CONNECT_TIMEOUT_S = 30
+
+
 def connect(scheduler: Any):
     """A ``distributed.Client`` for a scheduler address (or the client itself).
 
@@ -48,7 +52,7 @@ def connect(scheduler: Any):
     if isinstance(scheduler, Client):
         return scheduler
     try:
-        return Client(scheduler, timeout=30)
+        return Client(scheduler, timeout=CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         raise ValueError(f"cannot connect to the Dask scheduler at {scheduler!r}: {exc}") from exc
 

@@ -158,6 +158,8 @@ class _Page:
         folder = self.out_dir / "figures"
         folder.mkdir(parents=True, exist_ok=True)
         figure.savefig(folder / f"{name}.png", dpi=FIGURE_DPI)
+        # The layout is settled by the first drawing; drawing the SVG need not compute it again.
+        figure.set_layout_engine("none")
         figure.savefig(folder / f"{name}.svg")
         source = f"figures/{name}.png"
         links = [f'<a href="figures/{name}.svg">SVG</a>']

@@ -149,8 +149,9 @@ def test_a_worker_killed_mid_run_costs_nothing(cluster, many_cases, tmp_path):
     client.close()
 
 
-def test_unreachable_scheduler_is_a_clear_error(examples, capsys):
-    code = main(["score", str(examples.predictions / "teamA"), str(examples.labels), "--out", "/tmp/x",
+def test_unreachable_scheduler_is_a_clear_error(examples, capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr("flare_eval.execution.CONNECT_TIMEOUT_S", 3)  # nothing will ever answer on that port
+    code = main(["score", str(examples.predictions / "teamA"), str(examples.labels), "--out", str(tmp_path),
                  "--scheduler", f"tcp://127.0.0.1:{free_port()}", "--no-progress"])
     assert code == 2 and "cannot connect to the Dask scheduler" in capsys.readouterr().err
 

@@ -63,9 +63,23 @@ SECTIONS = ("Run facts", "Leaderboard", "Failures", "Accuracy and efficiency", "
 N_FIGURES = 27
 
 
-def test_report_has_every_section_and_figure(evaluation, tmp_path):
-    index = build_report(find_report_inputs(evaluation), tmp_path)
-    text = index.read_text()
+@pytest.fixture(scope="module")
+def default_report(evaluation, tmp_path_factory):
+    """The report with default options, drawn once through the command line (a report takes tens of seconds)."""
+    import contextlib
+    import io
+
+    folder = tmp_path_factory.mktemp("report")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["report", str(evaluation), "--out", str(folder), "--team", "teamA", "--case", "case_0001"]) == 0
+    assert str(folder / "index.html") in printed.getvalue()
+    return folder / "index.html"
+
+
+def test_report_has_every_section_and_figure(default_report):
+    tmp_path = default_report.parent
+    text = default_report.read_text()
     for title in SECTIONS:
         assert re.search(rf"<h2>\d+\. {re.escape(title)}", text), title
     assert "Not shown" not in text
@@ -95,10 +109,9 @@ def test_absent_inputs_become_notes(evaluation, tmp_path):
     assert "Not shown: no ranking/ folder" in text and "Not shown: no quantify/ folder" in text
 
 
-def test_report_cli(evaluation, tmp_path, capsys):
-    assert main(["report", str(evaluation), "--out", str(tmp_path), "--team", "teamA", "--case", "case_0001"]) == 0
-    assert "index.html" in capsys.readouterr().out
+def test_report_cli_refuses_a_missing_evaluation(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
+    assert "missing" in capsys.readouterr().err
 
 
 def chromium_or_skip():
@@ -110,9 +123,9 @@ def chromium_or_skip():
     return browser
 
 
-def test_every_figure_loads_in_headless_chromium(evaluation, tmp_path):
+def test_every_figure_loads_in_headless_chromium(default_report, tmp_path):
     browser = chromium_or_skip()
-    index = build_report(find_report_inputs(evaluation), tmp_path / "report")
+    index = default_report
     flags = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              f"--user-data-dir={tmp_path / 'profile'}"]
