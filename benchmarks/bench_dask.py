@@ -24,7 +24,7 @@ import pandas as pd
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_scoring import build_cases  # noqa: E402
+from bench_scoring import build_set, example_volumes  # noqa: E402
 
 import flare_eval as fe  # noqa: E402
 
@@ -62,7 +62,7 @@ def main() -> None:
     parser.add_argument("--ship", choices=("paths", "bytes"), default="paths")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        gt_dir, pred_dir = build_cases(Path(tmp), args.cases)
+        gt_dir, pred_dir = build_set("hard", Path(tmp), args.cases, *example_volumes())
         timings, tables = {}, {}
         for workers in (1, 2):
             start = time.perf_counter()

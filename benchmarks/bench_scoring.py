@@ -74,6 +74,13 @@ def hard_prediction(other: np.ndarray, i: int) -> np.ndarray:
     return prediction
 
 
+def example_volumes() -> tuple[np.ndarray, np.ndarray]:
+    """The bundled ground truth and team A's prediction of case_0001, upsampled to the benchmark's grid."""
+    examples = HERE.parent / "examples" / "data"
+    return (upsample(examples / "labels" / "case_0001.nii.gz"),
+            upsample(examples / "predictions" / "teamA" / "case_0001.nii.gz"))
+
+
 def build_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: np.ndarray) -> tuple[Path, Path]:
     gt_dir, pred_dir = folder / name / "gt", folder / name / "pred"
     gt_dir.mkdir(parents=True)
@@ -156,9 +163,7 @@ def main() -> None:
     parser.add_argument("--cases", type=int, default=4)
     parser.add_argument("--sets", default=",".join(SETS), help=f"comma-separated, of {', '.join(SETS)}")
     args = parser.parse_args()
-    examples = HERE.parent / "examples" / "data"
-    truth = upsample(examples / "labels" / "case_0001.nii.gz")
-    other = upsample(examples / "predictions" / "teamA" / "case_0001.nii.gz")
+    truth, other = example_volumes()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.sets.split(","):
