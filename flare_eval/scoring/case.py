@@ -176,11 +176,10 @@ def _check_ground_truth(gt_map: LabelMap, protocol: Protocol) -> None:
     Labels are never negative, and a label map holds a handful of values; a
     CT holds negative values, an MR image thousands of intensities.
     """
-    low = int(gt_map.array.min())
-    if low < 0:
-        raise InvalidLabelMapError(f"{gt_map.path}: holds negative values (down to {low}): an image, not a label "
-                                   "map? give the folder of ground-truth label maps")
-    foreign = metrics._labels_outside(gt_map.array, protocol.labels)
+    foreign = metrics._labels_outside(gt_map.array, protocol.labels)  # sorted: negative values first
+    if foreign and foreign[0] < 0:
+        raise InvalidLabelMapError(f"{gt_map.path}: holds negative values (down to {foreign[0]}): an image, not a "
+                                   "label map? give the folder of ground-truth label maps")
     if len(foreign) > _MAX_FOREIGN_VALUES:
         raise InvalidLabelMapError(f"{gt_map.path}: holds {len(foreign)} distinct values outside the labels of "
                                    f"protocol {protocol.name} (e.g. {preview([str(v) for v in foreign])}): an "

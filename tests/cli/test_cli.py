@@ -240,7 +240,7 @@ def test_collect_with_images_as_labels_exits_2_and_replaces_nothing(demo_runs, e
         write_nifti(images / label.name, ct, reference.header.get_zooms()[:3], affine=reference.affine)
     code = main(["collect", str(demo_runs), "--labels", str(images), "--no-progress"])
     err = capsys.readouterr().err
-    assert code == 2 and "holds negative values" in err and "an image, not a label map" in err
+    assert code == 2 and "holds negative values (down to -1000)" in err and "an image, not a label map" in err
     assert {path: path.read_bytes() for path in sorted(demo_runs.glob("*/scores.csv"))} == before
     assert not list(demo_runs.glob(".collect-*"))
 
