@@ -40,9 +40,12 @@ if TYPE_CHECKING:
 __all__ = ["score_folder", "score_teams", "team_folders", "score", "ScoreFiles"]
 
 
-def _load_pandas() -> None:
-    """Import pandas, about a third of a ``score`` command's start-up, while the workers score the first cases."""
-    import pandas  # noqa: F401
+def _pandas():
+    """pandas, imported on first use: about a third of a ``score`` command's start-up, so `_score_many` has it
+    loaded while the workers score the first cases (which never need it)."""
+    import pandas
+
+    return pandas
 
 
 def _refuse_folder_of_teams(pred_dir: Path) -> None:
@@ -104,9 +107,8 @@ def _score_many(
     try:
         for team, rows, messages in run_tasks(task, arguments, workers=local_workers, client=client,
                                               prepare=prepare, on_failure=_worker_died,
-                                              limits=protocol.scoring_limits, meanwhile=_load_pandas):
-            import pandas as pd
-
+                                              limits=protocol.scoring_limits, meanwhile=_pandas):
+            pd = _pandas()
             for message in messages:
                 warnings.warn(message, FlareEvalWarning, stacklevel=4)
             frame = pd.DataFrame(rows, columns=base)
@@ -120,8 +122,7 @@ def _score_many(
         bar.close()
         if client is not None and client is not scheduler:
             client.close()
-    import pandas as pd
-
+    pd = _pandas()
     if not frames:
         return pd.DataFrame(columns=columns)
     keys = sort_keys(teams=columns != base)
@@ -265,9 +266,7 @@ def score_teams(
     jobs = [(folder.name, pair) for folder in team_folders(pred_root)
             for pair in _team_pairs(folder, Path(gt_dir), folder.name) if (folder.name, pair.case) not in done]
     if not jobs:
-        import pandas as pd
-
-        return pd.DataFrame(columns=["team", *score_columns(protocol)])
+        return _pandas().DataFrame(columns=["team", *score_columns(protocol)])
     return _score_many(jobs, protocol, workers=workers, options=_Options(strict, resample), progress=progress,
                        on_case=on_case, scheduler=scheduler, ship=ship)
 
@@ -340,8 +339,7 @@ def score(
     else:
         new = score_folder(pred_dir, gt_dir, protocol, skip_cases=set() if done is None else set(done["case"]),
                            **common)
-    import pandas as pd
-
+    pd = _pandas()
     frames = [frame for frame in (done, new) if frame is not None and len(frame)]
     scores = pd.concat(frames, ignore_index=True) if frames else new
     scores = scores.sort_values(sort_keys(teams=teams), ignore_index=True, kind="stable")
