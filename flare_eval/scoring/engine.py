@@ -142,6 +142,11 @@ def _within(inner: tuple[slice, ...] | None, outer: tuple[slice, ...]) -> tuple[
     return tuple(slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer))
 
 
+def _placed(part: tuple[slice, ...], outer: tuple[slice, ...]) -> tuple[slice, ...]:
+    """``part``, a box within ``outer``, in the coordinates ``outer`` is given in (the inverse of `_within`)."""
+    return tuple(slice(o.start + p.start, o.start + p.stop) for p, o in zip(part, outer))
+
+
 def _union_of(boxes) -> tuple[slice, ...] | None:
     union = None
     for box in boxes:
@@ -169,7 +174,7 @@ def _label_boxes(labels: np.ndarray, wanted: Sequence[int]) -> dict[int, tuple[s
     boxes = {}
     for label, box in found.items():
         if box is not None:
-            box = tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(occupied, box))
+            box = _placed(box, occupied)
             box = box[::-1] if transposed else box
         boxes[label] = box
     return boxes
@@ -182,9 +187,9 @@ _BITS_SLAB = 16
 def _boxes_from_label_bits(labels: np.ndarray, wanted: Sequence[int]) -> dict[int, tuple[slice, ...] | None]:
     """Boxes of labels below 64 in a one-byte array: each voxel's label as a bit, OR-ed onto the three axes.
 
-    A label is present at ``(i, j, k)`` exactly when its bit is set in the
-    OR over axis 0 at ``(j, k)`` and in the OR over axes 1 and 2 at ``i``, so
-    the three profiles give every box; about three times faster than
+    A label's extent along each axis is where its bit is set in the OR over
+    the other two axes, so the three profiles (axis 0 from each slab, axes 1
+    and 2 from the OR over axis 0) give every box; about three times faster than
     ``find_objects``, which spends the same time on every voxel. Values of 64
     and above (and negative ones, read as bytes above 127) shift the bit out:
     they set none.
@@ -233,7 +238,7 @@ def _restrict_box(labels: np.ndarray, box: tuple[slice, ...] | None, axis: int, 
     inner = metrics._mask_box(_region_mask(labels[tuple(limited)], region_labels))
     if inner is None:
         return None
-    return tuple(slice(outer.start + part.start, outer.start + part.stop) for outer, part in zip(limited, inner))
+    return _placed(inner, tuple(limited))
 
 
 class RegionPair:
