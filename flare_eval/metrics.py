@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 __all__ = [
     "SurfaceDistances",
@@ -375,9 +375,28 @@ def _margin_vx(spacing: np.ndarray, max_distance_mm: float) -> tuple[int, ...]:
 @lru_cache(maxsize=64)
 def _surfel_area_table(spacing_mm: tuple[float, ...]) -> np.ndarray:
     """Area in mm^2 of the surfel of each of the 256 neighbourhood codes."""
-    from surface_distance import lookup_tables
+    table = _deepmind_lookup_tables().create_table_neighbour_code_to_surface_area(spacing_mm)
+    return np.asarray(table, dtype=np.float64)
 
-    return np.asarray(lookup_tables.create_table_neighbour_code_to_surface_area(spacing_mm), dtype=np.float64)
+
+@lru_cache(maxsize=1)
+def _deepmind_lookup_tables():
+    """DeepMind's ``surface_distance.lookup_tables`` module, loaded on its own.
+
+    Importing it through its package runs the package's ``__init__``, which
+    imports DeepMind's metrics and with them ``scipy.ndimage`` (a third of a
+    second, on every worker's first case); the tables need only NumPy.
+    """
+    import importlib.util
+
+    package = importlib.util.find_spec("surface_distance")  # finds the package without running its __init__
+    if package is None or not package.submodule_search_locations:
+        raise ImportError("flare-eval needs DeepMind's surface-distance package (pip install surface-distance)")
+    path = Path(next(iter(package.submodule_search_locations))) / "lookup_tables.py"
+    spec = importlib.util.spec_from_file_location("surface_distance.lookup_tables", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _surface_corners(
@@ -575,6 +594,9 @@ def _tree_distances(query: np.ndarray, features: np.ndarray, grid: _CornerGrid) 
 
 def _feature_transform_distances(query: np.ndarray, features: np.ndarray, grid: _CornerGrid) -> np.ndarray:
     """Exact distances from query corners to the nearest feature corner via scipy's EDT."""
+    # Imported here: scipy.ndimage costs a third of a second at start-up, and most cases never come this far.
+    from scipy import ndimage
+
     not_feature = np.ones(grid.shape, dtype=bool)
     not_feature.reshape(-1)[features] = False
     nearest = ndimage.distance_transform_edt(

@@ -309,16 +309,20 @@ def test_score_of_folders_without_a_case_in_common_exits_2(examples, tmp_path, c
     assert code == 2 and "has a ground-truth case" in capsys.readouterr().err
 
 
-def test_scoring_a_case_from_files_needs_no_pandas(examples):
-    """Workers return rows: pandas, a third of a command's start-up, is loaded by the caller while they score."""
+def test_scoring_a_case_from_files_needs_neither_pandas_nor_scipy_ndimage(examples):
+    """Workers return rows: pandas, a third of a command's start-up, is loaded by the caller while they score.
+
+    scipy.ndimage (another third) is loaded only for the distances that the offset scan leaves, which a
+    prediction near its ground truth never has; DeepMind's surfel table comes without their metrics module.
+    """
     case = sorted(examples.labels.glob("*.nii.gz"))[0]
     code = ("import sys; from flare_eval.io import CasePair; from flare_eval.protocol import load_protocol; "
             "from flare_eval.scoring.case import _score_case_task; from flare_eval.scoring.prediction import _Options; "
             f"team, rows, _ = _score_case_task(None, CasePair('c', {str(case)!r}, "
             f"{str(examples.predictions / 'teamA' / case.name)!r}), load_protocol('flare22'), _Options(False, False)); "
-            "print(len(rows), rows[0]['status'], 'pandas' in sys.modules)")
+            "print(len(rows), rows[0]['status'], 'pandas' in sys.modules, 'scipy.ndimage' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["13", "ok", "False"]
+    assert out.split() == ["13", "ok", "False", "False"]
 
 
 def test_building_the_command_line_imports_neither_pandas_nor_scipy():
@@ -327,3 +331,12 @@ def test_building_the_command_line_imports_neither_pandas_nor_scipy():
             "print(sorted(m for m in ('pandas', 'scipy', 'matplotlib', 'docker') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_only_the_command_entry_point_skips_the_last_collection():
+    """The script's entry point freezes the collector as the process ends; `main`, called from Python, does not."""
+    code = ("import gc, sys; from flare_eval.cli import command, main; main(['protocols']); "
+            "in_process = gc.get_freeze_count(); sys.argv = ['flare-eval', 'protocols']; code = command(); "
+            "print(in_process, code, gc.get_freeze_count() > 0)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split()[-3:] == ["0", "0", "True"]
