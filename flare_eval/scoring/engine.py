@@ -78,7 +78,8 @@ def score_label_maps(
     if superior[0] not in (0, 1, 2) or superior[1] not in (1, -1):
         raise ValueError(f"superior must be (axis in 0..2, +1 or -1), got {superior}")
     spacing = metrics._check_spacing(spacing_mm, 3)
-    invalid = _check_values(gt, pred, protocol)
+    invalid, gt_outside, pred_outside = _check_values(gt, pred, protocol)
+    gt, pred = _narrowed(gt, protocol.labels, gt_outside), _narrowed(pred, protocol.labels, pred_outside)
     # One pass over each volume finds every label's bounding box; all later work is on crops.
     gt_boxes, pred_boxes = _label_boxes(gt, protocol.labels), _label_boxes(pred, protocol.labels)
     rows = []
@@ -98,15 +99,39 @@ def score_label_maps(
     return rows
 
 
-def _check_values(gt: np.ndarray, pred: np.ndarray, protocol: Protocol) -> bool:
-    """Warn of values outside the protocol's labels; whether the prediction holds any under ``zero_scores``."""
-    checked = [("ground truth", gt)] + [("prediction", pred)] * (protocol.invalid_labels == "ignore")
-    for name, labels in checked:
-        unknown = metrics._labels_outside(labels, protocol.labels)
+def _check_values(gt: np.ndarray, pred: np.ndarray, protocol: Protocol) -> tuple[bool, list[int], list[int] | None]:
+    """Warn of values outside the protocol's labels.
+
+    Returns whether the prediction holds any under ``zero_scores``, and the
+    values outside the labels (sorted) of the ground truth and of the
+    prediction (None where the rule needs no check: ``refuse``, applied before).
+    """
+    gt_outside = metrics._labels_outside(gt, protocol.labels)
+    pred_outside = None if protocol.invalid_labels == "refuse" else metrics._labels_outside(pred, protocol.labels)
+    warned = [("ground truth", gt_outside)] + [("prediction", pred_outside)] * (protocol.invalid_labels == "ignore")
+    for name, unknown in warned:
         if unknown:
             warnings.warn(f"{name} holds values {unknown} that are not labels of protocol {protocol.name!r}; "
                           "they are scored as background", FlareEvalWarning, stacklevel=3)
-    return protocol.invalid_labels == "zero_scores" and bool(metrics._labels_outside(pred, protocol.labels))
+    return protocol.invalid_labels == "zero_scores" and bool(pred_outside), gt_outside, pred_outside
+
+
+def _narrowed(labels: np.ndarray, wanted: Sequence[int], outside: list[int] | None) -> np.ndarray:
+    """``labels`` as one-byte integers, the same values in the same memory order, when every value fits one.
+
+    Predictions saved as int64 (``argmax``'s type) or int16 hold labels below 256
+    as often as uint8 files do; every later pass (boxes, region masks) then reads
+    an eighth or a half of the bytes, and the boxes come from label bits.
+    ``outside`` are the values outside ``wanted`` and 0, sorted, when already
+    known (None: not known). Arrays whose values do not fit are returned as they are.
+    """
+    if labels.dtype.itemsize == 1 or labels.dtype.kind not in "iu" or max(wanted) > 255:
+        return labels
+    if outside is None:
+        outside = [int(labels.min()), int(labels.max())]
+    if outside and (outside[0] < 0 or outside[-1] > 255):
+        return labels
+    return labels.astype(np.uint8, order="K")
 
 
 def _region_pair(gt: np.ndarray, pred: np.ndarray, spacing: np.ndarray, region: Region, gt_boxes: dict,

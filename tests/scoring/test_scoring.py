@@ -119,6 +119,30 @@ def test_unknown_labels_are_background_with_a_warning(tmp_path):
     assert row(scores, 1).DSC == 1.0
 
 
+@pytest.mark.parametrize("dtype", [np.int16, np.uint16, np.int32, np.int64])
+def test_wider_integer_types_score_as_their_one_byte_copies(examples, dtype):
+    """Labels stored wider (argmax gives int64) are scored on one-byte copies when every value fits one byte;
+    the scores are those of the one-byte arrays. A value that does not fit (269) keeps the wide array."""
+    from flare_eval import read_label_map, score_label_maps
+    from flare_eval.scoring.engine import _narrowed
+
+    gt_path = sorted(examples.labels.glob("*.nii.gz"))[0]
+    gt, pred = (read_label_map(p) for p in (gt_path, examples.predictions / "teamA" / gt_path.name))
+    assert gt.array.dtype == pred.array.dtype == np.uint8 and gt.array.flags.f_contiguous
+    expected = score_label_maps(gt.array, pred.array, gt.spacing_mm, "flare22")
+    wide_gt, wide_pred = gt.array.astype(dtype, order="K"), pred.array.astype(dtype, order="K")
+    assert score_label_maps(wide_gt, wide_pred, gt.spacing_mm, "flare22") == expected
+    narrow = _narrowed(wide_pred, range(1, 14), None)
+    assert narrow.dtype == np.uint8 and narrow.flags.f_contiguous and np.array_equal(narrow, pred.array)
+
+    wide_pred[0, 0, 0] = 269  # a stray value: scored as background, never wrapped to 13 (a label)
+    assert _narrowed(wide_pred, range(1, 14), None) is _narrowed(wide_pred, range(1, 14), [269]) is wide_pred
+    pred.array[0, 0, 0] = 0
+    with pytest.warns(FlareEvalWarning, match=r"values \[269\]"):
+        assert score_label_maps(wide_gt, wide_pred, gt.spacing_mm, "flare22") == score_label_maps(
+            gt.array, pred.array, gt.spacing_mm, "flare22")
+
+
 def test_missing_mismatched_and_invalid_predictions_score_zero(tmp_path):
     organ = blob((10, 10, 10), (2, 2, 2), (6, 6, 6), 1)
     write_nifti(tmp_path / "gt" / "ok.nii.gz", organ, SPACING)
