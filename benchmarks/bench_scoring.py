@@ -127,11 +127,12 @@ def timed_score_command(pred_dir: Path, gt_dir: Path, out: Path) -> tuple[float,
     The peak is that of the command's process or of the worker processes it scored in, whichever is larger.
     """
     peak_file = out.with_name(out.name + ".peak_kib")
-    command = ("import atexit, resource, sys; from flare_eval.cli import main; "
-               "atexit.register(lambda: open(sys.argv[1], 'w').write(str(max(int(next(line.split()[1] for line in "
+    # As the installed script runs (cli.command), the peak's file taken off the arguments first.
+    command = ("import atexit, resource, sys; from flare_eval.cli import command; peak = sys.argv.pop(1); "
+               "atexit.register(lambda: open(peak, 'w').write(str(max(int(next(line.split()[1] for line in "
                "open('/proc/self/status') if line.startswith('VmHWM'))), "
                "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)))); "
-               "sys.exit(main(sys.argv[2:]))")
+               "sys.exit(command())")
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", command, str(peak_file), "score", str(pred_dir), str(gt_dir), "--out",
                     str(out), "--workers", "1", "--no-progress"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
