@@ -367,22 +367,23 @@ def _as_integer_labels(data: np.ndarray, path: Path) -> np.ndarray:
         return data
     if not np.issubdtype(data.dtype, np.floating):
         raise InvalidLabelMapError(f"{path}: unsupported data type {data.dtype} for a label map")
-    finite = np.isfinite(data)
-    if not finite.all():
-        raise InvalidLabelMapError(f"{path}: {int((~finite).sum())} voxels are NaN or infinite")
-    fractional = data != np.round(data)
-    if fractional.any():
+    # The extremes are finite only when every value is (a NaN makes them NaN): no pass of its own for that.
+    low, high = float(data.min()), float(data.max())
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise InvalidLabelMapError(f"{path}: {int((~np.isfinite(data)).sum())} voxels are NaN or infinite")
+    candidate = next((t for t in (np.uint8, np.int16, np.int32, np.int64)
+                      if np.iinfo(t).min <= low and high <= np.iinfo(t).max), None)
+    if candidate is None:
+        raise InvalidLabelMapError(f"{path}: label values {low:g}..{high:g} do not fit a 64-bit integer")
+    labels = data.astype(candidate)
+    if not np.array_equal(labels, data):  # the cast truncated a fraction somewhere
+        fractional = data != np.round(data)
         example = data[fractional].flat[0]
         raise InvalidLabelMapError(
             f"{path}: {int(fractional.sum())} voxels hold values that are not whole numbers "
             f"(e.g. {example!r}); label maps must hold integer labels"
         )
-    low, high = float(data.min()), float(data.max())
-    for candidate in (np.uint8, np.int16, np.int32, np.int64):
-        info = np.iinfo(candidate)
-        if info.min <= low and high <= info.max:
-            return data.astype(candidate)
-    raise InvalidLabelMapError(f"{path}: label values {low:g}..{high:g} do not fit a 64-bit integer")
+    return labels
 
 
 @dataclass(frozen=True)
