@@ -104,6 +104,48 @@ def test_far_apart_masks_fall_back_to_the_feature_transform(monkeypatch):
     assert _SCAN_TO_TRANSFORM_COST > 0
 
 
+def test_a_large_organ_slightly_off_on_a_fine_grid_is_settled_by_the_offset_scan(monkeypatch):
+    """Thousands of corners and a ball of hundreds of offsets: most corners settle within a few voxels, so the
+    scan finishes without a feature transform (a rule that projected the unsettled corners over every offset
+    gave up at the first one)."""
+    grid = np.indices((56, 56, 50))
+    gt = ((grid - np.array([28, 28, 25])[:, None, None, None]) ** 2).sum(axis=0) <= 20 ** 2
+    pred = np.roll(gt, (2, -1, 1), axis=(0, 1, 2))
+    spacing = (0.8, 0.8, 1.0)
+    expected = deepmind.compute_surface_distances(gt, pred, spacing)
+
+    def refused(*_):
+        raise AssertionError("the offset scan gave up")
+
+    monkeypatch.setattr("flare_eval.metrics._feature_transform_distances", refused)
+    monkeypatch.setattr("flare_eval.metrics._tree_distances", refused)
+    for tolerance_mm in (2.0, 5.0, 7.0):
+        ours = normalized_surface_dice(gt, pred, spacing, tolerance_mm)
+        assert ours == pytest.approx(deepmind.compute_surface_dice_at_tolerance(expected, tolerance_mm), abs=1e-12)
+
+
+@pytest.mark.parametrize("path", ["transform", "tree"])
+def test_corners_left_by_the_scan_are_measured_in_their_own_box(monkeypatch, path):
+    """What the scan leaves is measured in the box of those corners grown by the tolerance's reach: the same
+    distances as over the whole grid (beyond the tolerance: inf)."""
+    rng = np.random.default_rng(11)
+    shape = (60, 52, 30)
+    gt, pred = np.zeros(shape, bool), np.zeros(shape, bool)
+    gt[5:40, 6:30, 4:20] = rng.random((35, 24, 16)) > 0.2
+    pred[8:42, 6:31, 5:21] = rng.random((34, 25, 16)) > 0.2
+    pred[50:58, 40:50, 22:28] = True  # far from the ground truth: beyond reach, or just within it
+    pred[44:47, 30:34, 18:22] = True
+    spacing = (0.9, 1.1, 2.5)
+    whole = surface_distances(gt, pred, spacing)  # no tolerance: every distance, over the whole grid
+    monkeypatch.setattr("flare_eval.metrics._SCAN_TO_TRANSFORM_COST", 0)  # the scan hands over at once
+    monkeypatch.setattr("flare_eval.metrics._TREE_COST_PER_POINT", float("inf") if path == "transform" else 0)
+    for tolerance_mm in (1.5, 3.0, 6.0):
+        within = surface_distances(gt, pred, spacing, max_distance_mm=tolerance_mm)
+        for ours, full in ((within.distances_gt_to_pred_mm, whole.distances_gt_to_pred_mm),
+                           (within.distances_pred_to_gt_mm, whole.distances_pred_to_gt_mm)):
+            np.testing.assert_array_equal(ours, np.where(full <= tolerance_mm, full, np.inf))
+
+
 def test_surface_corners_searched_in_a_box_equal_those_of_the_whole_mask():
     """Any box that holds the mask (the engine passes each mask's own box) gives the same corners in the same order."""
     from flare_eval.metrics import _mask_box, _surface_corners
