@@ -139,6 +139,13 @@ def timed_score_command(pred_dir: Path, gt_dir: Path, out: Path) -> tuple[float,
     return time.perf_counter() - start, int(peak_file.read_text()) / 1024
 
 
+def worst_difference(rows, reference: dict) -> float:
+    """Largest |difference| of DSC or NSD between our rows (mappings with case, label, DSC, NSD) and the
+    reference's ``{case: {label: (DSC, NSD)}}``."""
+    return max((max(abs(row["DSC"] - reference[row["case"]][row["label"]][0]),
+                    abs(row["NSD"] - reference[row["case"]][row["label"]][1])) for row in rows), default=0.0)
+
+
 def run_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: np.ndarray) -> dict:
     gt_dir, pred_dir = build_set(name, folder, n_cases, truth, other)
     out = folder / name / "out"
@@ -151,10 +158,7 @@ def run_set(name: str, folder: Path, n_cases: int, truth: np.ndarray, other: np.
                  for gt_path in sorted(gt_dir.glob("*.nii.gz"))}
     reference_s = (time.perf_counter() - start) / n_cases
 
-    worst = 0.0
-    for row in ours.itertuples():
-        dsc, nsd = reference[row.case][row.label]
-        worst = max(worst, abs(row.DSC - dsc), abs(row.NSD - nsd))
+    worst = worst_difference(ours.to_dict("records"), reference)
     return {"set": name, "reference_s": reference_s, "flare_eval_s": ours_s, "ratio": reference_s / ours_s,
             "floor_s": floor_s(gt_dir, pred_dir), "peak_mib": peak_mib, "worst_difference": worst}
 
