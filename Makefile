@@ -13,6 +13,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e .
+	# An editable install leaves the modules uncompiled; where PYTHONDONTWRITEBYTECODE is set they would be
+	# compiled again at every command's start.
+	$(BIN)/python -m compileall -q flare_eval
 	touch $(STAMP)
 
 install-test: $(TEST_STAMP)  ## also the test, benchmark and lint tools (pytest, ruff, dask, nbclient)

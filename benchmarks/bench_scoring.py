@@ -22,6 +22,7 @@ Usage: ``python benchmarks/bench_scoring.py [--cases N] [--sets gentle,hard,...]
 """
 
 import argparse
+import functools
 import gzip
 import os
 import subprocess
@@ -121,11 +122,22 @@ def floor_s(gt_dir: Path, pred_dir: Path) -> float:
     return (time.perf_counter() - start) / len(list(gt_dir.glob("*.nii.gz")))
 
 
+@functools.cache
+def byte_compile_flare_eval() -> None:
+    """Compile flare-eval's modules to bytecode once, as installing a wheel does: an editable install where
+    PYTHONDONTWRITEBYTECODE is set (as on the development machine) would compile them at every start."""
+    import flare_eval
+
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(Path(flare_eval.__file__).parent)], check=True)
+
+
 def timed_score_command(pred_dir: Path, gt_dir: Path, out: Path) -> tuple[float, float]:
     """Run ``flare-eval score --workers 1`` as a fresh process; its wall time (s) and peak memory (MiB).
 
     The peak is that of the command's process or of the worker processes it scored in, whichever is larger.
+    flare-eval's modules are byte-compiled first (see `byte_compile_flare_eval`).
     """
+    byte_compile_flare_eval()
     peak_file = out.with_name(out.name + ".peak_kib")
     # As the installed script runs (cli.command), the peak's file taken off the arguments first.
     command = ("import atexit, resource, sys; from flare_eval.cli import command; peak = sys.argv.pop(1); "

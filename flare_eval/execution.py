@@ -20,7 +20,7 @@ import signal
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -229,11 +229,19 @@ def _worker_main(connection, memory_bytes: int) -> None:
             return  # memory may be fragmented or half-freed: a fresh worker takes the next task
 
 
+#: How many tasks a busy worker may be sent ahead, and the largest message (a pickled task) sent so: together
+#: they fit the socket's buffer, so sending never waits for the worker (nor delays noticing that it overran
+#: its time). A scoring task's message is about 5 KiB.
+_QUEUED_TASKS = 4
+_QUEUED_MESSAGE_BYTES = 16 * 1024
+
+
 @dataclass
 class _Worker:
     process: Any
     connection: Any
-    task: int | None = None
+    #: Indices of the tasks sent to it, in the order it runs them; the first is running, its deadline ``deadline``.
+    tasks: deque = field(default_factory=deque)
     deadline: float = 0.0
 
     def stop(self) -> None:
@@ -299,8 +307,12 @@ def run_bounded(
     See `run_tasks` for the parameters. A worker that exceeds ``limits`` or
     dies is killed and replaced; its task's result is
     ``on_failure(arguments, failure)``, the `TaskFailure` naming the bound.
+    While more tasks wait than workers are busy, each busy worker is also sent
+    a few tasks ahead, started as soon as it has sent a result; a worker that
+    fails hands the tasks it had not started to another worker.
     """
     from multiprocessing.connection import wait
+    from multiprocessing.reduction import ForkingPickler
 
     limits = limits or TaskLimits()
     prepare = prepare or (lambda arguments: arguments)
@@ -310,8 +322,34 @@ def run_bounded(
     idle: list[_Worker] = []
     busy: list[_Worker] = []
 
+    def send(worker: _Worker, message: bytes) -> None:
+        if not worker.tasks:
+            worker.deadline = time.monotonic() + limits.time_s
+        worker.tasks.append(pending.popleft())
+        worker.connection.send_bytes(message)
+
+    pickled: dict[int, bytes] = {}  # at most one: the next task's message, when it waits for a free worker
+
+    def message_of(task: int) -> bytes:
+        if task not in pickled:
+            pickled.clear()
+            pickled[task] = bytes(ForkingPickler.dumps((function, prepare(tasks[task]))))
+        return pickled[task]
+
+    def queue_ahead(worker: _Worker) -> None:
+        """Send a busy worker its next tasks now, so that it starts each the moment it has sent a result, not
+        once this process has come round to read that result (it may be importing pandas, or writing)."""
+        # The last tasks go to whichever worker is free first.
+        while len(worker.tasks) <= _QUEUED_TASKS and len(pending) >= len(busy):
+            message = message_of(pending[0])
+            if len(message) > _QUEUED_MESSAGE_BYTES:
+                return
+            send(worker, message)
+
     def fail(worker: _Worker, kind: str, message: str):
-        arguments = tasks[worker.task]
+        arguments = tasks[worker.tasks.popleft()]
+        pending.extendleft(reversed(worker.tasks))  # sent but not started: the next worker takes them
+        worker.tasks.clear()
         worker.stop()
         busy.remove(worker)
         if on_failure is None:
@@ -322,10 +360,10 @@ def run_bounded(
         while pending or busy:
             while pending and len(busy) < max(1, workers):
                 worker = idle.pop() if idle else _start_worker(context, limits)
-                worker.task = pending.popleft()
-                worker.connection.send((function, prepare(tasks[worker.task])))
-                worker.deadline = time.monotonic() + limits.time_s
+                send(worker, message_of(pending[0]))
                 busy.append(worker)
+            for worker in busy:
+                queue_ahead(worker)
             if meanwhile is not None:
                 meanwhile()
                 meanwhile = None
@@ -339,15 +377,19 @@ def run_bounded(
                         yield fail(worker, "died", _death(worker))
                         continue
                     if kind == "ok":
-                        busy.remove(worker)
-                        idle.append(worker)
+                        worker.tasks.popleft()
+                        if worker.tasks:  # it has started the next one already
+                            worker.deadline = time.monotonic() + limits.time_s
+                        else:
+                            busy.remove(worker)
+                            idle.append(worker)
                         yield value
                     elif kind == "memory":
                         yield fail(worker, "memory",
                                    f"it needed more than the memory limit of {limits.memory_mib:g} MiB")
                     else:
+                        worker.stop()  # a task it was sent may be running: this worker is not reused
                         busy.remove(worker)
-                        idle.append(worker)
                         raise value
                 elif not worker.process.is_alive():
                     yield fail(worker, "died", _death(worker))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ._text import preview
+from ._text import preview, progress_bar
 from ._version import __version__
 from .errors import FlareEvalWarning
 from .io import read_resources, read_scores, read_table, write_settings, write_table
@@ -365,8 +365,6 @@ def quantify(
     prediction are reported in a warning and left out of the agreement.
     ``protocol`` defaults to ``flare22`` (label maps record none).
     """
-    from tqdm import tqdm
-
     from .cohort_stats import unit_columns
     from .execution import run_bounded
     from .io import LABEL_MAP_SUFFIXES, case_id, pair_cases
@@ -390,8 +388,7 @@ def quantify(
         if not jobs:
             raise ValueError(f"prediction folder {pred_dir} holds no label maps ({', '.join(LABEL_MAP_SUFFIXES)})")
     frames = []
-    show = None if progress is None else not progress
-    bar = tqdm(total=len(jobs), desc="measuring", unit="map", disable=show)
+    bar = progress_bar(len(jobs), desc="measuring", unit="map", show=progress)
     # Every file is read in a bounded, disposable worker (a prediction is untrusted); one that cannot be read
     # is named in a warning and left out, the others are measured.
     tasks = [(case, source, path, protocol) for case, source, path in jobs]

@@ -36,6 +36,11 @@ def own_pid(_):
     return os.getpid()
 
 
+def touch(path):
+    open(path, "w").close()
+    return path
+
+
 def wait_for_file(path):
     deadline = time.monotonic() + 120
     while not os.path.exists(path):
@@ -49,8 +54,10 @@ def noted(arguments, failure):
     return ("failed", arguments[0], failure.kind, str(failure))
 
 
-def test_a_dying_worker_fails_only_its_own_task():
-    results = list(run_tasks(square_or_die, [(i,) for i in range(6)], workers=2, on_failure=noted))
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_dying_worker_fails_only_its_own_task(workers):
+    # Tasks sent ahead to the worker that dies (4, and with one worker 5 too) are run by its successor.
+    results = list(run_tasks(square_or_die, [(i,) for i in range(6)], workers=workers, on_failure=noted))
     squares = sorted(r for r in results if isinstance(r, int))
     failed = [r for r in results if isinstance(r, tuple)]
     assert squares == [0, 1, 4, 16, 25]
@@ -62,9 +69,10 @@ def test_without_a_failure_handler_a_dying_worker_raises():
         list(run_tasks(square_or_die, [(i,) for i in range(5)], workers=2))
 
 
-def test_a_task_past_its_time_limit_is_stopped_and_named():
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_task_past_its_time_limit_is_stopped_and_named(workers):
     # The limit is far above what the other tasks need, whatever the machine's load.
-    results = list(run_bounded(hang_or_square, [(i,) for i in range(4)], workers=2,
+    results = list(run_bounded(hang_or_square, [(i,) for i in range(4)], workers=workers,
                                limits=TaskLimits(time_s=5), on_failure=noted))
     assert sorted(r for r in results if isinstance(r, int)) == [0, 4, 9]
     assert [r[:3] for r in results if isinstance(r, tuple)] == [("failed", 1, "time")]
@@ -147,3 +155,18 @@ def test_the_callers_meanwhile_work_runs_once_while_the_first_tasks_run(tmp_path
     results = list(run_bounded(wait_for_file, [(str(flag),)] * 3, workers=workers, meanwhile=meanwhile))
     assert results == ["overlapped"] * 3 and calls == [1]
     assert list(run_bounded(wait_for_file, [], meanwhile=meanwhile)) == [] and calls == [1]
+
+
+def test_a_busy_worker_is_sent_its_next_tasks_ahead(tmp_path):
+    """While the caller is busy (``meanwhile``: score imports pandas there) its worker goes on with the next tasks."""
+    paths = [str(tmp_path / f"task_{i}") for i in range(4)]
+    seen = []
+
+    def meanwhile():  # waits for every task's file: a worker sent one task at a time would have made only one
+        deadline = time.monotonic() + 60
+        while not all(os.path.exists(p) for p in paths) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        seen.append(sum(os.path.exists(p) for p in paths))
+
+    assert list(run_bounded(touch, [(p,) for p in paths], workers=1, meanwhile=meanwhile)) == paths
+    assert seen == [4]

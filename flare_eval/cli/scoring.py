@@ -60,7 +60,8 @@ def _add_score_parser(commands) -> None:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from ..scoring import SCORED_STATUSES, STATUS_OK, score, summarize_scores
+    from ..io import read_table
+    from ..scoring import SCORED_STATUSES, STATUS_OK, score
 
     _note_replacing(args.out, "scores.csv")
     protocol = _resolved_protocol(args, args.out)
@@ -82,7 +83,7 @@ def _score(args: argparse.Namespace) -> int:
     )
     import pandas as pd  # loaded by score while its first cases ran
 
-    summary = summarize_scores(scores, protocol)
+    summary = read_table(files.summary, role="summary")  # what was written, and cheaper than computing it again
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     keys = ["team", "case"] if args.teams else ["case"]

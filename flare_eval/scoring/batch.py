@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._text import preview
+from .._text import preview, progress_bar
 from .._version import __version__
 from ..errors import FlareEvalWarning
 from ..io import (
@@ -84,8 +84,6 @@ def _score_many(
     scheduler,
     ship: str,
 ) -> pd.DataFrame:
-    from tqdm import tqdm
-
     from ..execution import SHIP_MODES, connect, prepare_workers, run_tasks, workers_see_files
 
     if ship not in SHIP_MODES:
@@ -103,7 +101,7 @@ def _score_many(
             task, prepare = _score_case_from_bytes, _with_bytes
     local_workers = min(workers or os.cpu_count() or 1, max(len(jobs), 1))
     frames = []
-    bar = tqdm(total=len(jobs), desc="scoring", unit="case", disable=None if progress is None else not progress)
+    bar = progress_bar(len(jobs), desc="scoring", unit="case", show=progress)
     try:
         for team, rows, messages in run_tasks(task, arguments, workers=local_workers, client=client,
                                               prepare=prepare, on_failure=_worker_died,

@@ -340,3 +340,17 @@ def test_only_the_command_entry_point_skips_the_last_collection():
             "print(in_process, code, gc.get_freeze_count() > 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split()[-3:] == ["0", "0", "True"]
+
+
+def test_a_progress_bar_is_drawn_only_where_it_is_shown(examples):
+    """A bar that is not shown costs nothing: tqdm (a tenth of a small command's start-up) is not imported."""
+    def run(progress: bool) -> subprocess.CompletedProcess:
+        code = ("import sys; from flare_eval import score_folder; "
+                f"scores = score_folder({str(examples.predictions / 'teamA')!r}, {str(examples.labels)!r}, "
+                f"workers=1, progress={progress}); print(len(scores), 'tqdm' in sys.modules)")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+
+    n_rows = 13 * len(list(examples.labels.glob("*.nii.gz")))
+    hidden, shown = run(False), run(True)
+    assert hidden.stdout.split() == [str(n_rows), "False"] and "scoring" not in hidden.stderr
+    assert shown.stdout.split() == [str(n_rows), "True"] and "scoring: 100%" in shown.stderr
