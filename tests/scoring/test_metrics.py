@@ -237,3 +237,29 @@ from flare_eval import example_paths  # noqa: E402
 # Real organs: the bundled case_0001 ground truth and an independent segmentation of the same CT.
 REAL_GT = example_paths().labels / "case_0001.nii.gz"
 REAL_OTHER = example_paths().predictions / "teamA" / "case_0001.nii.gz"
+
+
+@pytest.mark.parametrize("shape, spacing_mm, tolerance_mm", [((17, 23, 11), (0.8, 0.8, 2.5), 2.0),
+                                                           ((9, 31, 40), (1.5, 1.5, 5.0), 7.0),
+                                                           ((25, 25, 25), (1.0, 1.0, 1.0), 1.0)])
+def test_the_near_feature_prefilter_keeps_every_corner_within_reach_and_drops_far_ones(shape, spacing_mm,
+                                                                                        tolerance_mm):
+    """Against brute force: a corner with a feature within the tolerance is always kept; one whose block is more
+    than one block from every feature's block (blocks as long as the ball's reach) is dropped."""
+    from flare_eval.metrics import _CornerGrid, _margin_vx, _near_features
+
+    rng = np.random.default_rng(len(shape) + int(tolerance_mm * 10))
+    size = int(np.prod(shape))
+    features, query = rng.choice(size, 40, replace=False), rng.choice(size, 400, replace=False)
+    spacing = np.asarray(spacing_mm)
+    grid = _CornerGrid(shape, spacing, (0, 1, 2))
+    near = _near_features(query, features, grid, tolerance_mm)
+
+    query_ijk = np.stack(np.unravel_index(query, shape), axis=1)
+    feature_ijk = np.stack(np.unravel_index(features, shape), axis=1)
+    distance_mm = np.sqrt((((query_ijk[:, None] - feature_ijk[None]) * spacing) ** 2).sum(axis=2)).min(axis=1)
+    reach = np.asarray(_margin_vx(spacing, tolerance_mm))
+    block_gap = np.abs(query_ijk[:, None] // reach - feature_ijk[None] // reach).max(axis=2).min(axis=1)
+    assert near[distance_mm <= tolerance_mm].all() and (distance_mm <= tolerance_mm).any()
+    assert not near[block_gap > 1].any() and (block_gap > 1).any()
+    assert near[block_gap <= 1].all()
