@@ -413,7 +413,9 @@ def _surface_corners(
     """
     if box is None:
         box = tuple(slice(0, n) for n in mask.shape)
-    voxels = np.pad(mask[box], 1)
+    cropped = mask[box]
+    voxels = np.zeros(tuple(n + 2 for n in cropped.shape), dtype=bool)
+    voxels[1:-1, 1:-1, 1:-1] = cropped
     any_set = voxels
     all_set = voxels
     for axis in range(3):
@@ -425,17 +427,23 @@ def _surface_corners(
         all_set = all_set[tuple(lower)] & all_set[tuple(upper)]
     local = np.flatnonzero(any_set & ~all_set)
 
-    # Local corner h covers voxels h .. h+1 of the padded box: it is corner h + box.start of the mask.
-    i, j, k = np.unravel_index(local, any_set.shape)
-    n1, n2 = voxels.shape[1], voxels.shape[2]
-    base = (i * n1 + j) * n2 + k
-    flat_voxels = voxels.reshape(-1)
+    # Local corner (i, j, k) covers voxels (i, j, k) .. (i+1, j+1, k+1) of the padded box and is corner
+    # (i, j, k) + box.start of the mask. Its row i * m_1 + j and column k come from one division; the flat
+    # indices it needs are per-row tables plus k (unravelling and ravelling again cost twice as much).
+    m_0, m_1, m_2 = any_set.shape
+    n_1, n_2 = voxels.shape[1], voxels.shape[2]
+    row, k = np.divmod(local, m_2)
+    i_of_row, j_of_row = np.divmod(np.arange(m_0 * m_1), m_1)
+    base = ((i_of_row * n_1 + j_of_row) * n_2)[row]
+    base += k
+    flat_voxels = voxels.reshape(-1).view(np.uint8)
     codes = np.zeros(local.shape, dtype=np.uint8)
     for (a, b, c), weight in zip(_NEIGHBOUR_OFFSETS, _NEIGHBOUR_WEIGHTS):
-        codes |= flat_voxels[base + ((a * n1 + b) * n2 + c)].astype(np.uint8) * np.uint8(weight)
-    grid_shape = tuple(n + 2 * m + 1 for n, m in zip(mask.shape, margin_vx))
-    shifts = [part.start + m for part, m in zip(box, margin_vx)]
-    corners = np.ravel_multi_index((i + shifts[0], j + shifts[1], k + shifts[2]), grid_shape)
+        codes |= flat_voxels[base + ((a * n_1 + b) * n_2 + c)] * np.uint8(weight)
+    grid_1, grid_2 = (n + 2 * m + 1 for n, m in zip(mask.shape[1:], margin_vx[1:]))
+    start_0, start_1, start_2 = (part.start + m for part, m in zip(box, margin_vx))
+    corners = (((i_of_row + start_0) * grid_1 + j_of_row + start_1) * grid_2 + start_2)[row]
+    corners += k
     return corners, codes
 
 
