@@ -543,19 +543,27 @@ def _scan_offsets(
     if unsettled.size == 0:
         return unsettled
     position = query[unsettled]
+    # Settled corners are struck off ``open_`` and dropped from the arrays only once they are half of them:
+    # compacting at every offset that settles a few cost as much as the lookups.
+    open_ = np.ones(position.size, dtype=bool)
+    n_open = position.size
     spent = 0
     for offset, length in zip(flat_offsets.tolist(), lengths.tolist()):
         if spent > budget:
-            return unsettled
+            return unsettled[open_]
         spent += position.size
         hit = is_feature[position + offset]
-        if hit.any():
+        hit &= open_
+        n_hit = int(np.count_nonzero(hit))
+        if n_hit:
             distances[unsettled[hit]] = length
-            miss = ~hit
-            unsettled = unsettled[miss]
-            position = position[miss]
-            if unsettled.size == 0:
+            n_open -= n_hit
+            if n_open == 0:
                 break
+            open_ &= ~hit
+            if 2 * n_open < position.size:
+                unsettled, position = unsettled[open_], position[open_]
+                open_ = np.ones(position.size, dtype=bool)
     return np.zeros(0, dtype=np.intp)
 
 
