@@ -254,7 +254,10 @@ class _Worker:
         """Tell an idle worker to end, without waiting for it: the kernel frees its memory (10 ms for a scoring
         worker) while the caller goes on; multiprocessing reaps it. (A forked worker holds this end of the
         pipe too, so closing it alone would never reach it as an end-of-file.)"""
-        self.connection.send(None)
+        try:
+            self.connection.send(None)
+        except OSError:  # it has died since its last result: nothing to tell
+            pass
         self.connection.close()
 
 
@@ -333,7 +336,10 @@ def run_bounded(
         if not worker.tasks:
             worker.deadline = time.monotonic() + limits.time_s
         worker.tasks.append(pending.popleft())
-        worker.connection.send_bytes(message)
+        try:
+            worker.connection.send_bytes(message)
+        except OSError:  # it died after its last result: the loop finds it dead and hands its tasks on
+            pass
 
     pickled: dict[int, bytes] = {}  # at most one: the next task's message, when it waits for a free worker
 

@@ -36,6 +36,13 @@ def own_pid(_):
     return os.getpid()
 
 
+def note_and_die_or_square(x, path):
+    if x == 1:
+        open(path, "w").close()
+        os._exit(9)
+    return x * x
+
+
 def touch(path):
     open(path, "w").close()
     return path
@@ -170,3 +177,19 @@ def test_a_busy_worker_is_sent_its_next_tasks_ahead(tmp_path):
 
     assert list(run_bounded(touch, [(p,) for p in paths], workers=1, meanwhile=meanwhile)) == paths
     assert seen == [4]
+
+
+def test_tasks_sent_to_a_worker_that_has_just_died_go_to_its_successor(tmp_path):
+    """Tasks sent ahead to a worker that has just died (its pipe is broken) go to its successor; the batch goes on."""
+    flag = str(tmp_path / "dying")
+
+    def meanwhile():  # returns once the worker has died on task 1, with task 0's result still unread
+        deadline = time.monotonic() + 60
+        while not os.path.exists(flag) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(2)
+
+    results = list(run_bounded(note_and_die_or_square, [(i, flag) for i in range(8)], workers=1,
+                               on_failure=noted, meanwhile=meanwhile))
+    assert sorted(r for r in results if isinstance(r, int)) == [0, 4, 9, 16, 25, 36, 49]
+    assert [r[:3] for r in results if isinstance(r, tuple)] == [("failed", 1, "died")]
