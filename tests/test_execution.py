@@ -5,6 +5,7 @@ import time
 
 import numpy as np
 import pytest
+from tasks import wait_for_file
 
 from flare_eval.execution import TaskFailed, TaskLimits, run_bounded, run_tasks
 
@@ -46,15 +47,6 @@ def note_and_die_or_square(x, path):
 def touch(path):
     open(path, "w").close()
     return path
-
-
-def wait_for_file(path):
-    deadline = time.monotonic() + 120
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            return "the caller's work never ran"
-        time.sleep(0.01)
-    return "overlapped"
 
 
 def noted(arguments, failure):

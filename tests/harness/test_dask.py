@@ -16,6 +16,10 @@ from flare_eval.cli import main
 
 distributed = pytest.importorskip("distributed")
 DASK = str(Path(sys.executable).parent / "dask")
+#: The cluster's processes import the tests' task modules (tests/tasks.py), as deployed ones import the code
+#: they run.
+CLUSTER_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                         os.environ.get("PYTHONPATH")]))}
 
 
 def free_port() -> int:
@@ -32,7 +36,8 @@ class Cluster:
         self.folder = folder
         self.scheduler = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port",
                                            self.address.rsplit(":", 1)[1], "--no-dashboard"],
-                                          stdout=subprocess.DEVNULL, stderr=open(folder / "scheduler.log", "w"))
+                                          stdout=subprocess.DEVNULL, stderr=open(folder / "scheduler.log", "w"),
+                                          env=CLUSTER_ENV)
         self.workers: dict[str, subprocess.Popen] = {}
 
     def add_worker(self, name: str) -> None:
@@ -40,7 +45,7 @@ class Cluster:
             [DASK, "worker", self.address, "--nthreads", "1", "--no-nanny", "--resources", "GPU=1",
              "--no-dashboard", "--name", name],
             stdout=subprocess.DEVNULL, stderr=open(self.folder / f"{name}.log", "w"),
-            env={**os.environ, "FLARE_EVAL_GPU": "none"},
+            env={**CLUSTER_ENV, "FLARE_EVAL_GPU": "none"},
         )
 
     def client(self, n_workers: int):
@@ -97,22 +102,17 @@ def test_scoring_on_the_cluster_equals_local_row_for_row(cluster, examples):
 
 def test_the_callers_meanwhile_work_runs_once_while_the_cluster_works(cluster, tmp_path):
     """Tasks wait for a file that only the caller's ``meanwhile`` creates (run after a result, it never would)."""
-    from flare_eval.execution import run_tasks
+    import tasks
 
-    def wait_for_file(path):  # defined here, so that it travels to the workers by value
-        deadline = time.monotonic() + 120
-        while not os.path.exists(path):
-            if time.monotonic() > deadline:
-                return "the caller's work never ran"
-            time.sleep(0.01)
-        return "overlapped"
+    from flare_eval.execution import run_tasks
 
     flag, calls = tmp_path / "flag", []
     client = cluster.client(2)
-    results = list(run_tasks(wait_for_file, [(str(flag),)] * 3, client=client,
+    results = list(run_tasks(tasks.wait_for_file, [(str(flag),)] * 3, client=client,
                              meanwhile=lambda: (calls.append(1), flag.touch())))
     assert results == ["overlapped"] * 3 and calls == [1]
-    assert list(run_tasks(wait_for_file, [], client=client, meanwhile=lambda: calls.append(1))) == [] and calls == [1]
+    assert list(run_tasks(tasks.wait_for_file, [], client=client, meanwhile=lambda: calls.append(1))) == [] \
+        and calls == [1]
     client.close()
 
 
