@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from tasks import wait_for_file
 
 import flare_eval as fe
 from flare_eval.cli import main
@@ -102,16 +103,14 @@ def test_scoring_on_the_cluster_equals_local_row_for_row(cluster, examples):
 
 def test_the_callers_meanwhile_work_runs_once_while_the_cluster_works(cluster, tmp_path):
     """Tasks wait for a file that only the caller's ``meanwhile`` creates (run after a result, it never would)."""
-    import tasks
-
     from flare_eval.execution import run_tasks
 
     flag, calls = tmp_path / "flag", []
     client = cluster.client(2)
-    results = list(run_tasks(tasks.wait_for_file, [(str(flag),)] * 3, client=client,
+    results = list(run_tasks(wait_for_file, [(str(flag),)] * 3, client=client,
                              meanwhile=lambda: (calls.append(1), flag.touch())))
     assert results == ["overlapped"] * 3 and calls == [1]
-    assert list(run_tasks(tasks.wait_for_file, [], client=client, meanwhile=lambda: calls.append(1))) == [] \
+    assert list(run_tasks(wait_for_file, [], client=client, meanwhile=lambda: calls.append(1))) == [] \
         and calls == [1]
     client.close()
 
