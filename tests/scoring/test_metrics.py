@@ -263,3 +263,28 @@ def test_the_near_feature_prefilter_keeps_every_corner_within_reach_and_drops_fa
     assert near[distance_mm <= tolerance_mm].all() and (distance_mm <= tolerance_mm).any()
     assert not near[block_gap > 1].any() and (block_gap > 1).any()
     assert near[block_gap <= 1].all()
+
+
+def test_corners_near_but_beyond_the_tolerance_are_struck_off_by_columns_with_exact_distances(monkeypatch):
+    """A prediction shifted past the tolerance: the scan strikes off the corners with no feature in any column of
+    the ball (one lookup per column, not per offset), and the distances stay DeepMind's."""
+    import flare_eval.metrics as metrics
+
+    grid = np.indices((44, 40, 36))
+    gt = ((grid - np.array([22, 20, 18])[:, None, None, None]) ** 2).sum(axis=0) <= 14 ** 2
+    pred = np.roll(gt, (5, -2, 1), axis=(0, 1, 2))
+    spacing = (1.0, 0.9, 1.2)
+    calls = []
+    original = metrics._any_within_ball
+    monkeypatch.setattr(metrics, "_any_within_ball", lambda *args: calls.append(1) or original(*args))
+    ours = surface_distances(gt, pred, spacing, max_distance_mm=3.0)
+    expected = deepmind.compute_surface_distances(gt, pred, spacing)
+    assert len(calls) == 2  # both directions
+    for mine, theirs in ((ours.distances_gt_to_pred_mm, expected["distances_gt_to_pred"]),
+                         (ours.distances_pred_to_gt_mm, expected["distances_pred_to_gt"])):
+        within = np.sort(theirs)[np.sort(theirs) <= 3.0]  # ours are truncated at the tolerance (inf beyond)
+        assert mine.size == theirs.size and mine.size - within.size > 1000
+        np.testing.assert_array_equal(np.sort(mine)[:within.size], within)
+        assert np.isinf(np.sort(mine)[within.size:]).all()
+    assert normalized_surface_dice(gt, pred, spacing, 3.0) == pytest.approx(deepmind_nsd(gt, pred, spacing, 3.0),
+                                                                            abs=1e-12)
