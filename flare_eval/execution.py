@@ -321,6 +321,7 @@ def run_bounded(
     a few tasks ahead, started as soon as it has sent a result; a worker that
     fails hands the tasks it had not started to another worker.
     """
+    from functools import lru_cache
     from multiprocessing.connection import wait
     from multiprocessing.reduction import ForkingPickler
 
@@ -341,13 +342,9 @@ def run_bounded(
         except OSError:  # it died after its last result: the loop finds it dead and hands its tasks on
             pass
 
-    pickled: dict[int, bytes] = {}  # at most one: the next task's message, when it waits for a free worker
-
+    @lru_cache(maxsize=1)  # the next task's message, kept while it waits for a free worker
     def message_of(task: int) -> bytes:
-        if task not in pickled:
-            pickled.clear()
-            pickled[task] = bytes(ForkingPickler.dumps((function, prepare(tasks[task]))))
-        return pickled[task]
+        return bytes(ForkingPickler.dumps((function, prepare(tasks[task]))))
 
     def queue_ahead(worker: _Worker) -> None:
         """Send a busy worker its next tasks now, so that it starts each the moment it has sent a result, not

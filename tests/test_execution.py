@@ -10,8 +10,10 @@ from tasks import wait_for_file
 from flare_eval.execution import TaskFailed, TaskLimits, run_bounded, run_tasks
 
 
-def square_or_die(x):
+def square_or_die(x, flag=None):
     if x == 3:
+        if flag is not None:  # says that the worker is about to die
+            open(flag, "w").close()
         os._exit(9)  # as the kernel's OOM killer would end it: no exception, no cleanup
     return x * x
 
@@ -35,13 +37,6 @@ def raise_value_error(x):
 
 def own_pid(_):
     return os.getpid()
-
-
-def note_and_die_or_square(x, path):
-    if x == 1:
-        open(path, "w").close()
-        os._exit(9)
-    return x * x
 
 
 def touch(path):
@@ -175,13 +170,13 @@ def test_tasks_sent_to_a_worker_that_has_just_died_go_to_its_successor(tmp_path)
     """Tasks sent ahead to a worker that has just died (its pipe is broken) go to its successor; the batch goes on."""
     flag = str(tmp_path / "dying")
 
-    def meanwhile():  # returns once the worker has died on task 1, with task 0's result still unread
+    def meanwhile():  # returns once the worker has died on task 3, with the results before it still unread
         deadline = time.monotonic() + 60
         while not os.path.exists(flag) and time.monotonic() < deadline:
             time.sleep(0.01)
         time.sleep(2)
 
-    results = list(run_bounded(note_and_die_or_square, [(i, flag) for i in range(8)], workers=1,
-                               on_failure=noted, meanwhile=meanwhile))
-    assert sorted(r for r in results if isinstance(r, int)) == [0, 4, 9, 16, 25, 36, 49]
-    assert [r[:3] for r in results if isinstance(r, tuple)] == [("failed", 1, "died")]
+    results = list(run_bounded(square_or_die, [(i, flag) for i in range(8)], workers=1, on_failure=noted,
+                               meanwhile=meanwhile))
+    assert sorted(r for r in results if isinstance(r, int)) == [0, 1, 4, 16, 25, 36, 49]
+    assert [r[:3] for r in results if isinstance(r, tuple)] == [("failed", 3, "died")]
