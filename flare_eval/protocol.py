@@ -462,8 +462,9 @@ def resolve_protocol(given: str | Path | Protocol | None, *places: str | Path | 
     """The protocol of a command: the one given, or the one recorded where its inputs or outputs are.
 
     Each place is a folder (or a file, meaning its folder) whose ``settings.json`` may record the protocol it
-    was made with (see `flare_eval.protocol.Protocol.record`); for a runs folder, its teams' folders too. With
-    nothing given and nothing recorded: ``flare22``.
+    was made with (see `flare_eval.protocol.Protocol.record`); for a runs folder, its teams' folders too. A
+    place that does not exist yet (a new output folder) records nothing: its parent's other folders are other
+    runs. With nothing given and nothing recorded: ``flare22``.
 
     Raises
     ------
@@ -475,7 +476,7 @@ def resolve_protocol(given: str | Path | Protocol | None, *places: str | Path | 
 
     recorded: list[tuple[Protocol, Path]] = []
     for place in places:
-        if place is None:
+        if place is None or not Path(place).exists():
             continue
         folder = Path(place) if Path(place).is_dir() else Path(place).parent
         candidates = [folder / "settings.json", *sorted(folder.glob("*/settings.json"))[:1]]

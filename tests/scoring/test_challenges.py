@@ -518,6 +518,20 @@ def test_every_command_works_for_every_preset_and_reads_the_recorded_protocol(pr
     assert f"--protocol {other} differs from the protocol {preset} recorded in" in capsys.readouterr().err
 
 
+def test_a_new_output_folder_does_not_take_the_protocol_of_a_run_beside_it(examples, tmp_path, capsys):
+    """An output folder that does not exist yet records nothing: its parent's other folders are other runs."""
+    from golden import bundled_teams
+
+    teams, labels = bundled_teams("kits23", tmp_path)
+    runs = tmp_path / "runs"
+    assert main(["score", str(teams / "teamA"), str(labels), "--protocol", "kits23", "--out", str(runs / "a_kits"),
+                 "--no-progress"]) == 0
+    flare = ["score", str(examples.predictions / "teamA"), str(examples.labels), "--no-progress", "--out"]
+    assert main([*flare, str(runs / "b_flare")]) == 0  # nothing given, nothing recorded there: flare22
+    assert json.loads((runs / "b_flare" / "settings.json").read_text())["protocol"] == "flare22"
+    assert main([*flare, str(runs / "c_flare"), "--protocol", "flare22"]) == 0, capsys.readouterr().err
+
+
 def test_a_new_challenge_written_as_json_only_is_scored_ranked_and_reported(examples, tmp_path, capsys):
     """examples/new_challenge.json (the README's worked example): regions, metrics and ranking as data, no code."""
     from golden import bundled_teams
