@@ -12,3 +12,13 @@ def wait_for_file(path: str) -> str:
             return "the caller's work never ran"
         time.sleep(0.01)
     return "overlapped"
+
+
+def fewest_alive_workers_seen(n_reads: int) -> int:
+    """The fewest workers that ``n_reads`` reads of the alive list found, from a task on a Dask worker."""
+    from distributed import get_client
+
+    from flare_eval.harness.cluster import _alive_workers
+
+    client = get_client()
+    return min(len(_alive_workers(client)) for _ in range(n_reads))

@@ -77,6 +77,16 @@ def _remove_loaded_images() -> int:
     return removed
 
 
+def _alive_workers(client) -> set[str]:
+    """The addresses of the workers the scheduler holds now, asked of the scheduler itself.
+
+    Not ``client.scheduler_info()``: a worker's client refreshes that cached
+    view in the background without the per-worker part, and a read that
+    races the refresh sees no workers at all.
+    """
+    return set(client.sync(client.scheduler.identity)["workers"])
+
+
 def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_data: str | bytes,
                     settings: _CaseSettings, gpus) -> CaseOutcome:
     """Dask task: one case on the worker's machine (engine, GPU); returns its outcome to the client."""
@@ -84,8 +94,7 @@ def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_
 
     worker = get_worker()
     engine = docker_client()
-    alive = set(get_client().scheduler_info()["workers"])
-    if remove_orphaned_containers(engine, settings.runs_label, alive):
+    if remove_orphaned_containers(engine, settings.runs_label, _alive_workers(get_client()), worker.address):
         remove_idle_cgroups()
     kind, image = source[0], source[1]
     reference = source[2]

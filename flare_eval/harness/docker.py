@@ -490,8 +490,17 @@ def remove_stale_containers(client: docker.DockerClient, runs_label: str) -> lis
     return [container.name for container in stale]
 
 
-def remove_orphaned_containers(client: docker.DockerClient, runs_label: str, alive_workers: set[str]) -> list[str]:
-    """Remove containers of this run started by Dask workers that are gone; return their names."""
+def remove_orphaned_containers(client: docker.DockerClient, runs_label: str, alive_workers: set[str],
+                               this_worker: str) -> list[str]:
+    """Remove containers of this run started by Dask workers that are gone; return their names.
+
+    ``alive_workers`` must be the scheduler's whole list: one without
+    ``this_worker`` (the caller, alive by definition) is stale or partial,
+    and nothing is removed, since the workers it leaves out may be running
+    cases.
+    """
+    if this_worker not in alive_workers:
+        return []
     removed = []
     for container in client.containers.list(all=True, filters={"label": f"{LABEL}.runs={runs_label}"}):
         worker = container.labels.get(f"{LABEL}.worker", "")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tasks import wait_for_file
+from tasks import fewest_alive_workers_seen, wait_for_file
 
 import flare_eval as fe
 from flare_eval.cli import main
@@ -18,9 +18,11 @@ from flare_eval.cli import main
 distributed = pytest.importorskip("distributed")
 DASK = str(Path(sys.executable).parent / "dask")
 #: The cluster's processes import the tests' task modules (tests/tasks.py), as deployed ones import the code
-#: they run.
+#: they run. Their clients refresh their cached view of the cluster every 10 ms (default: 2 s), so that a read
+#: racing a refresh happens in every run of these tests, not once in a hundred.
 CLUSTER_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
-                                                                         os.environ.get("PYTHONPATH")]))}
+                                                                         os.environ.get("PYTHONPATH")])),
+               "DASK_DISTRIBUTED__CLIENT__SCHEDULER_INFO_INTERVAL": "10ms"}
 
 
 def free_port() -> int:
@@ -189,6 +191,41 @@ def test_containers_on_two_gpu_workers(cluster, team_archives, engine, tmp_path,
             assert (tmp_path / "runs" / team / "logs" / f"{case}.log").is_file()
     assert (resources.n_cpus == os.cpu_count()).all() and (resources.host == socket.gethostname()).all()
     client.close()
+
+
+def test_a_worker_always_finds_every_live_worker_in_the_alive_list(cluster):
+    """The list that decides which containers are orphans. A worker's ``scheduler_info()`` saw no workers when read
+    just after a background refresh (a 6-case run once lost a running container to another worker that way)."""
+    client = cluster.client(2)
+    seen = client.gather(client.map(fewest_alive_workers_seen, [300, 300], pure=False))
+    assert seen == [2, 2]
+    client.close()
+
+
+def test_orphans_are_removed_only_by_a_worker_in_the_alive_list(engine, tmp_path):
+    from teams import IMAGE_CHANGES, _root_tar
+
+    from flare_eval.harness.docker import LABEL, remove_orphaned_containers
+
+    reference = "flare-eval-test/orphans:latest"
+    (tmp_path / "answers").mkdir()
+    engine.api.import_image_from_data(_root_tar("true\n", tmp_path / "answers"), repository=reference[:-7],
+                                      tag="latest", changes=list(IMAGE_CHANGES))
+    runs = str(tmp_path / "runs")
+    names = {}
+    for worker in ("tcp://w1", "tcp://w2"):
+        names[worker] = engine.containers.create(reference, ["true"], labels={LABEL: "1", f"{LABEL}.runs": runs,
+                                                                              f"{LABEL}.worker": worker}).name
+    try:
+        # A list without the caller is not the scheduler's: w2 may be alive and running a case.
+        assert remove_orphaned_containers(engine, runs, set(), "tcp://w1") == []
+        assert remove_orphaned_containers(engine, runs, {"tcp://w2"}, "tcp://w1") == []
+        assert remove_orphaned_containers(engine, runs, {"tcp://w1"}, "tcp://w1") == [names["tcp://w2"]]
+        left = engine.containers.list(all=True, filters={"label": f"{LABEL}.runs={runs}"})
+        assert [container.name for container in left] == [names["tcp://w1"]]
+    finally:
+        for container in engine.containers.list(all=True, filters={"label": f"{LABEL}.runs={runs}"}):
+            container.remove(force=True)
 
 
 def test_worker_lost_mid_container_reruns_that_case_once(cluster, team_archives, engine, tmp_path):
