@@ -25,6 +25,11 @@ CLUSTER_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Pat
                "DASK_DISTRIBUTED__CLIENT__SCHEDULER_INFO_INTERVAL": "10ms"}
 
 
+def workers_of(client) -> dict[str, dict]:
+    """The scheduler's workers by address, asked of it now (``scheduler_info()`` can race its own refresh)."""
+    return client.sync(client.scheduler.identity)["workers"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -98,7 +103,7 @@ def test_scoring_on_the_cluster_equals_local_row_for_row(cluster, examples):
         remote = fe.score_folder(examples.predictions / "teamC", examples.labels, scheduler=client, ship=ship,
                                  progress=False)
         pd.testing.assert_frame_equal(remote, local)
-    workers = {w["name"] for w in client.scheduler_info()["workers"].values()}
+    workers = {w["name"] for w in workers_of(client).values()}
     assert workers == {"w1", "w2"}
     client.close()
 
@@ -146,7 +151,7 @@ def test_a_worker_killed_mid_run_costs_nothing(cluster, many_cases, tmp_path):
     assert len(cases) == 40 and len(seen) == 40  # every case exactly once, nothing counted twice
     local = fe.score_teams(pred_root, gt, workers=1, progress=False)
     pd.testing.assert_frame_equal(scores, local)
-    assert len(client.scheduler_info()["workers"]) == 1
+    assert len(workers_of(client)) == 1
     client.close()
 
 
@@ -181,7 +186,7 @@ def test_containers_on_two_gpu_workers(cluster, team_archives, engine, tmp_path,
     resources = fe.run_containers(submissions, images, tmp_path / "runs", scheduler=client, ship=ship,
                                   progress=False)
     assert len(resources) == 6 and set(resources.status) == {"ok"}
-    assert set(resources.worker) == set(client.scheduler_info()["workers"])  # both workers worked
+    assert set(resources.worker) == set(workers_of(client))  # both workers worked
     for _, rows in resources.groupby("worker"):
         assert not overlapping(rows)  # never two containers on one GPU at a time
     for team in ("good", "sleeper"):
@@ -232,7 +237,7 @@ def test_worker_lost_mid_container_reruns_that_case_once(cluster, team_archives,
     images, labels, submissions = team_archives
     sleeper = [fe.Submission("sleeper", archive=p) for p in submissions.iterdir() if p.name.startswith("sleeper")]
     client = cluster.client(2)
-    w2 = next(a for a, w in client.scheduler_info()["workers"].items() if w["name"] == "w2")
+    w2 = next(a for a, w in workers_of(client).items() if w["name"] == "w2")
 
     def kill_when_w2_runs():
         deadline = time.monotonic() + 60
