@@ -9,6 +9,7 @@ says what kind it is, so ``except ValueError`` still works), and every warning i
 __all__ = [
     "FlareEvalError",
     "FlareEvalWarning",
+    "FolderInUseError",
     "HarnessWarning",
     "STATUS_OK",
     "STATUS_REORIENTED",
@@ -31,6 +32,10 @@ __all__ = [
 
 class FlareEvalError(Exception):
     """Base of every error flare-eval raises on purpose; its message names the file or option and the problem."""
+
+
+class FolderInUseError(FlareEvalError, RuntimeError):
+    """Another flare-eval command is writing the same output folder; the message names it and its holder."""
 
 
 class FlareEvalWarning(UserWarning):

@@ -15,8 +15,10 @@ the file header; there is no default spacing.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .errors import FlareEvalError
+from .errors import FlareEvalError, FlareEvalWarning, FolderInUseError
 from .formats import LabelFileFacts, RefusedFileError, inspect_label_file, open_checked
 from .geometry import affine_from_itk, itk_image
 
@@ -55,6 +57,8 @@ __all__ = [
     "read_table",
     "read_scores",
     "read_resources",
+    "hold_folder",
+    "FOLDER_LOCK_NAME",
 ]
 
 LABEL_MAP_SUFFIXES = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd")
@@ -630,3 +634,112 @@ def read_resources(runs_dir: str | Path) -> pd.DataFrame:
     files = [path for path in sorted(Path(runs_dir).glob("*/resources.csv")) if not path.parent.name.startswith(".")]
     frames = [read_table(path, role="resources table").assign(team=path.parent.name) for path in files]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+#: The file in an output folder that `hold_folder` locks; it names the command holding the folder.
+FOLDER_LOCK_NAME = ".flare-eval.lock"
+#: Folders held, and the process and thread holding each (POSIX locks belong to a process, not to a thread,
+#: and a forked child inherits this table but not the locks).
+_HELD_FOLDERS: dict[Path, tuple[int, int]] = {}
+_HELD_FOLDERS_GUARD = threading.Lock()
+
+
+@contextmanager
+def hold_folder(folder: str | Path, command: str) -> Iterator[Path]:
+    """Hold an output folder while ``command`` writes it; another process asking meanwhile is refused.
+
+    Two commands writing one folder at once (a run started again while the
+    first still goes) would remove each other's containers, time their cases
+    against each other and interleave their tables. The hold is a POSIX
+    record lock on ``folder/.flare-eval.lock``, a file that names the holder
+    (command, process, host, start) for the refusal's message and is removed
+    when the hold ends. The kernel drops the lock when the process ends,
+    however it ends, so a killed command can be resumed at once; forked
+    workers do not inherit it. A step of a larger command (evaluate's run of
+    containers) may hold the folder again in the same thread. On a file
+    system without locks the command goes on, with a warning.
+
+    Yields
+    ------
+    Path
+        The folder, created if needed and resolved.
+
+    Raises
+    ------
+    FolderInUseError
+        If another process, or another thread of this one, holds the folder.
+    """
+    import socket
+    import time
+    import warnings
+
+    folder = Path(folder).resolve()
+    lock_path = folder / FOLDER_LOCK_NAME
+    with _HELD_FOLDERS_GUARD:
+        holder = _HELD_FOLDERS.get(folder)
+        if holder is not None and holder[0] != os.getpid():
+            holder = None  # a fork of the holder holds nothing
+        if holder is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            descriptor, locked = _open_and_lock(lock_path, folder)
+            _HELD_FOLDERS[folder] = (os.getpid(), threading.get_ident())
+    if holder is not None:
+        if holder[1] != threading.get_ident():
+            raise FolderInUseError(f"{folder} is in use by another thread of this process; give each its own "
+                                   "output folder")
+        yield folder  # the outer hold, in this thread, releases it
+        return
+    try:
+        if locked:
+            holder_text = (f"flare-eval {command}, process {os.getpid()} on {socket.gethostname()}, since "
+                           f"{time.strftime('%Y-%m-%d %H:%M:%S %Z')}\n")
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, holder_text.encode("utf-8"), 0)
+        else:
+            warnings.warn(f"{folder}: its file system cannot lock files, so another command writing this folder "
+                          "at the same time would go unnoticed: run one at a time", FlareEvalWarning, stacklevel=3)
+        yield folder
+    finally:
+        with _HELD_FOLDERS_GUARD:
+            del _HELD_FOLDERS[folder]
+            # Removed while still locked: a command that opened the file meanwhile finds it gone once it gets
+            # the lock, and takes a new one (see _open_and_lock).
+            lock_path.unlink(missing_ok=True)
+            os.close(descriptor)  # releases the lock
+
+
+def _open_and_lock(path: Path, folder: Path) -> tuple[int, bool]:
+    """The descriptor of the lock file ``path``, locked; and False where the file system cannot lock."""
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        try:
+            if not _lock(descriptor, folder):
+                return descriptor, False
+            opened = os.fstat(descriptor)
+            try:
+                now = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                now = None
+        except BaseException:
+            os.close(descriptor)
+            raise
+        if now is not None and (now.st_dev, now.st_ino) == (opened.st_dev, opened.st_ino):
+            return descriptor, True
+        os.close(descriptor)  # the holder removed this file as it ended; lock the one at the path now
+
+
+def _lock(descriptor: int, folder: Path) -> bool:
+    """Take the lock of `hold_folder` without waiting; False where the file system has none."""
+    import fcntl
+
+    try:
+        fcntl.lockf(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EAGAIN):
+            holder = os.pread(descriptor, 500, 0).decode("utf-8", errors="replace").strip() or "unknown"
+            raise FolderInUseError(f"{folder} is in use by {holder}: wait for it to end, or write to another "
+                                   "folder") from None
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+            return False
+        raise
+    return True

@@ -8,6 +8,7 @@
     RUNS/<team>/logs/<case>.log      the container's output, then what the harness dropped
     RUNS/<team>/predictions/         the kept, normalised predictions
     RUNS/.scratch/                   each running case's staged input and output folder
+    RUNS/.flare-eval.lock            held while a run writes the folder (see `flare_eval.io.hold_folder`)
 """
 
 from pathlib import Path

@@ -7,8 +7,9 @@ command; ``_common`` holds what they share.
 
 Exit codes: 0 success, 1 finished with problems worth attention (e.g. missing
 predictions, invalid submissions), 2 bad input (unreadable ground truth, bad
-arguments, bad tables) or a full disk, 130 interrupted (Ctrl-C); the last two
-keep every finished case, and the same command resumes.
+arguments, bad tables, an output folder that another command is writing) or a
+full disk, 130 interrupted (Ctrl-C); the last two keep every finished case, and
+the same command resumes.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import warnings
 from collections.abc import Sequence
 
 from .._version import __version__
+from ..errors import FolderInUseError
 from . import analysis, containers, ranking, reports, scoring
 from ._common import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_PROBLEMS
 
@@ -66,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.showwarning = _show_warning
         try:
             return args.handler(args)
-        except (ValueError, FileNotFoundError, _container_error()) as exc:
+        except (ValueError, FileNotFoundError, FolderInUseError, _container_error()) as exc:
             print(f"flare-eval {args.command}: error: {exc}", file=sys.stderr)
             return EXIT_BAD_INPUT
         except KeyboardInterrupt:

@@ -51,6 +51,7 @@ from ..io import (
     TEAM_NAME_PATTERN,
     check_team_name,
     drop_torn_tail,
+    hold_folder,
     read_resources,
     read_table,
     write_settings,
@@ -235,98 +236,99 @@ def run_containers(
     submissions, rejected = _named_submissions(submissions)
     cases = find_cases(inputs_dir)
     runs_dir = Path(runs_dir).resolve()
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    _write_run_settings(runs_dir / "settings.json", protocol, limits, interface, gpus, keep_images, max_output_bytes)
-    settings = _CaseSettings(interface, limits, str(runs_dir), protocol.gpu_allowance_mib, interval_s, max_output_bytes,
-                             protocol.gpu_memory)
-    engine = docker_client()
-    stale = remove_stale_containers(engine, settings.runs_label)
-    remove_idle_cgroups()
-    if stale:
-        warnings.warn(f"removed {len(stale)} container(s) left by an interrupted run: {', '.join(stale)}",
-                      HarnessWarning, stacklevel=2)
-    _empty_scratch(runs_dir / SCRATCH)
-    if gpus is None or gpus == "none":
-        warnings.warn("GPU memory is not measured (no GPU asked for): AUC_GPU is 0 for every case",
-                      HarnessWarning, stacklevel=2)
-    todo = []
-    manifests: dict[str, ArchiveInfo] = {}  # read once here, and trusted at load time only if still the same
-    history: dict[str, list[str]] = {}  # each team's statuses in the order its cases ran, earlier runs first
-    skipped = 0  # cases an earlier run finished
-    invalid_now: set[tuple[str, str]] = set()
-    for submission in submissions:
-        identity = _identify(engine, submission)
-        team_dir = runs_dir / submission.team
-        previous = None if force else _previous_rows(resources_path(team_dir))
-        if previous is not None and not _measured_with(previous, identity):
-            _set_aside(resources_path(team_dir), previous, identity)
-            previous = None
-        done = set() if previous is None else set(previous["case"])
-        history[submission.team] = [] if previous is None else previous["status"].astype(str).tolist()
-        remaining = [case for case in cases if case not in done]
-        skipped += len(cases) - len(remaining)
-        if isinstance(identity, InvalidSubmissionError):
-            invalid_now.update((submission.team, case) for case in remaining)
-            for case in remaining:
-                record_case(_invalid_submission(submission, case, str(identity)), team_dir,
-                            interface.prediction_name(case))
-            warnings.warn(f"team {submission.team}: invalid submission, not run: {identity}", HarnessWarning,
-                          stacklevel=2)
-            continue
-        if identity.archive is not None:
-            manifests[submission.team] = identity.archive
-        todo.extend((replace(submission, image_id=identity.image_id), case) for case in remaining)
-    # Chosen before the progress bar starts, so that a warning about the GPU is not drawn into the bar's line.
-    gpu = _select_gpu(gpus) if scheduler is None else None
-    # A terminal gets a bar naming the case running now; a log file gets a line per finished case.
-    interactive = progress if progress is not None else sys.stderr.isatty()
-    lines = progress is None and not sys.stderr.isatty()
-    bar = tqdm(total=len(todo), unit="case", disable=not interactive)
-
-    def starting(team: str, case: str) -> None:
-        bar.set_description(f"running {team} {case} since {time.strftime('%H:%M:%S')}")
-
-    finished = 0  # counted here: a disabled bar counts nothing
-
-    def record(outcome: CaseOutcome) -> None:
-        nonlocal finished
-        team, case = outcome.row["team"], outcome.row["case"]
-        record_case(outcome, runs_dir / team, interface.prediction_name(case))
-        history.setdefault(team, []).append(outcome.row["status"])
-        finished += 1
-        bar.set_postfix(last=f"{team} {case} {outcome.row['status']} {outcome.row['time_s']:.1f}s")
-        bar.update(1)
-        if lines:
-            print(f"[{finished}/{len(todo)}] {team} {case}: {outcome.row['status']}, "
-                  f"{outcome.row['time_s']:.1f} s", file=sys.stderr, flush=True)
-
-    try:
-        with _sigterm_as_interrupt():
-            if scheduler is None:
-                _run_here(engine, todo, cases, settings, gpu, record, keep_images, starting, manifests,
-                          stopped=lambda team: _dead_from_start(history.get(team, []),
-                                                                limits.max_consecutive_failures))
-            else:
-                _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record, keep_images)
-    finally:
-        if gpu is not None:
-            gpu.close()
-        if bar.n == bar.total:
-            bar.set_description("finished")
-            bar.set_postfix_str("")
-        bar.close()
-        if scheduler is not None:
-            # Containers of workers lost mid-case, where they share this engine.
-            remove_stale_containers(engine, settings.runs_label)
+    with hold_folder(runs_dir, "run-containers"):
+        _write_run_settings(runs_dir / "settings.json", protocol, limits, interface, gpus, keep_images,
+                            max_output_bytes)
+        settings = _CaseSettings(interface, limits, str(runs_dir), protocol.gpu_allowance_mib, interval_s,
+                                 max_output_bytes, protocol.gpu_memory)
+        engine = docker_client()
+        stale = remove_stale_containers(engine, settings.runs_label)
+        remove_idle_cgroups()
+        if stale:
+            warnings.warn(f"removed {len(stale)} container(s) left by an interrupted run: {', '.join(stale)}",
+                          HarnessWarning, stacklevel=2)
         _empty_scratch(runs_dir / SCRATCH)
-    resources = read_resources(runs_dir)
-    if resources.empty:
-        resources = pd.DataFrame(columns=RESOURCE_COLUMNS)
-    resources.attrs["rejected_submissions"] = rejected
-    resources.attrs["skipped_cases"] = skipped
-    resources.attrs["ran_now"] = {(submission.team, case) for submission, case in todo} | invalid_now
-    _warn_if_machines_differ(resources)
-    return resources
+        if gpus is None or gpus == "none":
+            warnings.warn("GPU memory is not measured (no GPU asked for): AUC_GPU is 0 for every case",
+                          HarnessWarning, stacklevel=2)
+        todo = []
+        manifests: dict[str, ArchiveInfo] = {}  # read once here, and trusted at load time only if still the same
+        history: dict[str, list[str]] = {}  # each team's statuses in the order its cases ran, earlier runs first
+        skipped = 0  # cases an earlier run finished
+        invalid_now: set[tuple[str, str]] = set()
+        for submission in submissions:
+            identity = _identify(engine, submission)
+            team_dir = runs_dir / submission.team
+            previous = None if force else _previous_rows(resources_path(team_dir))
+            if previous is not None and not _measured_with(previous, identity):
+                _set_aside(resources_path(team_dir), previous, identity)
+                previous = None
+            done = set() if previous is None else set(previous["case"])
+            history[submission.team] = [] if previous is None else previous["status"].astype(str).tolist()
+            remaining = [case for case in cases if case not in done]
+            skipped += len(cases) - len(remaining)
+            if isinstance(identity, InvalidSubmissionError):
+                invalid_now.update((submission.team, case) for case in remaining)
+                for case in remaining:
+                    record_case(_invalid_submission(submission, case, str(identity)), team_dir,
+                                interface.prediction_name(case))
+                warnings.warn(f"team {submission.team}: invalid submission, not run: {identity}", HarnessWarning,
+                              stacklevel=2)
+                continue
+            if identity.archive is not None:
+                manifests[submission.team] = identity.archive
+            todo.extend((replace(submission, image_id=identity.image_id), case) for case in remaining)
+        # Chosen before the progress bar starts, so that a warning about the GPU is not drawn into the bar's line.
+        gpu = _select_gpu(gpus) if scheduler is None else None
+        # A terminal gets a bar naming the case running now; a log file gets a line per finished case.
+        interactive = progress if progress is not None else sys.stderr.isatty()
+        lines = progress is None and not sys.stderr.isatty()
+        bar = tqdm(total=len(todo), unit="case", disable=not interactive)
+
+        def starting(team: str, case: str) -> None:
+            bar.set_description(f"running {team} {case} since {time.strftime('%H:%M:%S')}")
+
+        finished = 0  # counted here: a disabled bar counts nothing
+
+        def record(outcome: CaseOutcome) -> None:
+            nonlocal finished
+            team, case = outcome.row["team"], outcome.row["case"]
+            record_case(outcome, runs_dir / team, interface.prediction_name(case))
+            history.setdefault(team, []).append(outcome.row["status"])
+            finished += 1
+            bar.set_postfix(last=f"{team} {case} {outcome.row['status']} {outcome.row['time_s']:.1f}s")
+            bar.update(1)
+            if lines:
+                print(f"[{finished}/{len(todo)}] {team} {case}: {outcome.row['status']}, "
+                      f"{outcome.row['time_s']:.1f} s", file=sys.stderr, flush=True)
+
+        try:
+            with _sigterm_as_interrupt():
+                if scheduler is None:
+                    _run_here(engine, todo, cases, settings, gpu, record, keep_images, starting, manifests,
+                              stopped=lambda team: _dead_from_start(history.get(team, []),
+                                                                    limits.max_consecutive_failures))
+                else:
+                    _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record, keep_images)
+        finally:
+            if gpu is not None:
+                gpu.close()
+            if bar.n == bar.total:
+                bar.set_description("finished")
+                bar.set_postfix_str("")
+            bar.close()
+            if scheduler is not None:
+                # Containers of workers lost mid-case, where they share this engine.
+                remove_stale_containers(engine, settings.runs_label)
+            _empty_scratch(runs_dir / SCRATCH)
+        resources = read_resources(runs_dir)
+        if resources.empty:
+            resources = pd.DataFrame(columns=RESOURCE_COLUMNS)
+        resources.attrs["rejected_submissions"] = rejected
+        resources.attrs["skipped_cases"] = skipped
+        resources.attrs["ran_now"] = {(submission.team, case) for submission, case in todo} | invalid_now
+        _warn_if_machines_differ(resources)
+        return resources
 
 
 def team_summary(resources: pd.DataFrame) -> pd.DataFrame:

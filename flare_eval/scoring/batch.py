@@ -24,6 +24,7 @@ from ..io import (
     case_id,
     check_team_name,
     drop_torn_tail,
+    hold_folder,
     pair_cases,
     read_table,
     write_settings,
@@ -324,34 +325,34 @@ def score(
     """
     protocol = load_protocol(protocol)
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    partial = out_dir / "scores.partial.csv"
-    if force:
+    with hold_folder(out_dir, "score"):
+        partial = out_dir / "scores.partial.csv"
+        if force:
+            partial.unlink(missing_ok=True)
+        done = _finished_rows(partial, protocol, teams=teams) if partial.exists() else None
+        common = dict(workers=workers, strict=strict, progress=progress, scheduler=scheduler, ship=ship,
+                      resample=resample, on_case=lambda rows: append_rows(rows, partial))
+        if teams:
+            finished = set() if done is None else set(zip(done["team"], done["case"]))
+            new = score_teams(pred_dir, gt_dir, protocol, skip=finished, **common)
+        else:
+            new = score_folder(pred_dir, gt_dir, protocol, skip_cases=set() if done is None else set(done["case"]),
+                               **common)
+        pd = _pandas()
+        frames = [frame for frame in (done, new) if frame is not None and len(frame)]
+        scores = pd.concat(frames, ignore_index=True) if frames else new
+        scores = scores.sort_values(sort_keys(teams=teams), ignore_index=True, kind="stable")
+        files = ScoreFiles(
+            scores=write_table(scores, out_dir / "scores.csv"),
+            official=write_table(official_table(scores, protocol), out_dir / "scores_official.csv"),
+            summary=write_table(summarize_scores(scores, protocol), out_dir / "summary.csv"),
+        )
+        write_settings({**protocol.record(), "predictions": str(pred_dir),
+                        "ground_truth": str(gt_dir), "teams": teams, "strict": strict, "resample": resample,
+                        "scoring_limits": asdict(protocol.scoring_limits), "flare_eval_version": __version__},
+                       out_dir / "settings.json")
         partial.unlink(missing_ok=True)
-    done = _finished_rows(partial, protocol, teams=teams) if partial.exists() else None
-    common = dict(workers=workers, strict=strict, progress=progress, scheduler=scheduler, ship=ship,
-                  resample=resample, on_case=lambda rows: append_rows(rows, partial))
-    if teams:
-        finished = set() if done is None else set(zip(done["team"], done["case"]))
-        new = score_teams(pred_dir, gt_dir, protocol, skip=finished, **common)
-    else:
-        new = score_folder(pred_dir, gt_dir, protocol, skip_cases=set() if done is None else set(done["case"]),
-                           **common)
-    pd = _pandas()
-    frames = [frame for frame in (done, new) if frame is not None and len(frame)]
-    scores = pd.concat(frames, ignore_index=True) if frames else new
-    scores = scores.sort_values(sort_keys(teams=teams), ignore_index=True, kind="stable")
-    files = ScoreFiles(
-        scores=write_table(scores, out_dir / "scores.csv"),
-        official=write_table(official_table(scores, protocol), out_dir / "scores_official.csv"),
-        summary=write_table(summarize_scores(scores, protocol), out_dir / "summary.csv"),
-    )
-    write_settings({**protocol.record(), "predictions": str(pred_dir),
-                    "ground_truth": str(gt_dir), "teams": teams, "strict": strict, "resample": resample,
-                    "scoring_limits": asdict(protocol.scoring_limits), "flare_eval_version": __version__},
-                   out_dir / "settings.json")
-    partial.unlink(missing_ok=True)
-    return scores, files
+        return scores, files
 
 
 def _finished_rows(partial: Path, protocol: Protocol, *, teams: bool) -> pd.DataFrame:
