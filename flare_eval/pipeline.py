@@ -19,7 +19,7 @@ import pandas as pd
 from ._text import preview, progress_bar
 from ._version import __version__
 from .errors import FlareEvalWarning
-from .io import read_resources, read_scores, read_table, write_settings, write_table
+from .io import hold_folder, read_resources, read_scores, read_table, write_settings, write_table
 from .protocol import Protocol, resolve_protocol
 from .ranking import (
     DEFAULT_SEED,
@@ -174,6 +174,8 @@ def collect_results(
     which teams' cases ran without GPU measurement (``warn_unmeasured=False``
     when that was asked for, as with ``--gpus none``). ``protocol`` defaults
     to the one recorded in the runs folder or beside ``out_csv`` (see `resolve_protocol`).
+    While a run of containers writes ``runs_dir``, collecting from it is refused
+    (`~flare_eval.errors.FolderInUseError`), and vice versa.
     """
     from .scoring import FlareEvalWarning, score
 
@@ -181,44 +183,45 @@ def collect_results(
     protocol = resolve_protocol(protocol, runs_dir, Path(out_csv).parent if out_csv is not None else None)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"runs folder {runs_dir} does not exist or is not a folder")
-    team_dirs = sorted(p for p in runs_dir.iterdir() if not p.name.startswith(".") and (
-        (p / "predictions").is_dir() or (p / "resources.csv").exists() or _holds_label_maps(p)))
-    if not team_dirs:
-        raise ValueError(f"runs folder {runs_dir} holds no team folders (with predictions/, resources.csv or label "
-                         "maps)")
-    scores = []
-    # Every team is scored into a staging folder first: a run that cannot score anything (the wrong labels
-    # folder, the wrong protocol) fails before it replaces any team's earlier tables.
-    staging = Path(tempfile.mkdtemp(prefix=".collect-", dir=runs_dir))
-    (staging / ".none").mkdir()  # the predictions of a team that has none
-    try:
-        for team_dir in team_dirs:
-            # A team folder of predictions alone (a predictions-only challenge) is its own predictions folder.
-            predictions = team_dir / "predictions" if not _holds_label_maps(team_dir) else team_dir
-            with warnings.catch_warnings():
-                # Missing predictions are expected here: their status comes from resources.csv.
-                warnings.simplefilter("ignore", FlareEvalWarning)
-                team_scores, _ = score(predictions if predictions.is_dir() else staging / ".none", labels_dir,
-                                       staging / team_dir.name, protocol, workers=workers, progress=progress,
-                                       force=True, scheduler=scheduler, ship=ship)
-            scores.append(team_scores.assign(team=team_dir.name))
-        scores = pd.concat(scores, ignore_index=True)
-        _refuse_if_nothing_scored(scores, labels_dir)
-        for team_dir in team_dirs:
-            for produced in sorted((staging / team_dir.name).iterdir()):
-                os.replace(produced, team_dir / produced.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    _warn_absent_labels(scores, protocol, labels_dir)
-    resources = read_resources(runs_dir)
-    if not resources.empty and warn_unmeasured:
-        _warn_unmeasured_gpu(resources)
-    results = assemble_results(scores, None if resources.empty else resources, protocol)
-    out_csv = Path(out_csv) if out_csv else runs_dir / "results.csv"
-    write_table(results, out_csv)
-    write_settings({**protocol.record(), "results": str(out_csv), "labels": str(labels_dir),
-                    "flare_eval_version": __version__}, out_csv.parent / "settings.json", merge=True)
-    return results
+    with hold_folder(runs_dir, "collect"):  # run-containers still writing it is refused, and vice versa
+        team_dirs = sorted(p for p in runs_dir.iterdir() if not p.name.startswith(".") and (
+            (p / "predictions").is_dir() or (p / "resources.csv").exists() or _holds_label_maps(p)))
+        if not team_dirs:
+            raise ValueError(f"runs folder {runs_dir} holds no team folders (with predictions/, resources.csv or label "
+                             "maps)")
+        scores = []
+        # Every team is scored into a staging folder first: a run that cannot score anything (the wrong labels
+        # folder, the wrong protocol) fails before it replaces any team's earlier tables.
+        staging = Path(tempfile.mkdtemp(prefix=".collect-", dir=runs_dir))
+        (staging / ".none").mkdir()  # the predictions of a team that has none
+        try:
+            for team_dir in team_dirs:
+                # A team folder of predictions alone (a predictions-only challenge) is its own predictions folder.
+                predictions = team_dir / "predictions" if not _holds_label_maps(team_dir) else team_dir
+                with warnings.catch_warnings():
+                    # Missing predictions are expected here: their status comes from resources.csv.
+                    warnings.simplefilter("ignore", FlareEvalWarning)
+                    team_scores, _ = score(predictions if predictions.is_dir() else staging / ".none", labels_dir,
+                                           staging / team_dir.name, protocol, workers=workers, progress=progress,
+                                           force=True, scheduler=scheduler, ship=ship)
+                scores.append(team_scores.assign(team=team_dir.name))
+            scores = pd.concat(scores, ignore_index=True)
+            _refuse_if_nothing_scored(scores, labels_dir)
+            for team_dir in team_dirs:
+                for produced in sorted((staging / team_dir.name).iterdir()):
+                    os.replace(produced, team_dir / produced.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        _warn_absent_labels(scores, protocol, labels_dir)
+        resources = read_resources(runs_dir)
+        if not resources.empty and warn_unmeasured:
+            _warn_unmeasured_gpu(resources)
+        results = assemble_results(scores, None if resources.empty else resources, protocol)
+        out_csv = Path(out_csv) if out_csv else runs_dir / "results.csv"
+        write_table(results, out_csv)
+        write_settings({**protocol.record(), "results": str(out_csv), "labels": str(labels_dir),
+                        "flare_eval_version": __version__}, out_csv.parent / "settings.json", merge=True)
+        return results
 
 
 def _holds_label_maps(folder: Path) -> bool:

@@ -1,4 +1,4 @@
-"""One command at a time writes an output folder (`flare_eval.io.hold_folder`)."""
+"""One command at a time writes an output folder (`flare_eval.io.hold_folder`): score, run-containers, collect."""
 
 import multiprocessing
 import os
@@ -160,3 +160,10 @@ def test_a_lock_file_removed_between_its_opening_and_its_lock_is_not_trusted(tmp
     with hold_folder(out, "score"):
         assert len(calls) == 2 and calls[1] == (out / FOLDER_LOCK_NAME).stat().st_ino
         assert not another_process_may_hold(out)
+
+
+def test_collect_from_a_runs_folder_another_command_writes_is_refused(holder, examples, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(FolderInUseError, match="is in use by flare-eval score"):
+        fe.collect_results(out, examples.labels, progress=False)
+    assert sorted(path.name for path in out.iterdir()) == [FOLDER_LOCK_NAME]

@@ -218,6 +218,8 @@ def run_containers(
     ------
     ContainerError
         If no engine answers.
+    FolderInUseError
+        If another command is writing ``runs_dir`` (see `flare_eval.io.hold_folder`).
     ValueError
         If the limits do not fit this machine (e.g. more memory than it has).
     """

@@ -322,6 +322,11 @@ def score(
         As returned by `score_folder` (or `score_teams`).
     files : ScoreFiles
         Paths of the written tables.
+
+    Raises
+    ------
+    FolderInUseError
+        If another command is writing ``out_dir`` (see `flare_eval.io.hold_folder`).
     """
     protocol = load_protocol(protocol)
     out_dir = Path(out_dir)
