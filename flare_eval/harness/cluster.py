@@ -8,17 +8,18 @@ import socket
 import tempfile
 from pathlib import Path
 
-from .case import CaseOutcome, _CaseSettings, _invalid_submission, _select_gpu, execute_case
+from ..errors import STATUS_ENGINE_ERROR
+from .case import CaseOutcome, _CaseSettings, _invalid_submission, _not_run, _select_gpu, execute_case
 from .docker import (
+    ContainerError,
     InvalidSubmissionError,
     docker_client,
     image_exists,
-    load_image_archive,
     remove_image,
     remove_orphaned_containers,
 )
 from .sampler import remove_idle_cgroups
-from .submissions import Submission
+from .submissions import Submission, _load_submission
 
 #: Image IDs this worker process loaded from archives (IDs, never tags: two teams' tags cannot collide).
 _LOADED_IMAGES: set[str] = set()
@@ -60,7 +61,8 @@ def _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record, keep_i
                                  prepare=with_input_bytes):
             record(outcome)
         if not keep_images:
-            client.run(_remove_loaded_images)
+            # Best effort: a worker lost since its last case has nothing left to clean.
+            client.run(_remove_loaded_images, on_error="ignore")
     finally:
         if client is not scheduler:
             client.close()
@@ -68,7 +70,12 @@ def _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record, keep_i
 
 def _remove_loaded_images() -> int:
     """On a Dask worker: remove the images this worker process loaded from archives; return how many."""
-    engine = docker_client()
+    if not _LOADED_IMAGES:
+        return 0
+    try:
+        engine = docker_client()
+    except ContainerError:
+        return 0  # the images stay on an engine that stopped answering; its cases say so
     removed = 0
     for image in sorted(_LOADED_IMAGES):
         remove_image(engine, image)
@@ -89,29 +96,43 @@ def _alive_workers(client) -> set[str]:
 
 def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_data: str | bytes,
                     settings: _CaseSettings, gpus) -> CaseOutcome:
-    """Dask task: one case on the worker's machine (engine, GPU); returns its outcome to the client."""
+    """Dask task: one case on the worker's machine (engine, GPU); returns its outcome to the client.
+
+    What the worker's engine fails to do becomes the case's status (``engine_error``, or
+    ``invalid_submission`` for an archive it cannot load, as on one machine), never an error of the task:
+    one worker's engine must not end every team's run.
+    """
+    import docker
+    import requests
     from distributed import get_client, get_worker
 
     worker = get_worker()
-    engine = docker_client()
-    if remove_orphaned_containers(engine, settings.runs_label, _alive_workers(get_client()), worker.address):
-        remove_idle_cgroups()
-    kind, image = source[0], source[1]
-    reference = source[2]
+    kind, image, reference = source[0], source[1], source[2]
+    submission = Submission(team, image=reference)
+    try:
+        engine = docker_client()
+    except ContainerError as exc:
+        outcome = _not_run(submission, case, STATUS_ENGINE_ERROR, f"not run: the Docker engine of worker "
+                           f"{worker.address} on {socket.gethostname()} failed: {exc}", image_id=image)
+        outcome.row["worker"] = worker.address
+        return outcome
+    try:
+        if remove_orphaned_containers(engine, settings.runs_label, _alive_workers(get_client()), worker.address):
+            remove_idle_cgroups()
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError):
+        pass  # housekeeping: what is left is removed by the client at the end, or by its watchdog
     if kind != "image" and (image not in _LOADED_IMAGES or not image_exists(engine, image)):
-        try:
-            if kind == "archive_path":
-                loaded = load_image_archive(engine, Path(source[2]), team=team)
-            else:
-                with tempfile.TemporaryDirectory(prefix="flare-eval-") as scratch:
-                    archive = Path(scratch) / source[2]
-                    archive.write_bytes(source[3])
-                    loaded = load_image_archive(engine, archive, team=team)
-        except InvalidSubmissionError as exc:
-            return _invalid_submission(Submission(team, image=reference), case, str(exc))
+        if kind == "archive_path":
+            loaded = _load_submission(engine, Submission(team, archive=Path(source[2])))
+        else:
+            with tempfile.TemporaryDirectory(prefix="flare-eval-") as scratch:
+                archive = Path(scratch) / source[2]
+                archive.write_bytes(source[3])
+                loaded = _load_submission(engine, Submission(team, archive=archive))
+        if isinstance(loaded, InvalidSubmissionError):
+            return _invalid_submission(submission, case, str(loaded))
         if loaded != image:
-            return _invalid_submission(Submission(team, image=reference), case,
-                                       f"the archive now holds image {loaded}, not {image}")
+            return _invalid_submission(submission, case, f"the archive now holds image {loaded}, not {image}")
         _LOADED_IMAGES.add(image)
     gpu = _select_gpu(os.environ.get("FLARE_EVAL_GPU", gpus if gpus is not None else "none"))
     try:

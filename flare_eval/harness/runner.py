@@ -12,6 +12,9 @@ Layout of the runs folder (one sub-folder per team)::
 
 A case is finished when its row is in ``resources.csv``; a rerun skips finished
 cases (unless ``force``), so a killed harness loses at most the case in flight.
+A case the engine failed (``engine_error``) is not finished: the team's
+container was never measured, so a rerun runs it again, and its latest row
+counts.
 Each row records the ID (sha256) of the image that was measured; a team whose
 archive now holds another image is run again, its old rows kept aside.
 
@@ -265,7 +268,8 @@ def run_containers(
             if previous is not None and not _measured_with(previous, identity):
                 _set_aside(resources_path(team_dir), previous, identity)
                 previous = None
-            done = set() if previous is None else set(previous["case"])
+            # A case the engine failed was not measured: it runs again (its new row is the one that counts).
+            done = set() if previous is None else set(previous["case"][previous["status"] != STATUS_ENGINE_ERROR])
             history[submission.team] = [] if previous is None else previous["status"].astype(str).tolist()
             remaining = [case for case in cases if case not in done]
             skipped += len(cases) - len(remaining)

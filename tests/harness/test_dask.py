@@ -48,12 +48,12 @@ class Cluster:
                                           env=CLUSTER_ENV)
         self.workers: dict[str, subprocess.Popen] = {}
 
-    def add_worker(self, name: str) -> None:
+    def add_worker(self, name: str, **environment: str) -> None:
         self.workers[name] = subprocess.Popen(
             [DASK, "worker", self.address, "--nthreads", "1", "--no-nanny", "--resources", "GPU=1",
              "--no-dashboard", "--name", name],
             stdout=subprocess.DEVNULL, stderr=open(self.folder / f"{name}.log", "w"),
-            env={**CLUSTER_ENV, "FLARE_EVAL_GPU": "none"},
+            env={**CLUSTER_ENV, "FLARE_EVAL_GPU": "none", **environment},
         )
 
     def client(self, n_workers: int):
@@ -260,3 +260,31 @@ def test_worker_lost_mid_container_reruns_that_case_once(cluster, team_archives,
     label = f"flare-eval.runs={(tmp_path / 'runs').resolve()}"  # this run's: another may share the engine
     assert engine.containers.list(all=True, filters={"label": label}) == []
     client.close()
+
+
+def test_a_worker_whose_engine_fails_gives_its_cases_engine_error_and_a_rerun_runs_them(team_archives, engine,
+                                                                                         tmp_path):
+    """Every case lands on the one worker, whose engine does not answer: a status per case, not the run's end."""
+    images, labels, submissions = team_archives
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.add_worker("broken", DOCKER_HOST=f"unix://{tmp_path / 'no-engine.sock'}")
+        client = cluster.client(1)
+        resources = fe.run_containers(submissions, images, tmp_path / "runs", scheduler=client, progress=False)
+        assert len(resources) == 6 and set(resources.status) == {"engine_error"}
+        assert set(resources.worker) == set(workers_of(client))
+        log = (tmp_path / "runs" / "good" / "logs" / "case0.log").read_text()
+        assert "the Docker engine of worker" in log and "no Docker engine answers" in log
+        # Mended, the same command runs those cases again (the team was never measured there), and only those.
+        cluster.kill("broken")
+        cluster.add_worker("mended")
+        client.wait_for_workers(1, timeout=60)
+        resources = fe.run_containers(submissions, images, tmp_path / "runs", scheduler=client, progress=False)
+        assert resources.attrs["skipped_cases"] == 0 and len(resources.attrs["ran_now"]) == 6
+        latest = resources.drop_duplicates(["team", "case"], keep="last")
+        assert len(resources) == 12 and set(latest.status) == {"ok"}
+        again = fe.run_containers(submissions, images, tmp_path / "runs", scheduler=client, progress=False)
+        assert again.attrs["skipped_cases"] == 6 and len(again) == 12
+        client.close()
+    finally:
+        cluster.close()
