@@ -485,9 +485,7 @@ def image_exists(client: docker.DockerClient, reference: str) -> bool:
 def remove_stale_containers(client: docker.DockerClient, runs_label: str) -> list[str]:
     """Remove containers left by an earlier, killed harness for the same runs folder; return their names."""
     stale = client.containers.list(all=True, filters={"label": f"{LABEL}.runs={runs_label}"})
-    for container in stale:
-        container.remove(force=True, v=True)
-    return [container.name for container in stale]
+    return [container.name for container in stale if _remove_if_present(container)]
 
 
 def remove_orphaned_containers(client: docker.DockerClient, runs_label: str, alive_workers: set[str],
@@ -504,10 +502,25 @@ def remove_orphaned_containers(client: docker.DockerClient, runs_label: str, ali
     removed = []
     for container in client.containers.list(all=True, filters={"label": f"{LABEL}.runs={runs_label}"}):
         worker = container.labels.get(f"{LABEL}.worker", "")
-        if worker and worker not in alive_workers:
-            container.remove(force=True, v=True)
+        if worker and worker not in alive_workers and _remove_if_present(container):
             removed.append(container.name)
     return removed
+
+
+def _remove_if_present(container) -> bool:
+    """Remove a listed container and its anonymous volumes; False if it went meanwhile (its watchdog, another
+    worker tidying up the same orphan)."""
+    import docker
+
+    try:
+        container.remove(force=True, v=True)
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as exc:
+        if exc.status_code != 409:  # 409: its removal is already in progress
+            raise
+        return False
+    return True
 
 
 def _remove_by_name(client: docker.DockerClient, name: str, *, may_be_creating: bool = False,

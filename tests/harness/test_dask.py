@@ -210,7 +210,7 @@ def test_a_worker_always_finds_every_live_worker_in_the_alive_list(cluster):
 def test_orphans_are_removed_only_by_a_worker_in_the_alive_list(engine, tmp_path):
     from teams import IMAGE_CHANGES, _root_tar
 
-    from flare_eval.harness.docker import LABEL, remove_orphaned_containers
+    from flare_eval.harness.docker import LABEL, _remove_if_present, remove_orphaned_containers
 
     reference = "flare-eval-test/orphans:latest"
     (tmp_path / "answers").mkdir()
@@ -222,6 +222,13 @@ def test_orphans_are_removed_only_by_a_worker_in_the_alive_list(engine, tmp_path
         names[worker] = engine.containers.create(reference, ["true"], labels={LABEL: "1", f"{LABEL}.runs": runs,
                                                                               f"{LABEL}.worker": worker}).name
     try:
+        # Another worker removed the orphan between this one's listing and its removal: not an error.
+        listed = engine.containers.list(all=True, filters={"label": [f"{LABEL}.runs={runs}",
+                                                                     f"{LABEL}.worker=tcp://w2"]})
+        engine.containers.get(names["tcp://w2"]).remove(force=True)
+        assert [_remove_if_present(container) for container in listed] == [False]
+        names["tcp://w2"] = engine.containers.create(reference, ["true"], labels={
+            LABEL: "1", f"{LABEL}.runs": runs, f"{LABEL}.worker": "tcp://w2"}).name
         # A list without the caller is not the scheduler's: w2 may be alive and running a case.
         assert remove_orphaned_containers(engine, runs, set(), "tcp://w1") == []
         assert remove_orphaned_containers(engine, runs, {"tcp://w2"}, "tcp://w1") == []
