@@ -162,9 +162,10 @@ def run_tasks(
     on_failure : callable, optional
         The result of a task that exceeded a limit or whose process died:
         ``on_failure(arguments, failure)`` with a `TaskFailure`; the other
-        tasks go on. Without it,
-        such a task raises `TaskFailed`. Exceptions a task raises itself are
-        raised here.
+        tasks go on. On a cluster, a task on which the scheduler gave up
+        because the workers running it died (``KilledWorker``) fails so.
+        Without it, such a task raises `TaskFailed`. Exceptions a task raises
+        itself are raised here.
     limits : TaskLimits, optional
         Time and memory of one local task (default `TaskLimits()`).
     meanwhile : callable, optional
@@ -177,7 +178,7 @@ def run_tasks(
     limits = limits or TaskLimits()
     if client is not None:
         yield from _run_on_cluster(function, argument_tuples, client, in_flight, retries, resources, prepare,
-                                   meanwhile)
+                                   on_failure, meanwhile)
     else:
         yield from run_bounded(function, argument_tuples, workers=workers, limits=limits, prepare=prepare,
                                on_failure=on_failure, meanwhile=meanwhile)
@@ -424,20 +425,23 @@ def _death(worker: _Worker) -> str:
     return f"its worker process died (exit code {code})"
 
 
-def _run_on_cluster(function, argument_tuples, client, in_flight, retries, resources, prepare, meanwhile
-                    ) -> Iterator[Any]:
-    from distributed import as_completed
+def _run_on_cluster(function, argument_tuples, client, in_flight, retries, resources, prepare, on_failure,
+                    meanwhile) -> Iterator[Any]:
+    from distributed import KilledWorker, as_completed
 
     if in_flight is None:
         threads = sum(client.nthreads().values()) or 1
         in_flight = 2 * threads
     pending = iter(argument_tuples)
+    arguments_of: dict[str, tuple] = {}
 
     def submit_next():
         arguments = next(pending, None)
         if arguments is None:
             return None
-        return client.submit(function, *prepare(arguments), pure=False, retries=retries, resources=resources)
+        future = client.submit(function, *prepare(arguments), pure=False, retries=retries, resources=resources)
+        arguments_of[future.key] = arguments
+        return future
 
     first = [f for f in (submit_next() for _ in range(max(1, in_flight))) if f is not None]
     if not first:
@@ -447,7 +451,16 @@ def _run_on_cluster(function, argument_tuples, client, in_flight, retries, resou
     completed = as_completed(first)
     try:
         for future in completed:
-            result = future.result()
+            arguments = arguments_of.pop(future.key)
+            try:
+                result = future.result()
+            except KilledWorker as exc:
+                # The scheduler gave up on a task after it ended as many workers as it allows (a file that
+                # crashes the reader, or past the nanny's memory bound): that task's failure, not the run's.
+                message = f"its Dask workers died running it ({exc})"
+                if on_failure is None:
+                    raise TaskFailed(message) from exc
+                result = on_failure(arguments, TaskFailure("died", message))
             future.release()
             following = submit_next()
             if following is not None:

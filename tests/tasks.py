@@ -22,3 +22,10 @@ def fewest_alive_workers_seen(n_reads: int) -> int:
 
     client = get_client()
     return min(len(_alive_workers(client)) for _ in range(n_reads))
+
+
+def end_worker_if(end: bool, value):
+    """``value``, or the end of the worker process running it (as a reader crashing on a file would end it)."""
+    if end:
+        os._exit(1)
+    return value

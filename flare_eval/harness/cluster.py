@@ -58,7 +58,7 @@ def _run_on_cluster(scheduler, ship, todo, cases, settings, gpus, record, keep_i
             return team, source, case, name, cases[case].read_bytes(), task_settings, task_gpus
 
         for outcome in run_tasks(_case_on_worker, arguments, client=client, resources={"GPU": 1}, retries=1,
-                                 prepare=with_input_bytes):
+                                 prepare=with_input_bytes, on_failure=_workers_died):
             record(outcome)
         if not keep_images:
             # Best effort: a worker lost since its last case has nothing left to clean.
@@ -82,6 +82,13 @@ def _remove_loaded_images() -> int:
         removed += 1
     _LOADED_IMAGES.clear()
     return removed
+
+
+def _workers_died(arguments: tuple, failure) -> CaseOutcome:
+    """The outcome of a case whose Dask workers kept dying while it ran: ``engine_error``, run again on a rerun."""
+    team, source, case = arguments[0], arguments[1], arguments[2]
+    return _not_run(Submission(team, image=source[2]), case, STATUS_ENGINE_ERROR, f"not run: {failure}",
+                    image_id=source[1])
 
 
 def _alive_workers(client) -> set[str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from tasks import fewest_alive_workers_seen, wait_for_file
+from tasks import end_worker_if, fewest_alive_workers_seen, wait_for_file
 
 import flare_eval as fe
 from flare_eval.cli import main
@@ -39,13 +39,13 @@ def free_port() -> int:
 class Cluster:
     """A scheduler and worker processes on this machine (no nanny: killing a worker kills it)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, **scheduler_environment: str):
         self.address = f"tcp://127.0.0.1:{free_port()}"
         self.folder = folder
         self.scheduler = subprocess.Popen([DASK, "scheduler", "--host", "127.0.0.1", "--port",
                                            self.address.rsplit(":", 1)[1], "--no-dashboard"],
                                           stdout=subprocess.DEVNULL, stderr=open(folder / "scheduler.log", "w"),
-                                          env=CLUSTER_ENV)
+                                          env={**CLUSTER_ENV, **scheduler_environment})
         self.workers: dict[str, subprocess.Popen] = {}
 
     def add_worker(self, name: str, **environment: str) -> None:
@@ -153,6 +153,27 @@ def test_a_worker_killed_mid_run_costs_nothing(cluster, many_cases, tmp_path):
     pd.testing.assert_frame_equal(scores, local)
     assert len(workers_of(client)) == 1
     client.close()
+
+
+def test_a_task_that_ends_its_workers_fails_alone_and_the_others_finish(tmp_path):
+    """The scheduler gives up on a task that ended the workers running it (here: the first); that is the task's
+    failure (a scoring case's status), not the end of the run. One task at a time: with none allowed to fail, a
+    task queued on the worker that died would be given up too."""
+    from flare_eval.execution import TaskFailed, run_tasks
+
+    cluster = Cluster(tmp_path, DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES="0")
+    try:
+        cluster.add_worker("w1")
+        cluster.add_worker("w2")
+        client = cluster.client(2)
+        results = list(run_tasks(end_worker_if, [(False, 1), (True, 2), (False, 3), (False, 4)], client=client,
+                                 in_flight=1, on_failure=lambda arguments, failure: (failure.kind, arguments[1])))
+        assert results == [1, ("died", 2), 3, 4]
+        with pytest.raises(TaskFailed, match="its Dask workers died running it"):
+            list(run_tasks(end_worker_if, [(True, 5)], client=client, in_flight=1))
+        client.close()
+    finally:
+        cluster.close()
 
 
 def test_unreachable_scheduler_is_a_clear_error(examples, capsys, monkeypatch, tmp_path):
@@ -295,3 +316,19 @@ def test_a_worker_whose_engine_fails_gives_its_cases_engine_error_and_a_rerun_ru
         client.close()
     finally:
         cluster.close()
+
+
+def test_a_container_case_whose_workers_kept_dying_is_an_engine_error_run_again_later():
+    """The arguments' layout of `_case_on_worker` as `_workers_died` reads it."""
+    import inspect
+
+    from flare_eval.execution import TaskFailure
+    from flare_eval.harness.cluster import _case_on_worker, _workers_died
+
+    assert list(inspect.signature(_case_on_worker).parameters)[:3] == ["team", "source", "case"]
+    source = ("archive_path", "sha256:" + "a" * 64, "/submissions/good.tar")
+    outcome = _workers_died(("good", source, "case7", "case7_0000.nii.gz", None, None, None),
+                            TaskFailure("died", "its Dask workers died running it (KilledWorker)"))
+    assert (outcome.row["team"], outcome.row["case"], outcome.row["status"]) == ("good", "case7", "engine_error")
+    assert outcome.row["image_id"] == source[1] and outcome.row["image"] == source[2]
+    assert "its Dask workers died running it" in outcome.log and outcome.prediction is None
