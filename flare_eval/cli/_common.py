@@ -36,6 +36,33 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _output_folder(text: str) -> Path:
+    """An argparse type: a folder to write into (created if needed), refused if a file stands in its way."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a folder: give the folder to write into (it is "
+                                         "created if needed)")
+    _check_parents(path, text)
+    return path
+
+
+def _output_file(text: str) -> Path:
+    """An argparse type: a file to write (its folder created if needed), refused if it is a folder."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder: give the file to write, e.g. {path / 'results.csv'}")
+    _check_parents(path, text)
+    return path
+
+
+def _check_parents(path: Path, text: str) -> None:
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
+            return
+
+
 def _note_replacing(folder: Path | None, *names: str) -> None:
     """Say in one line when a command is about to replace outputs of an earlier run."""
     if folder is not None and any((Path(folder) / name).exists() for name in names):

@@ -11,6 +11,8 @@ from ._common import (
     _add_protocol_argument,
     _non_negative_int,
     _note_replacing,
+    _output_file,
+    _output_folder,
     _positive_int,
     _resolved_protocol,
 )
@@ -28,7 +30,7 @@ def _add_cohorts_parser(commands) -> None:
     )
     cohort.add_argument("scores", type=Path, help="scores.csv with a team column (score --teams), or a runs folder")
     cohort.add_argument("--metadata", type=Path, required=True, help="CSV: case plus metadata columns")
-    cohort.add_argument("--out", type=Path, required=True, help="output folder")
+    cohort.add_argument("--out", type=_output_folder, required=True, help="output folder")
     cohort.add_argument("--columns", default=None, help="comma-separated metadata columns (default: all)")
     cohort.add_argument("--bins", action="append", default=[], metavar="COLUMN=EDGES",
                         help="bin a numeric column at these inner edges, e.g. age=50,70 (the default for age)")
@@ -73,7 +75,7 @@ def _add_compare_parser(commands) -> None:
     comparison.add_argument("scores", type=Path, help="scores.csv with a team column, or a runs folder")
     comparison.add_argument("team_a")
     comparison.add_argument("team_b")
-    comparison.add_argument("--out", type=Path, required=True, help="output folder")
+    comparison.add_argument("--out", type=_output_folder, required=True, help="output folder")
     comparison.add_argument("--metric", default=None,
                             help="a metric column of the scores (default: the protocol's first accuracy metric: "
                             "DSC for FLARE, Dice for KiTS23, LesionWise_Dice for BraTS)")
@@ -109,7 +111,7 @@ def _add_review_parser(commands) -> None:
         "'reviewed' column for the annotator.",
     )
     review.add_argument("scores", type=Path, help="scores.csv with a team column, or a runs folder")
-    review.add_argument("--out", type=Path, required=True, help="CSV file to write")
+    review.add_argument("--out", type=_output_file, required=True, help="CSV file to write")
     review.add_argument("--threshold", type=float, default=0.75, help="DSC at or below which a case is listed")
     review.add_argument("--team", default=None, help="reference team (default: the median of all teams)")
     review.add_argument("--metric", default=None,

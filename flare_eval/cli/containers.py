@@ -14,6 +14,7 @@ from ._common import (
     _add_scheduler_arguments,
     _non_negative_int,
     _note_replacing,
+    _output_folder,
     _positive_int,
     _print_failed_cases,
     _resolved_protocol,
@@ -33,7 +34,7 @@ def _add_run_containers_parser(commands) -> None:
     run.add_argument("submissions", type=Path, nargs="?",
                      help="folder of image archives <team>.tar.gz or <team>.tar (as docker save writes them)")
     _add_container_arguments(run)
-    run.add_argument("--out", type=Path, required=True, help="runs folder")
+    run.add_argument("--out", type=_output_folder, required=True, help="runs folder")
     run.set_defaults(handler=_run_containers)
 
 
@@ -48,7 +49,7 @@ def _add_evaluate_parser(commands) -> None:
     evaluate.add_argument("submissions", type=Path, nargs="?", help="folder of image archives")
     _add_container_arguments(evaluate)
     evaluate.add_argument("--labels", type=Path, required=True, help="folder of ground-truth label maps")
-    evaluate.add_argument("--out", type=Path, required=True, help="output folder")
+    evaluate.add_argument("--out", type=_output_folder, required=True, help="output folder")
     evaluate.add_argument("--samples", type=_positive_int, default=1000, help="bootstrap samples (default: 1000)")
     evaluate.add_argument("--seed", type=_non_negative_int, default=DEFAULT_SEED,
                           help=f"random seed of the bootstrap (default: {DEFAULT_SEED})")

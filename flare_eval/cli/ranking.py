@@ -11,6 +11,7 @@ from ._common import (
     _add_protocol_argument,
     _non_negative_int,
     _note_replacing,
+    _output_folder,
     _positive_int,
     _resolved_protocol,
 )
@@ -29,7 +30,7 @@ def _add_rank_parser(commands) -> None:
         "protocol's worst value, with a warning; values outside a metric's range are an error.",
     )
     ranking.add_argument("results", type=Path, help="results.csv: one row per team and case")
-    ranking.add_argument("--out", type=Path, required=True, help="output folder")
+    ranking.add_argument("--out", type=_output_folder, required=True, help="output folder")
     _add_protocol_argument(ranking)
     ranking.add_argument("--samples", type=_positive_int, default=1000, help="bootstrap samples (default: 1000)")
     ranking.add_argument("--seed", type=_non_negative_int, default=DEFAULT_SEED,

@@ -9,6 +9,7 @@ from ._common import (
     EXIT_OK,
     _add_protocol_argument,
     _note_replacing,
+    _output_folder,
     _resolved_protocol,
 )
 
@@ -23,7 +24,7 @@ def _add_report_parser(commands) -> None:
         "absent are left out with a note.",
     )
     report.add_argument("source", type=Path, help="results.csv, or a folder written by evaluate")
-    report.add_argument("--out", type=Path, required=True, help="report folder")
+    report.add_argument("--out", type=_output_folder, required=True, help="report folder")
     report.add_argument("--ranking", type=Path, default=None, help="ranking folder (default: SOURCE/ranking)")
     report.add_argument("--runs", type=Path, default=None, help="runs folder (default: SOURCE/runs)")
     report.add_argument("--quantify", type=Path, default=None, help="quantify folder (default: SOURCE/quantify)")
@@ -84,7 +85,7 @@ def _add_quantify_parser(commands) -> None:
     )
     quantify.add_argument("pred", type=Path, help="folder of predicted label maps")
     quantify.add_argument("gt", type=Path, nargs="?", default=None, help="folder of ground-truth label maps")
-    quantify.add_argument("--out", type=Path, required=True, help="output folder")
+    quantify.add_argument("--out", type=_output_folder, required=True, help="output folder")
     quantify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_protocol_argument(quantify)
     quantify.set_defaults(handler=_quantify)

@@ -12,6 +12,8 @@ from ._common import (
     _add_protocol_argument,
     _add_scheduler_arguments,
     _note_replacing,
+    _output_file,
+    _output_folder,
     _positive_int,
     _print_failed_cases,
     _resolved_protocol,
@@ -33,7 +35,7 @@ def _add_score_parser(commands) -> None:
     score.add_argument("pred", type=Path,
                        help="folder of predictions (<case>.nii.gz or <case>_0000.nii.gz; also .nii, .mha, .mhd, .nrrd)")
     score.add_argument("gt", type=Path, help="folder of ground-truth label maps (<case>.nii.gz, .nii, .mha, ...)")
-    score.add_argument("--out", type=Path, required=True, help="output folder")
+    score.add_argument("--out", type=_output_folder, required=True, help="output folder")
     _add_protocol_argument(score)
     score.add_argument(
         "--slice-range",
@@ -109,7 +111,7 @@ def _add_collect_parser(commands) -> None:
     )
     collect.add_argument("runs", type=Path, help="runs folder written by run-containers")
     collect.add_argument("--labels", type=Path, required=True, help="folder of ground-truth label maps")
-    collect.add_argument("--out", type=Path, default=None, help="results file (default: RUNS/results.csv)")
+    collect.add_argument("--out", type=_output_file, default=None, help="results file (default: RUNS/results.csv)")
     _add_protocol_argument(collect)
     collect.add_argument("--workers", type=_positive_int, default=None, help="parallel scoring processes")
     _add_scheduler_arguments(collect)

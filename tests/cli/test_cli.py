@@ -354,3 +354,33 @@ def test_a_progress_bar_is_drawn_only_where_it_is_shown(examples):
     hidden, shown = run(False), run(True)
     assert hidden.stdout.split() == [str(n_rows), "False"] and "scoring" not in hidden.stderr
     assert shown.stdout.split() == [str(n_rows), "True"] and "scoring: 100%" in shown.stderr
+
+
+@pytest.mark.parametrize("argv", [
+    ["score", "pred", "gt", "--out", "{file}"],
+    ["rank", "results.csv", "--out", "{file}"],
+    ["run-containers", "submissions", "--inputs", "inputs", "--out", "{file}"],
+    ["evaluate", "submissions", "--inputs", "inputs", "--labels", "labels", "--out", "{file}"],
+    ["report", "--out", "{file}"],
+    ["quantify", "pred", "--out", "{file}"],
+    ["cohorts", "scores.csv", "--metadata", "metadata.csv", "--out", "{file}"],
+    ["compare", "scores.csv", "teamA", "teamB", "--out", "{file}"],
+    ["score", "pred", "gt", "--out", "{file}/sub"],
+    ["review", "scores.csv", "--out", "{folder}"],
+    ["collect", "runs", "--labels", "labels", "--out", "{folder}"],
+    ["review", "scores.csv", "--out", "{file}/review.csv"],
+], ids=lambda argv: f"{argv[0]}-{argv[-1].strip('{}').replace('}', '')}")
+def test_an_output_of_the_wrong_kind_is_bad_input_not_a_bug(argv, tmp_path, capsys):
+    """``--out results.csv`` where a folder is written (or a folder where a file is): exit 2 naming it, no
+    traceback file, nothing written."""
+    (tmp_path / "file.csv").write_text("a,b\n1,2\n")
+    (tmp_path / "folder").mkdir()
+    argv = [part.format(file=tmp_path / "file.csv", folder=tmp_path / "folder") for part in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert "argument --out" in err and ("is a file, not a folder" in err or "is a folder: give the file" in err)
+    assert "internal error" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.csv", "folder"]
+    assert (tmp_path / "file.csv").read_text() == "a,b\n1,2\n" and not any((tmp_path / "folder").iterdir())
