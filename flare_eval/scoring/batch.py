@@ -327,9 +327,14 @@ def score(
     ------
     FolderInUseError
         If another command is writing ``out_dir`` (see `flare_eval.io.hold_folder`).
+    ValueError
+        With ``teams``, if ``out_dir`` is a folder of ``pred_dir`` (it would be a team).
     """
     protocol = load_protocol(protocol)
     out_dir = Path(out_dir)
+    if teams and out_dir.resolve().parent == Path(pred_dir).resolve():
+        raise ValueError(f"output folder {out_dir} is a folder of {pred_dir}, whose folders are the teams: it would "
+                         "be scored as a team with no predictions; write the outputs elsewhere")
     with hold_folder(out_dir, "score"):
         partial = out_dir / "scores.partial.csv"
         if force:

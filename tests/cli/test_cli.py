@@ -1,5 +1,6 @@
 """The flare-eval command, called in-process."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -384,3 +385,15 @@ def test_an_output_of_the_wrong_kind_is_bad_input_not_a_bug(argv, tmp_path, caps
     assert "internal error" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file.csv", "folder"]
     assert (tmp_path / "file.csv").read_text() == "a,b\n1,2\n" and not any((tmp_path / "folder").iterdir())
+
+
+def test_an_output_folder_among_the_team_folders_is_refused_before_it_becomes_a_team(examples, tmp_path, capsys):
+    teams = tmp_path / "teams"
+    shutil.copytree(examples.predictions, teams)
+    code = main(["score", str(teams), str(examples.labels), "--teams", "--out", str(teams / "results"),
+                 "--no-progress"])
+    assert code == 2 and "whose folders are the teams" in capsys.readouterr().err
+    assert not (teams / "results").exists()
+    assert main(["score", str(teams), str(examples.labels), "--teams", "--out", str(teams / "teamA" / "results"),
+                 "--no-progress"]) == 1  # inside a team's folder it is no team (teamC misses a case)
+    assert set(pd.read_csv(teams / "teamA" / "results" / "scores.csv").team) == {"teamA", "teamB", "teamC"}
