@@ -12,6 +12,7 @@ from ..errors import STATUS_ENGINE_ERROR
 from .case import CaseOutcome, _CaseSettings, _invalid_submission, _not_run, _select_gpu, execute_case
 from .docker import (
     ContainerError,
+    EngineUnreachable,
     InvalidSubmissionError,
     docker_client,
     image_exists,
@@ -138,6 +139,8 @@ def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_
                 loaded = _load_submission(engine, Submission(team, archive=archive))
         if isinstance(loaded, InvalidSubmissionError):
             return _invalid_submission(submission, case, str(loaded))
+        if isinstance(loaded, EngineUnreachable):
+            return _not_run(submission, case, STATUS_ENGINE_ERROR, f"not run: {loaded}", image_id=image)
         if loaded != image:
             return _invalid_submission(submission, case, f"the archive now holds image {loaded}, not {image}")
         _LOADED_IMAGES.add(image)

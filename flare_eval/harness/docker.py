@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "ContainerError",
     "InvalidSubmissionError",
+    "EngineUnreachable",
     "ContainerLimits",
     "ContainerRun",
     "ArchiveInfo",
@@ -81,6 +82,18 @@ class ContainerError(FlareEvalError, RuntimeError):
 
 class InvalidSubmissionError(ContainerError):
     """A team's archive cannot be run (unreadable, not one image, a bad manifest); the team gets a status."""
+
+
+class EngineUnreachable(ContainerError):
+    """The engine stopped answering (refused or dropped the connection, or timed out) while it worked for a team:
+    the engine's failure, never the team's; its cases get ``engine_error`` and run again on a rerun."""
+
+
+def _engine_unreachable_errors() -> tuple[type[Exception], ...]:
+    import requests
+
+    return (requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+
 
 
 def parse_memory_bytes(text: str, option: str = "--memory") -> int:
@@ -392,6 +405,8 @@ def load_image_archive(client: docker.DockerClient, archive: Path, info: Archive
         with open(archive, "rb") as handle:
             for event in client.api.load_image(handle):
                 loaded.update(_loaded_references(event))
+    except _engine_unreachable_errors() as exc:
+        raise EngineUnreachable(f"the engine stopped answering while loading {archive} ({exc})") from exc
     except (OSError, docker.errors.DockerException) as exc:
         raise InvalidSubmissionError(f"{archive}: the engine cannot load it as an image ({exc})") from exc
     finally:

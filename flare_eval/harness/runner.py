@@ -76,6 +76,7 @@ from .cluster import _run_on_cluster
 from .docker import (
     ArchiveInfo,
     ContainerLimits,
+    EngineUnreachable,
     InvalidSubmissionError,
     docker_client,
     image_exists,
@@ -414,7 +415,7 @@ def _dead_from_start(statuses: list[str], limit: int | None) -> bool:
 def _run_here(engine, todo, cases, settings, gpu: NvmlGpu | None, record, keep_images: bool = False, starting=None,
               manifests: dict[str, ArchiveInfo] | None = None, stopped=None) -> None:
     host = socket.gethostname()
-    loaded: dict[str, str | InvalidSubmissionError] = {}
+    loaded: dict[str, str | InvalidSubmissionError | EngineUnreachable] = {}
     had_before: dict[str, bool] = {}
     announced: set[str] = set()
     last_case = {submission.team: case for submission, case in todo}
@@ -428,6 +429,9 @@ def _run_here(engine, todo, cases, settings, gpu: NvmlGpu | None, record, keep_i
             starting(team, case)
         if isinstance(image, InvalidSubmissionError):
             record(_invalid_submission(submission, case, str(image)))
+        elif isinstance(image, EngineUnreachable):
+            record(_not_run(submission, case, STATUS_ENGINE_ERROR, f"not run: {image}",
+                            image_id=submission.image_id))
         elif stopped is not None and stopped(team):
             limit = settings.limits.max_consecutive_failures
             if team not in announced:

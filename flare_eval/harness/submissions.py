@@ -19,7 +19,9 @@ from ..io import (
 )
 from .docker import (
     ArchiveInfo,
+    EngineUnreachable,
     InvalidSubmissionError,
+    _engine_unreachable_errors,
     inspect_archive,
     load_image_archive,
 )
@@ -135,8 +137,11 @@ def _identify(engine, submission: Submission) -> _Identity | InvalidSubmissionEr
 
 
 def _load_submission(engine, submission: Submission, manifest: ArchiveInfo | None = None
-                     ) -> str | InvalidSubmissionError:
+                     ) -> str | InvalidSubmissionError | EngineUnreachable:
     """The image ID to run; an archive is loaded now (its tags are never trusted, see `load_image_archive`).
+
+    What the engine refuses for this archive is the team's `InvalidSubmissionError`; an engine that stops
+    answering meanwhile is `EngineUnreachable`, the engine's failure.
 
     ``manifest``, read when the submissions were checked, spares a second pass
     over the archive; an archive replaced since then loads another image,
@@ -149,6 +154,10 @@ def _load_submission(engine, submission: Submission, manifest: ArchiveInfo | Non
         return submission.image_id
     try:
         return load_image_archive(engine, submission.archive, manifest, team=submission.team)
+    except EngineUnreachable as exc:
+        return exc
+    except _engine_unreachable_errors() as exc:
+        return EngineUnreachable(f"the engine stopped answering while loading {submission.archive} ({exc})")
     except (InvalidSubmissionError, docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         error = exc if isinstance(exc, InvalidSubmissionError) else InvalidSubmissionError(
             f"{submission.archive}: the engine failed while loading it ({exc})")

@@ -336,3 +336,26 @@ def test_progress_bar_comes_after_warnings_and_ends_finished(workspace, tmp_path
     bar = err.index("|")  # the first drawing of the bar
     assert err.index("no GPU found") < bar
     assert "finished" in err.rsplit("\r", 1)[-1] and "running good" not in err.rsplit("\r", 1)[-1]
+
+
+def test_an_engine_that_stops_answering_while_loading_gives_engine_error_and_a_rerun_runs_them(workspace, tmp_path,
+                                                                                               monkeypatch):
+    """Not the team's fault: not invalid_submission (which a rerun keeps) but engine_error (which it runs again)."""
+    import docker
+    import requests
+
+    folder, images, labels, submissions = workspace
+    good = [s for s in fe.harness.find_submissions(submissions) if s.team == "good"]
+
+    def connection_dropped(self, data, *args, **kwargs):
+        raise requests.exceptions.ConnectionError("('Connection aborted.', RemoteDisconnected())")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(docker.api.client.APIClient, "load_image", connection_dropped)
+        resources = run_containers(good, images, tmp_path / "runs", gpus=None, progress=False)
+    assert len(resources) == 2 and set(resources.status) == {"engine_error"}
+    log = (tmp_path / "runs" / "good" / "logs" / "case0.log").read_text()
+    assert "the engine stopped answering while loading" in log and "Connection aborted" in log
+    resources = run_containers(good, images, tmp_path / "runs", gpus=None, progress=False)
+    assert resources.attrs["skipped_cases"] == 0 and len(resources) == 4
+    assert set(resources.drop_duplicates(["team", "case"], keep="last").status) == {"ok"}
