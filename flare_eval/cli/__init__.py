@@ -7,9 +7,9 @@ command; ``_common`` holds what they share.
 
 Exit codes: 0 success, 1 finished with problems worth attention (e.g. missing
 predictions, invalid submissions), 2 bad input (unreadable ground truth, bad
-arguments, bad tables, an output folder that another command is writing) or a
-full disk, 130 interrupted (Ctrl-C); the last two keep every finished case, and
-the same command resumes.
+arguments, bad tables, an output folder that another command is writing, a file
+or folder this user may not write or read) or a full disk, 130 interrupted
+(Ctrl-C); the last two keep every finished case, and the same command resumes.
 """
 
 from __future__ import annotations
@@ -80,6 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return EXIT_OK
         except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS) and exc.filename:
+                # Another user's folder, a read-only mount: the user's to mend, not a bug.
+                print(f"flare-eval {args.command}: error: {exc.filename}: {exc.strerror}; every finished case is "
+                      "kept: give a place this user may write (or read) and run the same command again",
+                      file=sys.stderr)
+                return EXIT_BAD_INPUT
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 return _internal_error(args.command, exc)
             where = os.path.dirname(exc.filename) if exc.filename else "the output folder"

@@ -1,5 +1,6 @@
 """The flare-eval command, called in-process."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -154,6 +155,24 @@ def test_disk_full_is_one_line_naming_the_folder(examples, tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert f"no space left on the disk of {tmp_path / 'out'}" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("code", ["EACCES", "EROFS"])
+def test_a_place_this_user_may_not_write_is_bad_input_naming_it(code, examples, tmp_path, capsys, monkeypatch):
+    """Not an internal error: the folder is another user's, or on a read-only mount (root here ignores modes, so the
+    refusal is raised where the pipeline would meet it)."""
+    import errno
+
+    import flare_eval.pipeline as pipeline
+
+    def refused(*args, **kwargs):
+        raise PermissionError(getattr(errno, code), os.strerror(getattr(errno, code)), str(tmp_path / "out"))
+
+    monkeypatch.setattr(pipeline, "rank_results", refused)
+    exit_code = main(["rank", str(examples.results), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_code == 2 and len(err.strip().splitlines()) == 1 and "internal error" not in err
+    assert f"error: {tmp_path / 'out'}: {os.strerror(getattr(errno, code))}" in err
 
 
 def test_python_dash_m_works_like_the_command():
