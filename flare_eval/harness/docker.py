@@ -389,7 +389,9 @@ def load_image_archive(client: docker.DockerClient, archive: Path, info: Archive
     InvalidSubmissionError
         If the archive is not a valid single-image archive (see
         `inspect_archive`), the engine refuses it, or what it loaded is not
-        the one image the manifest names.
+        the one image the manifest names. An engine that stops answering
+        raises the client's own ``ConnectionError`` or ``Timeout`` instead:
+        the engine's failure, not the archive's.
     """
     import docker
 
@@ -405,8 +407,8 @@ def load_image_archive(client: docker.DockerClient, archive: Path, info: Archive
         with open(archive, "rb") as handle:
             for event in client.api.load_image(handle):
                 loaded.update(_loaded_references(event))
-    except _engine_unreachable_errors() as exc:
-        raise EngineUnreachable(f"the engine stopped answering while loading {archive} ({exc})") from exc
+    except _engine_unreachable_errors():
+        raise  # the engine's failure, not the archive's (see EngineUnreachable)
     except (OSError, docker.errors.DockerException) as exc:
         raise InvalidSubmissionError(f"{archive}: the engine cannot load it as an image ({exc})") from exc
     finally:

@@ -154,8 +154,6 @@ def _load_submission(engine, submission: Submission, manifest: ArchiveInfo | Non
         return submission.image_id
     try:
         return load_image_archive(engine, submission.archive, manifest, team=submission.team)
-    except EngineUnreachable as exc:
-        return exc
     except _engine_unreachable_errors() as exc:
         return EngineUnreachable(f"the engine stopped answering while loading {submission.archive} ({exc})")
     except (InvalidSubmissionError, docker.errors.DockerException, requests.exceptions.RequestException) as exc:
