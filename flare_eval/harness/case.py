@@ -212,6 +212,11 @@ def _invalid_submission(submission: Submission, case: str, message: str) -> Case
     return _not_run(submission, case, STATUS_INVALID_SUBMISSION, f"invalid submission, not run: {message}")
 
 
+def _engine_failed(submission: Submission, case: str, message: str, image_id: str = "") -> CaseOutcome:
+    """A case not run because the engine (or the Dask workers) failed: ``engine_error``, run again on a rerun."""
+    return _not_run(submission, case, STATUS_ENGINE_ERROR, f"not run: {message}", image_id=image_id)
+
+
 def _not_run(submission: Submission, case: str, status: str, message: str, image_id: str = "") -> CaseOutcome:
     """The record of a case that no container ran, with its status and why."""
     row = {column: np.nan for column in RESOURCE_COLUMNS}

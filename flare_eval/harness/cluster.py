@@ -8,8 +8,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from ..errors import STATUS_ENGINE_ERROR
-from .case import CaseOutcome, _CaseSettings, _invalid_submission, _not_run, _select_gpu, execute_case
+from .case import CaseOutcome, _CaseSettings, _engine_failed, _invalid_submission, _select_gpu, execute_case
 from .docker import (
     ContainerError,
     EngineUnreachable,
@@ -88,8 +87,7 @@ def _remove_loaded_images() -> int:
 def _workers_died(arguments: tuple, failure) -> CaseOutcome:
     """The outcome of a case whose Dask workers kept dying while it ran: ``engine_error``, run again on a rerun."""
     team, source, case = arguments[0], arguments[1], arguments[2]
-    return _not_run(Submission(team, image=source[2]), case, STATUS_ENGINE_ERROR, f"not run: {failure}",
-                    image_id=source[1])
+    return _engine_failed(Submission(team, image=source[2]), case, str(failure), image_id=source[1])
 
 
 def _alive_workers(client) -> set[str]:
@@ -120,8 +118,8 @@ def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_
     try:
         engine = docker_client()
     except ContainerError as exc:
-        outcome = _not_run(submission, case, STATUS_ENGINE_ERROR, f"not run: the Docker engine of worker "
-                           f"{worker.address} on {socket.gethostname()} failed: {exc}", image_id=image)
+        outcome = _engine_failed(submission, case, f"the Docker engine of worker {worker.address} on "
+                                 f"{socket.gethostname()} failed: {exc}", image_id=image)
         outcome.row["worker"] = worker.address
         return outcome
     try:
@@ -140,7 +138,7 @@ def _case_on_worker(team: str, source: tuple, case: str, input_name: str, input_
         if isinstance(loaded, InvalidSubmissionError):
             return _invalid_submission(submission, case, str(loaded))
         if isinstance(loaded, EngineUnreachable):
-            return _not_run(submission, case, STATUS_ENGINE_ERROR, f"not run: {loaded}", image_id=image)
+            return _engine_failed(submission, case, str(loaded), image_id=image)
         if loaded != image:
             return _invalid_submission(submission, case, f"the archive now holds image {loaded}, not {image}")
         _LOADED_IMAGES.add(image)

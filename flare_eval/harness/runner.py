@@ -65,6 +65,7 @@ from .case import (
     CaseOutcome,
     _CaseSettings,
     _empty_scratch,
+    _engine_failed,
     _invalid_submission,
     _not_run,
     _select_gpu,
@@ -430,8 +431,7 @@ def _run_here(engine, todo, cases, settings, gpu: NvmlGpu | None, record, keep_i
         if isinstance(image, InvalidSubmissionError):
             record(_invalid_submission(submission, case, str(image)))
         elif isinstance(image, EngineUnreachable):
-            record(_not_run(submission, case, STATUS_ENGINE_ERROR, f"not run: {image}",
-                            image_id=submission.image_id))
+            record(_engine_failed(submission, case, str(image), image_id=submission.image_id))
         elif stopped is not None and stopped(team):
             limit = settings.limits.max_consecutive_failures
             if team not in announced:
